@@ -1,0 +1,7 @@
+"""`python -m hullwatch`."""
+
+import sys
+
+from hullwatch.cli import main
+
+sys.exit(main())

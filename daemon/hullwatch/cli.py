@@ -1,0 +1,164 @@
+"""The `hullwatch` command: one function per subcommand (ICD §1)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+from hullwatch import __version__, config
+from hullwatch.core.model import AlarmTransition, Estimate, HatchChange, Notice
+from hullwatch.core.monitor import Monitor
+from hullwatch.samples import SamplesError, read_samples
+
+# sysexits
+EX_OK, EX_USAGE, EX_DATAERR, EX_NOINPUT, EX_UNAVAILABLE, EX_CONFIG = 0, 64, 65, 66, 69, 78
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that exits with EX_USAGE instead of 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.print_usage(sys.stderr)
+        sys.stderr.write(f"{self.prog}: error: {message}\n")
+        sys.exit(EX_USAGE)
+
+
+def _load_config(path: str | None) -> config.Config | int:
+    """The config, or an exit code after printing what is wrong."""
+    path = config.config_path(path)
+    try:
+        return config.load(path)
+    except FileNotFoundError:
+        print(f"{path}: configuration file not found", file=sys.stderr)
+        return EX_CONFIG
+    except IsADirectoryError:
+        print(f"{path}: is a directory, not a configuration file", file=sys.stderr)
+        return EX_CONFIG
+    except PermissionError:
+        print(f"{path}: permission denied", file=sys.stderr)
+        return EX_CONFIG
+    except config.ConfigError as exc:
+        for line in exc.problems:
+            print(line, file=sys.stderr)
+        return EX_CONFIG
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    """Validate a config and summarise what it describes."""
+    cfg = _load_config(args.config)
+    if isinstance(cfg, int):
+        return cfg
+    m = cfg.module
+    a = m.alarms
+    out = [f"{cfg.path}: OK — station {cfg.station!r}"]
+    out.append("segments: " + ", ".join(f"{s.name} ({s.volume_m3:g} m³)" for s in m.segments))
+    if m.hatches:
+        out.append("hatches: " + ", ".join(
+            f"{h.name} ({h.between[0]}↔{h.between[1]}, initially {'open' if h.initially_open else 'closed'})"
+            for h in m.hatches))
+    out.append("volumes now: " + ", ".join(cfg.volumes()))
+    out.append("sensors: " + ", ".join(f"{s.name} ({s.driver}, in {s.spec.segment})" for s in cfg.sensors))
+    lr = a.leak_rate
+    out.append(f"leak_rate: caution {_fmt(lr.caution_kg_per_day)} / warning {_fmt(lr.warning_kg_per_day)} kg/day"
+               f" at {m.leak.confidence_sigma:g}σ, hysteresis {lr.hysteresis_kg_per_day:g}; estimate every "
+               f"{m.leak.report_interval_s:g} s")
+    out.append(f"rapid_depress: emergency above {_fmt(a.rapid_depress.emergency_pa_per_s)} Pa/s")
+    out.append(f"low_pressure: warning below {_fmt(a.low_pressure.warning_pa)} Pa, emergency below "
+               f"{_fmt(a.low_pressure.emergency_pa)} Pa")
+    rt = a.reserve_time
+    out.append(f"reserve_time to {rt.minimum_pa:g} Pa: caution {_fmt(rt.caution_s)} s, warning {_fmt(rt.warning_s)} s,"
+               f" emergency {_fmt(rt.emergency_s)} s")
+    out.append(f"sensor_fault ({a.sensor.severity}): stale after {a.sensor.stale_after_s:g} s")
+    outputs = [name for name, on in (("recorder", cfg.recorder), ("mqtt", cfg.mqtt), ("influxdb", cfg.influxdb),
+                                     ("annunciator", cfg.annunciator)) if on]
+    out.append("outputs: " + (", ".join(outputs) if outputs else "none (log only)"))
+    print("\n".join(out))
+    return EX_OK
+
+
+def _fmt(x: float | None) -> str:
+    return "off" if x is None else f"{x:g}"
+
+
+def cmd_analyze(args: argparse.Namespace) -> int:
+    """Feed a samples file through the core; write estimates and alarm transitions as JSON Lines."""
+    cfg = _load_config(args.config)
+    if isinstance(cfg, int):
+        return cfg
+    monitor = Monitor(cfg.module)
+    try:
+        stream = open(args.samples, encoding="utf-8", newline="") if not args.samples.endswith(".gz") else None
+    except FileNotFoundError:
+        print(f"{args.samples}: samples file not found", file=sys.stderr)
+        return EX_NOINPUT
+    except OSError as exc:
+        print(f"{args.samples}: {exc.strerror}", file=sys.stderr)
+        return EX_NOINPUT
+    out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout
+    dumps = json.dumps
+    counts = {"estimate": 0, "active": 0}
+    try:
+        write = out.write
+        feed = monitor.feed
+        for sample in read_samples(args.samples, cfg.sample_names(), stream):
+            for event in feed(sample):
+                if isinstance(event, Estimate):
+                    counts["estimate"] += 1
+                    write(dumps(event.to_dict()) + "\n")
+                elif isinstance(event, AlarmTransition | HatchChange):
+                    if isinstance(event, AlarmTransition) and event.state.value == "active":
+                        counts["active"] += 1
+                    write(dumps(event.to_dict()) + "\n")
+                elif isinstance(event, Notice):
+                    print(f"notice: {event.message}", file=sys.stderr)
+    except SamplesError as exc:
+        print(f"{exc}", file=sys.stderr)
+        return EX_DATAERR
+    except FileNotFoundError:
+        print(f"{args.samples}: samples file not found", file=sys.stderr)
+        return EX_NOINPUT
+    finally:
+        if stream is not None:
+            stream.close()
+        if out is not sys.stdout:
+            out.close()
+    if args.output:
+        print(f"{counts['estimate']} estimates and {counts['active']} alarm activations written to {args.output}",
+              file=sys.stderr)
+    return EX_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser for every subcommand."""
+    p = _Parser(prog="hullwatch", description="Pressure-integrity monitor for spacecraft-module mock-ups.")
+    p.add_argument("--version", action="version", version=f"hullwatch {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    def config_arg(sp: argparse.ArgumentParser, required: bool = False) -> None:
+        sp.add_argument("-c", "--config", metavar="PATH", required=required,
+                        help=f"configuration file (default: $HULLWATCH_CONFIG, else {config.DEFAULT_PATH})")
+
+    sp = sub.add_parser("check-config", help="validate a configuration and summarise it")
+    config_arg(sp)
+    sp.set_defaults(func=cmd_check_config)
+
+    sp = sub.add_parser("analyze", help="run a recorded samples file through the core, write JSON Lines")
+    config_arg(sp, required=True)
+    sp.add_argument("samples", metavar="SAMPLES.csv", help="samples file (ICD §3; .csv or .csv.gz)")
+    sp.add_argument("-o", "--output", metavar="OUT.jsonl", help="write here instead of stdout")
+    sp.set_defaults(func=cmd_analyze)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the console script."""
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return EX_OK

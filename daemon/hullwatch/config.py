@@ -1,0 +1,528 @@
+"""The configuration file (ICD §2): TOML in, frozen and validated objects out.
+
+Every problem found is reported, one line each, as `FILE: KEY.PATH: what is wrong`;
+nothing half-valid is ever returned.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any
+
+from hullwatch.core import units
+from hullwatch.core.model import Quantity
+from hullwatch.core.settings import (
+    AlarmLimits,
+    Hatch,
+    LeakRateLimits,
+    LeakSettings,
+    LowPressureLimits,
+    ModuleSettings,
+    RapidDepressLimits,
+    ReserveTimeLimits,
+    Segment,
+    SensorLimits,
+    SensorSpec,
+)
+from hullwatch.core.topology import form_volumes
+
+DEFAULT_PATH = "/etc/hullwatch/hullwatch.toml"
+SEVERITIES = ("advisory", "caution", "warning", "emergency")
+
+STATION_NAME = re.compile(r"[a-z0-9_-]+")
+SEGMENT_NAME = re.compile(r"[a-z0-9_]+")
+DEVICE_NAME = re.compile(r"[A-Za-z0-9_-]+")
+
+# Driver-specific keys a [[sensor]] may carry, by driver. The drivers validate their values.
+DRIVER_KEYS: dict[str, frozenset[str]] = {
+    "simulated": frozenset(),
+    "serial": frozenset(
+        {"port", "baudrate", "bytesize", "parity", "stopbits", "line_regex", "units", "poll", "interval_s",
+         "preset", "timeout_s"}
+    ),
+}
+SENSOR_KEYS = frozenset({"name", "segment", "driver", "range_pa", "range_k"})
+
+
+class ConfigError(Exception):
+    """The configuration is unusable; `problems` holds one line per problem."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+@dataclass(frozen=True)
+class SensorConfig:
+    """A [[sensor]]: what the core needs (spec) and how its driver reaches it (options)."""
+
+    spec: SensorSpec
+    driver: str
+    options: Mapping[str, Any]
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+
+@dataclass(frozen=True)
+class RecorderConfig:
+    path: str
+
+
+@dataclass(frozen=True)
+class SpoolConfig:
+    path: str = "/var/lib/hullwatch/spool.sqlite"
+    max_mb: float = 512.0
+    commit_interval_s: float = 1.0
+
+
+@dataclass(frozen=True)
+class AnnunciatorConfig:
+    buzzer_gpio: int | None = 18
+    led_gpio: int | None = 23
+    ack_button_gpio: int | None = 24
+
+
+@dataclass(frozen=True)
+class TlsConfig:
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+
+
+@dataclass(frozen=True)
+class MqttConfig:
+    host: str = "127.0.0.1"
+    port: int = 1883
+    username: str | None = None
+    password_file: str | None = None
+    tls: TlsConfig | None = None
+    qos: int = 1
+    topic_prefix: str = ""
+    keepalive_s: int = 30
+
+
+@dataclass(frozen=True)
+class InfluxConfig:
+    url: str = "http://127.0.0.1:8086"
+    api: str = "v2"
+    org: str | None = None
+    bucket: str | None = None
+    database: str | None = None
+    token_file: str | None = None
+    username: str | None = None
+    password_file: str | None = None
+
+
+@dataclass(frozen=True)
+class Config:
+    """A whole, valid configuration."""
+
+    path: str
+    station: str
+    module: ModuleSettings
+    sensors: tuple[SensorConfig, ...]
+    hatch_gpio: Mapping[str, int]
+    recorder: RecorderConfig | None
+    spool: SpoolConfig
+    annunciator: AnnunciatorConfig | None
+    mqtt: MqttConfig | None
+    influxdb: InfluxConfig | None
+
+    def sample_names(self) -> dict[str, frozenset[Quantity]]:
+        """What each name may report in a samples file."""
+        names = {s.name: frozenset({Quantity.PRESSURE, Quantity.TEMPERATURE}) for s in self.sensors}
+        names.update({h.name: frozenset({Quantity.HATCH}) for h in self.module.hatches})
+        return names
+
+    def volumes(self) -> dict[str, tuple[str, ...]]:
+        """The volumes as the hatches' initial states form them."""
+        m = self.module
+        return form_volumes(
+            [s.name for s in m.segments], {h.name: h.between for h in m.hatches},
+            [h.name for h in m.hatches if h.initially_open],
+        )
+
+
+def config_path(cli_path: str | None) -> str:
+    """-c, else $HULLWATCH_CONFIG, else the system path."""
+    return cli_path or os.environ.get("HULLWATCH_CONFIG") or DEFAULT_PATH
+
+
+def load(path: str) -> Config:
+    """Read and validate a configuration file; raise ConfigError or FileNotFoundError."""
+    with open(path, "rb") as f:
+        raw = f.read()
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError([f"{path}: not UTF-8 text ({exc.reason})"]) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([f"{path}: TOML syntax: {exc}"]) from None
+    return parse(data, path)
+
+
+def parse(data: Mapping[str, Any], path: str = "<config>") -> Config:
+    """Validate a parsed TOML document."""
+    return _Parser(path).parse(data)
+
+
+_MISSING = object()
+
+
+class _Parser:
+    """Walks the document, collecting every problem with its key path."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.problems: list[str] = []
+
+    def problem(self, key: str, message: str) -> None:
+        self.problems.append(f"{self.path}: {key}: {message}")
+
+    # -- typed getters -----------------------------------------------------------------------
+
+    def table(self, data: Mapping, key: str, where: str, known: set[str] | frozenset[str] | None) -> dict | None:
+        value = data.get(key, _MISSING)
+        if value is _MISSING:
+            return None
+        if not isinstance(value, dict):
+            self.problem(where, f"must be a table, not {type(value).__name__}")
+            return None
+        if known is not None:
+            for k in value:
+                if k not in known:
+                    self.problem(f"{where}.{k}", f"unknown key (known: {', '.join(sorted(known))})")
+        return value
+
+    def value(self, table: Mapping, key: str, where: str, kind: str, default: Any = _MISSING,
+              check: Callable[[Any], str | None] | None = None) -> Any:
+        v = table.get(key, _MISSING)
+        if v is _MISSING:
+            if default is _MISSING:
+                self.problem(f"{where}.{key}" if where else key, "missing (required)")
+                return None
+            return default
+        full = f"{where}.{key}" if where else key
+        ok = {
+            "str": isinstance(v, str),
+            "int": isinstance(v, int) and not isinstance(v, bool),
+            "float": isinstance(v, int | float) and not isinstance(v, bool),
+            "bool": isinstance(v, bool),
+        }[kind]
+        if not ok:
+            self.problem(full, f"must be {_KIND_NAMES[kind]}, not {v!r}")
+            return None if default is _MISSING else default
+        if kind == "float":
+            v = float(v)
+            if v != v or v in (float("inf"), float("-inf")):
+                self.problem(full, f"must be finite, not {v!r}")
+                return None if default is _MISSING else default
+        if check is not None:
+            msg = check(v)
+            if msg:
+                self.problem(full, msg)
+                return None if default is _MISSING else default
+        return v
+
+    def optional_threshold(self, table: Mapping, key: str, where: str, default: float | None) -> float | None:
+        """A threshold that may be switched off with `false`."""
+        if table.get(key) is False:
+            return None
+        return self.value(table, key, where, "float", default, _positive)
+
+    # -- sections --------------------------------------------------------------------------
+
+    def parse(self, data: Mapping[str, Any]) -> Config:
+        known_top = {"station", "segment", "hatch", "sensor", "leak", "alarms", "recorder", "spool",
+                     "annunciator", "mqtt", "influxdb"}
+        for k in data:
+            if k not in known_top:
+                self.problem(k, f"unknown section (known: {', '.join(sorted(known_top))})")
+        station_t = self.table(data, "station", "station", {"name"})
+        if station_t is None:
+            self.problem("station", "missing (required): [station] with name = \"...\"")
+            station = "station"
+        else:
+            station = self.value(station_t, "name", "station", "str", check=_matches(STATION_NAME, "[a-z0-9_-]+"))
+        segments = self.segments(data)
+        seg_names = {s.name for s in segments}
+        hatches, hatch_gpio = self.hatches(data, seg_names)
+        sensors = self.sensors(data, seg_names, {h.name for h in hatches})
+        leak = self.leak(data)
+        alarms = self.alarms(data)
+        recorder = spool = annunciator = mqtt = influx = None
+        t = self.table(data, "recorder", "recorder", {"path"})
+        if t is not None:
+            recorder = RecorderConfig(self.value(t, "path", "recorder", "str"))
+        t = self.table(data, "spool", "spool", {"path", "max_mb", "commit_interval_s"})
+        d = SpoolConfig()
+        if t is not None:
+            spool = SpoolConfig(
+                self.value(t, "path", "spool", "str", d.path),
+                self.value(t, "max_mb", "spool", "float", d.max_mb, _positive),
+                self.value(t, "commit_interval_s", "spool", "float", d.commit_interval_s, _positive),
+            )
+        t = self.table(data, "annunciator", "annunciator", {"buzzer_gpio", "led_gpio", "ack_button_gpio"})
+        if t is not None:
+            a = AnnunciatorConfig()
+            annunciator = AnnunciatorConfig(
+                *(self.value(t, k, "annunciator", "int", getattr(a, k), _bcm_pin)
+                  for k in ("buzzer_gpio", "led_gpio", "ack_button_gpio"))
+            )
+        mqtt = self.mqtt(data, station)
+        influx = self.influx(data)
+        if self.problems:
+            raise ConfigError(self.problems)
+        module = ModuleSettings(tuple(segments), tuple(hatches), tuple(s.spec for s in sensors), leak, alarms)
+        return Config(self.path, station, module, tuple(sensors), MappingProxyType(hatch_gpio), recorder,
+                      spool or SpoolConfig(), annunciator, mqtt, influx)
+
+    def array_of_tables(self, data: Mapping, key: str) -> list[tuple[str, dict]]:
+        items = data.get(key, [])
+        if isinstance(items, dict):
+            items = [items]
+        if not isinstance(items, list):
+            self.problem(key, f"must be an array of tables ([[{key}]])")
+            return []
+        out = []
+        for i, item in enumerate(items):
+            where = f"{key}[{i}]"
+            if isinstance(item, dict):
+                out.append((where, item))
+            else:
+                self.problem(where, "must be a table")
+        return out
+
+    def segments(self, data: Mapping) -> list[Segment]:
+        items = self.array_of_tables(data, "segment")
+        if not items:
+            self.problem("segment", "missing (required): at least one [[segment]] with name and volume_m3")
+        out, seen = [], set()
+        for where, t in items:
+            self.check_keys(t, where, {"name", "volume_m3"})
+            name = self.value(t, "name", where, "str", check=_matches(SEGMENT_NAME, "[a-z0-9_]+ (no '-')"))
+            volume = self.value(t, "volume_m3", where, "float", check=_positive)
+            if name is not None and name in seen:
+                self.problem(f"{where}.name", f"duplicate segment name {name!r}")
+            seen.add(name)
+            if name is not None and volume is not None:
+                out.append(Segment(name, volume))
+        return out
+
+    def hatches(self, data: Mapping, seg_names: set[str]) -> tuple[list[Hatch], dict[str, int]]:
+        out, gpio = [], {}
+        for where, t in self.array_of_tables(data, "hatch"):
+            self.check_keys(t, where, {"name", "between", "initial", "gpio", "closed_level", "debounce_s"})
+            name = self.value(t, "name", where, "str", check=_matches(DEVICE_NAME, "[A-Za-z0-9_-]+"))
+            between = t.get("between", _MISSING)
+            pair: tuple[str, str] | None = None
+            if between is _MISSING:
+                self.problem(f"{where}.between", "missing (required): two segment names")
+            elif not (isinstance(between, list) and len(between) == 2 and all(isinstance(b, str) for b in between)):
+                self.problem(f"{where}.between", f"must be a list of two segment names, not {between!r}")
+            elif between[0] == between[1]:
+                self.problem(f"{where}.between", f"joins segment {between[0]!r} to itself")
+            else:
+                bad = [b for b in between if b not in seg_names]
+                for b in bad:
+                    self.problem(f"{where}.between", f"unknown segment {b!r} (segments: {_names(seg_names)})")
+                if not bad:
+                    pair = (between[0], between[1])
+            initial = self.value(t, "initial", where, "str", "open", _one_of(("open", "closed")))
+            pin = self.value(t, "gpio", where, "int", None, _bcm_pin)
+            if name is not None and pair is not None:
+                out.append(Hatch(name, pair, initial != "closed"))
+                if pin is not None:
+                    gpio[name] = pin
+        return out, gpio
+
+    def sensors(self, data: Mapping, seg_names: set[str], hatch_names: set[str]) -> list[SensorConfig]:
+        items = self.array_of_tables(data, "sensor")
+        if not items:
+            self.problem("sensor", "missing (required): at least one [[sensor]]")
+        out, seen = [], set(hatch_names)
+        for where, t in items:
+            name = self.value(t, "name", where, "str", check=_matches(DEVICE_NAME, "[A-Za-z0-9_-]+"))
+            if name is not None and name in seen:
+                self.problem(f"{where}.name", f"duplicate name {name!r} (sensor and hatch names must be unique)")
+            seen.add(name)
+            segment = self.value(t, "segment", where, "str")
+            if segment is not None and segment not in seg_names:
+                self.problem(f"{where}.segment", f"unknown segment {segment!r} (segments: {_names(seg_names)})")
+            driver = self.value(t, "driver", where, "str", check=_one_of(tuple(DRIVER_KEYS)))
+            if driver is not None:
+                self.check_keys(t, where, SENSOR_KEYS | DRIVER_KEYS[driver])
+            d = SensorSpec("", "")
+            prange = self.range(t, "range_pa", where, d.pressure_range_pa)
+            trange = self.range(t, "range_k", where, d.temperature_range_k)
+            if driver == "serial":
+                self.serial_options(t, where)
+            options = {k: v for k, v in t.items() if k not in SENSOR_KEYS}
+            if None not in (name, segment, driver) and segment in seg_names:
+                spec = SensorSpec(name, segment, prange, trange)
+                out.append(SensorConfig(spec, driver, MappingProxyType(options)))
+        return out
+
+    def serial_options(self, t: Mapping, where: str) -> None:
+        self.value(t, "port", where, "str")
+        self.value(t, "baudrate", where, "int", 9600, _positive)
+        regex = self.value(t, "line_regex", where, "str", None)
+        if regex is not None:
+            try:
+                groups = re.compile(regex).groupindex
+                if not {"pressure", "temperature"} & set(groups):
+                    self.problem(f"{where}.line_regex", "needs a named group (?P<pressure>...) or (?P<temperature>...)")
+            except re.error as exc:
+                self.problem(f"{where}.line_regex", f"not a valid regular expression: {exc}")
+        u = self.table(t, "units", f"{where}.units", {"pressure", "temperature"})
+        if u is not None:
+            for key, conv in (("pressure", units.pressure_converter), ("temperature", units.temperature_converter)):
+                name = self.value(u, key, f"{where}.units", "str", None)
+                if name is not None:
+                    try:
+                        conv(name)
+                    except units.UnitError as exc:
+                        self.problem(f"{where}.units.{key}", str(exc))
+
+    def range(self, t: Mapping, key: str, where: str, default: tuple[float, float]) -> tuple[float, float]:
+        v = t.get(key, _MISSING)
+        if v is _MISSING:
+            return default
+        if (isinstance(v, list) and len(v) == 2 and all(isinstance(x, int | float) and not isinstance(x, bool) for x in v)
+                and v[0] < v[1]):
+            return (float(v[0]), float(v[1]))
+        self.problem(f"{where}.{key}", f"must be [low, high] with low < high, not {v!r}")
+        return default
+
+    def leak(self, data: Mapping) -> LeakSettings:
+        d = LeakSettings()
+        t = self.table(data, "leak", "leak", {"confidence_sigma", "report_interval_s"})
+        if t is None:
+            return d
+        return LeakSettings(
+            self.value(t, "confidence_sigma", "leak", "float", d.confidence_sigma, _positive),
+            self.value(t, "report_interval_s", "leak", "float", d.report_interval_s, _positive),
+        )
+
+    def alarms(self, data: Mapping) -> AlarmLimits:
+        names = {"leak_rate", "rapid_depress", "low_pressure", "reserve_time", "sensor"}
+        top = self.table(data, "alarms", "alarms", names) or {}
+
+        def section(name: str, cls: type, floats: dict[str, bool]) -> Any:
+            where = f"alarms.{name}"
+            default = cls()
+            t = self.table(top, name, where, set(floats)) or {}
+            kwargs = {}
+            for key, switchable in floats.items():
+                if switchable:
+                    kwargs[key] = self.optional_threshold(t, key, where, getattr(default, key))
+                else:
+                    kwargs[key] = self.value(t, key, where, "float", getattr(default, key), _non_negative)
+            return cls(**kwargs)
+
+        leak = section("leak_rate", LeakRateLimits,
+                       {"caution_kg_per_day": True, "warning_kg_per_day": True, "hysteresis_kg_per_day": False})
+        rapid = section("rapid_depress", RapidDepressLimits, {"emergency_pa_per_s": True})
+        low = section("low_pressure", LowPressureLimits,
+                      {"warning_pa": True, "emergency_pa": True, "hysteresis_pa": False})
+        reserve = section("reserve_time", ReserveTimeLimits,
+                          {"minimum_pa": False, "caution_s": True, "warning_s": True, "emergency_s": True,
+                           "hysteresis_fraction": False})
+        st = self.table(top, "sensor", "alarms.sensor", {"stale_after_s", "severity"}) or {}
+        ds = SensorLimits()
+        sensor = SensorLimits(
+            self.value(st, "stale_after_s", "alarms.sensor", "float", ds.stale_after_s, _positive),
+            self.value(st, "severity", "alarms.sensor", "str", ds.severity, _one_of(SEVERITIES)),
+        )
+        for lo_key, hi_key, sec, lo, hi in (
+            ("caution_kg_per_day", "warning_kg_per_day", "leak_rate", leak.caution_kg_per_day, leak.warning_kg_per_day),
+            ("emergency_pa", "warning_pa", "low_pressure", low.emergency_pa, low.warning_pa),
+            ("emergency_s", "warning_s", "reserve_time", reserve.emergency_s, reserve.warning_s),
+            ("warning_s", "caution_s", "reserve_time", reserve.warning_s, reserve.caution_s),
+        ):
+            if lo is not None and hi is not None and lo > hi:
+                self.problem(f"alarms.{sec}.{lo_key}", f"{lo:g} is above {hi_key} = {hi:g}")
+        return AlarmLimits(leak, rapid, low, reserve, sensor)
+
+    def mqtt(self, data: Mapping, station: str | None) -> MqttConfig | None:
+        keys = {"host", "port", "username", "password_file", "tls", "qos", "topic_prefix", "keepalive_s"}
+        t = self.table(data, "mqtt", "mqtt", keys)
+        if t is None:
+            return None
+        d = MqttConfig()
+        tls = None
+        tt = self.table(t, "tls", "mqtt.tls", {"ca_file", "cert_file", "key_file"})
+        if tt is not None:
+            tls = TlsConfig(*(self.value(tt, k, "mqtt.tls", "str", None) for k in ("ca_file", "cert_file", "key_file")))
+        return MqttConfig(
+            self.value(t, "host", "mqtt", "str", d.host),
+            self.value(t, "port", "mqtt", "int", d.port, _port),
+            self.value(t, "username", "mqtt", "str", None),
+            self.value(t, "password_file", "mqtt", "str", None),
+            tls,
+            self.value(t, "qos", "mqtt", "int", d.qos, _one_of((0, 1, 2))),
+            self.value(t, "topic_prefix", "mqtt", "str", f"hullwatch/{station}"),
+            self.value(t, "keepalive_s", "mqtt", "int", d.keepalive_s, _positive),
+        )
+
+    def influx(self, data: Mapping) -> InfluxConfig | None:
+        keys = {"url", "api", "org", "bucket", "database", "token_file", "username", "password_file"}
+        t = self.table(data, "influxdb", "influxdb", keys)
+        if t is None:
+            return None
+        d = InfluxConfig()
+        api = self.value(t, "api", "influxdb", "str", d.api, _one_of(("v1", "v2")))
+        cfg = InfluxConfig(
+            self.value(t, "url", "influxdb", "str", d.url),
+            api,
+            *(self.value(t, k, "influxdb", "str", None) for k in
+              ("org", "bucket", "database", "token_file", "username", "password_file")),
+        )
+        if api == "v2" and not cfg.bucket:
+            self.problem("influxdb.bucket", "missing (required with api = \"v2\")")
+        if api == "v1" and not cfg.database:
+            self.problem("influxdb.database", "missing (required with api = \"v1\")")
+        return cfg
+
+    def check_keys(self, t: Mapping, where: str, known: set[str] | frozenset[str]) -> None:
+        for k in t:
+            if k not in known:
+                self.problem(f"{where}.{k}", f"unknown key (known: {', '.join(sorted(known))})")
+
+
+_KIND_NAMES = {"str": "a string", "int": "an integer", "float": "a number", "bool": "true or false"}
+
+
+def _positive(v: float) -> str | None:
+    return None if v > 0 else f"must be positive, not {v!r}"
+
+
+def _non_negative(v: float) -> str | None:
+    return None if v >= 0 else f"must not be negative, not {v!r}"
+
+
+def _bcm_pin(v: int) -> str | None:
+    return None if 0 <= v <= 27 else f"must be a BCM GPIO number 0..27, not {v!r}"
+
+
+def _port(v: int) -> str | None:
+    return None if 0 < v < 65536 else f"must be a TCP port 1..65535, not {v!r}"
+
+
+def _matches(pattern: re.Pattern, shape: str) -> Callable[[str], str | None]:
+    return lambda v: None if pattern.fullmatch(v) else f"{v!r} must match {shape}"
+
+
+def _one_of(choices: tuple) -> Callable[[Any], str | None]:
+    return lambda v: None if v in choices else f"{v!r} is not one of {', '.join(map(repr, choices))}"
+
+
+def _names(names: set[str]) -> str:
+    return ", ".join(sorted(names)) or "none"

@@ -1,0 +1,56 @@
+"""Alarm conditions: a threshold with confidence and hysteresis, producing active/cleared transitions.
+
+Each rule returns (may_activate, may_clear) from the evidence; a Condition turns that
+into transitions. When neither holds (the evidence is too uncertain either way), the
+condition keeps its state.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from hullwatch.core.model import AlarmState, AlarmTransition, Severity
+
+
+def confidently_above(value: float, sigma: float, k: float, threshold: float, hysteresis: float) -> tuple[bool, bool]:
+    """ICD rule: active when value − k·σ > threshold, cleared when value + k·σ < threshold − hysteresis."""
+    return value - k * sigma > threshold, value + k * sigma < threshold - hysteresis
+
+
+def below(value: float, threshold: float, hysteresis: float) -> tuple[bool, bool]:
+    """Active below the threshold, cleared above threshold + hysteresis."""
+    return value < threshold, value > threshold + hysteresis
+
+
+@dataclass(slots=True)
+class Condition:
+    """One alarm condition (alarm, source, severity) and whether it holds."""
+
+    alarm: str
+    source: str
+    severity: Severity
+    threshold: float | None
+    active: bool = False
+
+    def update(
+        self, time: float, rule: tuple[bool, bool], value: float | None, reason: str = ""
+    ) -> AlarmTransition | None:
+        """Apply a rule's (may_activate, may_clear); return the transition, if any."""
+        may_activate, may_clear = rule
+        if not self.active and may_activate:
+            self.active = True
+            return self._transition(time, AlarmState.ACTIVE, value, reason)
+        if self.active and may_clear and not may_activate:
+            self.active = False
+            return self._transition(time, AlarmState.CLEARED, value, reason)
+        return None
+
+    def force_clear(self, time: float, reason: str) -> AlarmTransition | None:
+        """Clear because the source is gone (a volume re-formed), whatever the evidence."""
+        if not self.active:
+            return None
+        self.active = False
+        return self._transition(time, AlarmState.CLEARED, None, reason)
+
+    def _transition(self, time: float, state: AlarmState, value: float | None, reason: str) -> AlarmTransition:
+        return AlarmTransition(time, self.alarm, self.source, self.severity, state, value, self.threshold, reason)

@@ -1,0 +1,209 @@
+"""Leak-rate estimation: the slope of a volume's air mass, with an honest uncertainty.
+
+Theory of operation
+-------------------
+A leak shows as a steady fall of the air mass m(t) = Σ P·Vᵢ/(R·Tᵢ). The sensors add
+white noise, so the rate is the least-squares slope of m over a window, and the
+slope's standard error is σ_m/√Sxx (σ·√(12/(f·T³)) for N evenly spaced points): a long
+window is quiet but slow to see a change, a short one quick but noisy. No single
+length suits a 4 m³ airlock and a 75 m³ module, or a steady leak and a new hole, so
+the window adapts by itself:
+
+* It grows with the data, up to MAX_WINDOW_S (two hours: beyond that the model's
+  own assumptions — a constant rate, steady sensor offsets — matter more than noise).
+* Change detection cuts it. At each estimate the window is split at a ladder of
+  points (the last MIN_POINTS, then 25 % more each rung), two independent lines are
+  fitted, and their slopes compared with a z statistic on the pooled residual noise.
+  When some split gives |z| > CHANGE_Z on two consecutive estimates, the window
+  restarts at the split that best explains the data (least total squared error,
+  refined between rungs). The high bar and the confirmation keep false restarts rare;
+  a real change (a leak doubling, a hole) passes both within a fraction of the time
+  needed to confirm the new rate at all.
+* σ comes from the fit's own residuals, so it widens when the model fits badly. Just
+  after a restart few points are left, so their noise estimate is pooled with the one
+  measured over the last long window (a prior worth PRIOR_DOF degrees of freedom).
+
+The estimate is the mean rate over the window it used, reported with that window's σ
+and length. Everything here is a pure function of the points given: no clocks.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from hullwatch.core.linefit import LineSeries
+
+MAX_WINDOW_S = 7200.0
+MIN_POINTS = 30
+CHANGE_Z = 5.0
+LADDER_RATIO = 1.25
+PRIOR_DOF = 30
+_COMPACT_AFTER = 4096  # points dropped before the sums are rebuilt
+
+
+@dataclass(frozen=True, slots=True)
+class SlopeEstimate:
+    """A slope with its standard uncertainty, over the window that produced it."""
+
+    time: float  # the newest point
+    slope: float  # units of y per second
+    sigma: float
+    level: float  # the fitted y at `time`
+    window_s: float
+    n: int
+
+
+class AdaptiveSlope:
+    """Least-squares slope of a noisy series over a window that adapts to changes."""
+
+    def __init__(self, max_window_s: float = MAX_WINDOW_S, min_points: int = MIN_POINTS) -> None:
+        self.max_window_s = max_window_s
+        self.min_points = min_points
+        self.series = LineSeries()
+        self.start = 0  # index of the window's first point
+        self.restarts = 0  # windows cut by a detected change
+        self._change_pending = False
+        self._noise_var: float | None = None  # residual variance over the last long window
+
+    def add(self, t: float, y: float) -> None:
+        """Add a point; t must not decrease."""
+        self.series.append(t, y)
+
+    def reset(self) -> None:
+        """Forget everything (the quantity measured is no longer the same)."""
+        self.__init__(self.max_window_s, self.min_points)
+
+    def estimate(self) -> SlopeEstimate | None:
+        """The slope over the current window, or None while there are too few points."""
+        s = self.series
+        end = len(s)
+        if end == 0:
+            return None
+        t_end = s.x(end - 1)
+        self.start = max(self.start, s.index_at(t_end - self.max_window_s))
+        split = self._find_change(self.start, end)
+        if split is not None and self._change_pending:
+            self.start = split
+            self.restarts += 1
+        self._change_pending = split is not None and not self._change_pending
+        if self.start > _COMPACT_AFTER and self.start > end // 2:
+            s.drop_before(self.start)
+            end -= self.start
+            self.start = 0
+        n = end - self.start
+        if n < self.min_points:
+            return None
+        line = s.fit(self.start, end)
+        if line is None:
+            return None
+        dof = n - 2
+        if self._noise_var is None:
+            var = line.sse / dof
+        else:
+            var = (line.sse + PRIOR_DOF * self._noise_var) / (dof + PRIOR_DOF)
+        if dof >= 100:
+            self._noise_var = line.sse / dof
+        level = line.y_mean + line.slope * (t_end - line.x_mean)
+        return SlopeEstimate(
+            t_end, line.slope, math.sqrt(var / line.sxx), level, t_end - s.x(self.start), n
+        )
+
+    def _find_change(self, first: int, end: int) -> int | None:
+        """The index where the slope changed significantly within first..end-1, or None."""
+        m = self.min_points
+        n = end - first
+        if n < 2 * m:
+            return None
+        s = self.series
+        sx, sy, sxx, sxy, syy = s.sx, s.sy, s.sxx, s.sxy, s.syy
+        z2_bar = CHANGE_Z * CHANGE_Z
+        dof = n - 4
+        best_k, best_sse, best_r = -1, math.inf, 0
+        r = m
+        while r <= n - m:
+            k = end - r
+            # older segment: first..k-1
+            na = k - first
+            ax = sx[k] - sx[first]
+            ay = sy[k] - sy[first]
+            axx = sxx[k] - sxx[first] - ax * ax / na
+            axy = sxy[k] - sxy[first] - ax * ay / na
+            ayy = syy[k] - syy[first] - ay * ay / na
+            # recent segment: k..end-1
+            bx = sx[end] - sx[k]
+            by = sy[end] - sy[k]
+            bxx = sxx[end] - sxx[k] - bx * bx / r
+            bxy = sxy[end] - sxy[k] - bx * by / r
+            byy = syy[end] - syy[k] - by * by / r
+            if axx > 0.0 and bxx > 0.0:
+                slope_a = axy / axx
+                slope_b = bxy / bxx
+                sse = (ayy - slope_a * axy) + (byy - slope_b * bxy)
+                var = max(sse, 1e-300) / dof
+                z2 = (slope_a - slope_b) ** 2 / (var * (1.0 / axx + 1.0 / bxx))
+                if z2 > z2_bar and sse < best_sse:
+                    best_k, best_sse, best_r = k, sse, r
+            r = max(r + 1, int(r * LADDER_RATIO))
+        if best_k < 0:
+            return None
+        return self._refine_split(first, end, best_k, best_r)
+
+    def _refine_split(self, first: int, end: int, k: int, r: int) -> int:
+        """The split near k (between neighbouring rungs) with the least total squared error."""
+        m = self.min_points
+        half = max(1, int(r * (LADDER_RATIO - 1.0)))
+        lo = max(first + m, k - half)
+        hi = min(end - m, k + half)
+        step = max(1, (hi - lo) // 48)
+        s = self.series
+        best_k, best_sse = k, math.inf
+        for cand in range(lo, hi + 1, step):
+            a = s.fit(first, cand)
+            b = s.fit(cand, end)
+            if a is not None and b is not None and a.sse + b.sse < best_sse:
+                best_k, best_sse = cand, a.sse + b.sse
+        return best_k
+
+
+class FallRate:
+    """How fast the pressure falls over the last few seconds, with its uncertainty.
+
+    Fits over WINDOWS_S (each needing MIN_POINTS); `bounds` gives the most confident
+    evidence of a fall and the highest plausible fall, for the rapid-depress alarm.
+    """
+
+    WINDOWS_S = (2.0, 5.0, 15.0)
+    MIN_POINTS = 5
+
+    def __init__(self) -> None:
+        self.series = LineSeries()
+
+    def add(self, t: float, p: float) -> None:
+        """Add a pressure reading."""
+        s = self.series
+        s.append(t, p)
+        if len(s) > 2 * _COMPACT_AFTER:
+            s.drop_before(s.index_at(t - self.WINDOWS_S[-1]))
+
+    def bounds(self, k: float) -> tuple[float, float, float] | None:
+        """(fall rate, its lower bound, the highest upper bound) in Pa/s at k sigma; None if too few points."""
+        s = self.series
+        end = len(s)
+        if end < self.MIN_POINTS:
+            return None
+        t_end = s.x(end - 1)
+        best: tuple[float, float, float] | None = None
+        for w in self.WINDOWS_S:
+            line = s.fit(s.index_at(t_end - w), end)
+            if line is None or line.n < self.MIN_POINTS:
+                continue
+            fall = -line.slope
+            half = k * math.sqrt(line.sse / (line.n - 2) / line.sxx)
+            if best is None:
+                best = (fall, fall - half, fall + half)
+            else:
+                if fall - half > best[1]:
+                    best = (fall, fall - half, best[2])
+                best = (best[0], best[1], max(best[2], fall + half))
+        return best

@@ -1,0 +1,91 @@
+"""Least-squares straight lines over any contiguous run of a growing series, in O(1) per fit.
+
+The series keeps running (prefix) sums of x, y, x², x·y and y², so the fit of points
+i..j-1 costs a handful of subtractions whatever its length. Values are stored relative
+to an origin (the first point kept) and the sums are rebuilt when old points are
+dropped, which keeps their magnitudes, and so their rounding errors, small.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from typing import NamedTuple
+
+
+class Line(NamedTuple):
+    """A least-squares fit y = level + slope·(x − x_mean) over n points."""
+
+    n: int
+    slope: float
+    sse: float  # sum of squared residuals
+    sxx: float  # Σ(x − x_mean)²
+    x_mean: float  # absolute
+    y_mean: float  # absolute
+
+
+class LineSeries:
+    """A time series that answers least-squares line fits over index ranges."""
+
+    __slots__ = ("x0", "y0", "xs", "ys", "sx", "sy", "sxx", "sxy", "syy")
+
+    def __init__(self) -> None:
+        self.x0 = 0.0
+        self.y0 = 0.0
+        self.xs: list[float] = []
+        self.ys: list[float] = []
+        self.sx = [0.0]
+        self.sy = [0.0]
+        self.sxx = [0.0]
+        self.sxy = [0.0]
+        self.syy = [0.0]
+
+    def __len__(self) -> int:
+        return len(self.xs)
+
+    def append(self, x: float, y: float) -> None:
+        """Add a point; x must not decrease."""
+        if not self.xs:
+            self.x0, self.y0 = x, y
+        x -= self.x0
+        y -= self.y0
+        self.xs.append(x)
+        self.ys.append(y)
+        self.sx.append(self.sx[-1] + x)
+        self.sy.append(self.sy[-1] + y)
+        self.sxx.append(self.sxx[-1] + x * x)
+        self.sxy.append(self.sxy[-1] + x * y)
+        self.syy.append(self.syy[-1] + y * y)
+
+    def x(self, i: int) -> float:
+        """The absolute x of point i."""
+        return self.xs[i] + self.x0
+
+    def index_at(self, x: float) -> int:
+        """Index of the first point with x at or after the given absolute x."""
+        return bisect_left(self.xs, x - self.x0)
+
+    def fit(self, i: int, j: int) -> Line | None:
+        """Fit points i..j-1; None with fewer than 3 points or no spread in x."""
+        n = j - i
+        if n < 3:
+            return None
+        sx = self.sx[j] - self.sx[i]
+        sy = self.sy[j] - self.sy[i]
+        sxx = self.sxx[j] - self.sxx[i] - sx * sx / n
+        if sxx <= 0.0:
+            return None
+        sxy = self.sxy[j] - self.sxy[i] - sx * sy / n
+        syy = self.syy[j] - self.syy[i] - sy * sy / n
+        slope = sxy / sxx
+        sse = syy - slope * sxy
+        return Line(n, slope, sse if sse > 0.0 else 0.0, sxx, sx / n + self.x0, sy / n + self.y0)
+
+    def drop_before(self, i: int) -> None:
+        """Forget points before index i (indices shift down by i) and rebuild the sums."""
+        if i <= 0:
+            return
+        xs = [x + self.x0 for x in self.xs[i:]]
+        ys = [y + self.y0 for y in self.ys[i:]]
+        self.__init__()
+        for x, y in zip(xs, ys, strict=True):
+            self.append(x, y)

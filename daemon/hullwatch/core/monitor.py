@@ -1,0 +1,343 @@
+"""The core monitor: samples in, estimates and alarm transitions out.
+
+Theory of operation
+-------------------
+Sensors report pressures and temperatures; hatches report open or closed. Segments
+joined by open hatches form volumes (topology.py), and each volume has one pressure
+and one air mass, m = Σ P·Vᵢ/(R·Tᵢ).
+
+A volume takes a *point* (time, P, m) each time every healthy pressure sensor in it has
+reported since the last point: one reading per round, never the same reading twice, so
+the points' noise is independent even when sensors run at different rates. P is the
+mean of the round's readings; each segment's T is the mean of its healthy temperature
+sensors (else the volume's mean temperature, else 293.15 K, with a notice).
+
+Points feed three estimators per volume:
+* the leak rate, the adaptive least-squares slope of m (estimator.AdaptiveSlope),
+  evaluated every `report_interval_s` of data time: an Estimate, the leak_rate and
+  reserve_time conditions;
+* the short-window rate of fall of P (estimator.FallRate), every point: rapid_depress;
+* P itself, every point: low_pressure.
+When the set of sensors behind a volume's mass changes (one goes stale, one returns) the
+leak fit restarts, since offsets between sensors would otherwise show as a step. When a
+hatch re-forms the volumes, a volume whose members changed starts afresh and the
+alarms of a volume that no longer exists clear.
+
+Sensors are checked for staleness whenever time advances (with a sample, or tick() in
+the live daemon), for physical range and readability on every sample; any of these
+makes a per-sensor sensor_fault active until a good reading returns.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+from hullwatch.core.conditions import Condition, below, confidently_above
+from hullwatch.core.estimator import AdaptiveSlope, FallRate
+from hullwatch.core.model import (
+    R_AIR,
+    SECONDS_PER_DAY,
+    AlarmTransition,
+    Estimate,
+    Event,
+    HatchChange,
+    Notice,
+    Quality,
+    Quantity,
+    Sample,
+    Severity,
+)
+from hullwatch.core.settings import ModuleSettings, SensorSpec
+from hullwatch.core.topology import form_volumes
+
+DEFAULT_TEMPERATURE_K = 293.15
+
+LEAK_RATE = "leak_rate"
+RESERVE_TIME = "reserve_time"
+RAPID_DEPRESS = "rapid_depress"
+LOW_PRESSURE = "low_pressure"
+SENSOR_FAULT = "sensor_fault"
+
+
+class _Sensor:
+    """What the monitor knows of one sensor."""
+
+    __slots__ = ("spec", "last_seen", "pressure", "temperature", "faults", "fault")
+
+    def __init__(self, spec: SensorSpec, severity: Severity) -> None:
+        self.spec = spec
+        self.last_seen = -math.inf
+        self.pressure: float | None = None  # latest good reading; None until one arrives
+        self.temperature: float | None = None
+        self.faults: dict[str, str] = {}  # reason -> detail
+        self.fault = Condition(SENSOR_FAULT, spec.name, severity, None)
+
+
+class _Volume:
+    """One volume: its members, its estimators and its alarm conditions."""
+
+    def __init__(self, vid: str, segments: tuple[str, ...], monitor: Monitor, time: float) -> None:
+        self.id = vid
+        self.segments = segments
+        self.parts = [
+            (monitor.segment_volume[seg], [s for s in monitor.sensors.values() if s.spec.segment == seg])
+            for seg in segments
+        ]
+        self.pressure_sensors = [s for _, members in self.parts for s in members]
+        self.formed_at = time
+        self.slope = AdaptiveSlope()
+        self.fall = FallRate()
+        self.fresh: dict[str, float] = {}
+        self.signature: tuple | None = None
+        self.pressure = math.nan
+        self.mass = math.nan
+        self.next_report = -math.inf
+        self.temperature_notice_given = False
+        self.conditions = monitor.volume_conditions(vid)
+
+
+class Monitor:
+    """Turns samples into estimates and alarm transitions; deterministic and free of I/O."""
+
+    def __init__(self, settings: ModuleSettings) -> None:
+        self.settings = settings
+        self.k = settings.leak.confidence_sigma
+        self.report_interval = settings.leak.report_interval_s
+        self.stale_after = settings.alarms.sensor.stale_after_s
+        self.segment_volume = {s.name: s.volume_m3 for s in settings.segments}
+        severity = Severity[settings.alarms.sensor.severity.upper()]
+        self.sensors = {s.name: _Sensor(s, severity) for s in settings.sensors}
+        self.hatch_between = {h.name: h.between for h in settings.hatches}
+        self.hatch_open = {h.name: h.initially_open for h in settings.hatches}
+        self.volumes: dict[str, _Volume] = {}
+        self._volume_of_segment: dict[str, _Volume] = {}
+        self._started = False
+        self._stale_deadline = math.inf
+        self._reform(-math.inf, [])
+
+    # -- public --------------------------------------------------------------------------
+
+    def feed(self, sample: Sample) -> list[Event]:
+        """Process one sample; return what it caused, in time order."""
+        events: list[Event] = []
+        t = sample.time
+        if not self._started:
+            self._start(t)
+        if t > self._stale_deadline:
+            self._check_stale(t, events)
+        if sample.quantity is Quantity.HATCH:
+            self._hatch(sample, events)
+            return events
+        sensor = self.sensors[sample.sensor]
+        value = sample.value
+        if sample.quality is Quality.BAD or value != value:
+            self._set_fault(sensor, t, "unreadable", f"unreadable {sample.quantity.value} reading", events)
+            return events
+        pressure = sample.quantity is Quantity.PRESSURE
+        lo, hi = sensor.spec.pressure_range_pa if pressure else sensor.spec.temperature_range_k
+        if not lo <= value <= hi:
+            unit = "Pa" if pressure else "K"
+            detail = f"{sample.quantity.value} {value:g} {unit} outside [{lo:g}, {hi:g}]"
+            self._set_fault(sensor, t, "out_of_range_" + sample.quantity.value, detail, events)
+            return events
+        sensor.last_seen = t
+        if sensor.faults:
+            self._clear_faults(sensor, t, sample.quantity.value, events)
+        if pressure:
+            sensor.pressure = value
+            volume = self._volume_of_segment[sensor.spec.segment]
+            volume.fresh[sensor.spec.name] = value
+            for s in volume.pressure_sensors:
+                if s.pressure is not None and not s.faults and s.spec.name not in volume.fresh:
+                    break
+            else:
+                self._point(volume, t, events)
+        else:
+            sensor.temperature = value
+        return events
+
+    def tick(self, now: float) -> list[Event]:
+        """Let time pass without a sample (the live daemon's clock): staleness."""
+        events: list[Event] = []
+        if self._started and now > self._stale_deadline:
+            self._check_stale(now, events)
+        return events
+
+    def volume_conditions(self, vid: str) -> dict[tuple[str, Severity], Condition]:
+        """The alarm conditions of a volume, one per configured threshold."""
+        a = self.settings.alarms
+        wanted = [
+            (LEAK_RATE, Severity.CAUTION, a.leak_rate.caution_kg_per_day),
+            (LEAK_RATE, Severity.WARNING, a.leak_rate.warning_kg_per_day),
+            (RAPID_DEPRESS, Severity.EMERGENCY, a.rapid_depress.emergency_pa_per_s),
+            (LOW_PRESSURE, Severity.WARNING, a.low_pressure.warning_pa),
+            (LOW_PRESSURE, Severity.EMERGENCY, a.low_pressure.emergency_pa),
+            (RESERVE_TIME, Severity.CAUTION, a.reserve_time.caution_s),
+            (RESERVE_TIME, Severity.WARNING, a.reserve_time.warning_s),
+            (RESERVE_TIME, Severity.EMERGENCY, a.reserve_time.emergency_s),
+        ]
+        return {(al, sev): Condition(al, vid, sev, th) for al, sev, th in wanted if th is not None}
+
+    def active_alarms(self) -> list[tuple[str, str, Severity]]:
+        """The (alarm, source, severity) of every active condition."""
+        out = [(c.alarm, c.source, c.severity) for v in self.volumes.values() for c in v.conditions.values() if c.active]
+        out += [(SENSOR_FAULT, s.spec.name, s.fault.severity) for s in self.sensors.values() if s.fault.active]
+        return out
+
+    # -- sensors ---------------------------------------------------------------------------
+
+    def _start(self, t: float) -> None:
+        self._started = True
+        for s in self.sensors.values():
+            s.last_seen = t
+        self._stale_deadline = t + self.stale_after
+
+    def _check_stale(self, t: float, events: list[Event]) -> None:
+        deadline = math.inf
+        for s in self.sensors.values():
+            if t - s.last_seen > self.stale_after:
+                if "stale" not in s.faults:
+                    detail = f"no reading for {t - s.last_seen:.1f} s (limit {self.stale_after:g} s)"
+                    self._set_fault(s, t, "stale", detail, events)
+            else:
+                deadline = min(deadline, s.last_seen + self.stale_after)
+        self._stale_deadline = deadline
+
+    def _set_fault(self, sensor: _Sensor, t: float, reason: str, detail: str, events: list[Event]) -> None:
+        first = not sensor.faults
+        sensor.faults[reason] = detail
+        volume = self._volume_of_segment.get(sensor.spec.segment)
+        if volume is not None:
+            volume.fresh.pop(sensor.spec.name, None)
+        if first:
+            _append(events, sensor.fault.update(t, (True, False), None, f"{reason}: {detail}"))
+
+    def _clear_faults(self, sensor: _Sensor, t: float, quantity: str, events: list[Event]) -> None:
+        if "stale" in sensor.faults:
+            self._stale_deadline = min(self._stale_deadline, t + self.stale_after)
+        for reason in ("stale", "unreadable", "out_of_range_" + quantity):
+            sensor.faults.pop(reason, None)
+        if not sensor.faults:
+            _append(events, sensor.fault.update(t, (False, True), None, "reading again"))
+
+    # -- hatches and volumes -----------------------------------------------------------------
+
+    def _hatch(self, sample: Sample, events: list[Event]) -> None:
+        is_open = sample.value >= 0.5
+        if self.hatch_open[sample.sensor] == is_open:
+            return
+        self.hatch_open[sample.sensor] = is_open
+        self._reform(sample.time, events)
+        events.append(HatchChange(sample.time, sample.sensor, is_open, tuple(sorted(self.volumes))))
+
+    def _reform(self, t: float, events: list[Event]) -> None:
+        open_hatches = [h for h, is_open in self.hatch_open.items() if is_open]
+        groups = form_volumes(self.segment_volume, self.hatch_between, open_hatches)
+        new = {vid: self.volumes.get(vid) or _Volume(vid, members, self, t) for vid, members in groups.items()}
+        for vid, old in self.volumes.items():
+            if vid not in new:
+                for c in old.conditions.values():
+                    _append(events, c.force_clear(t, "volume re-formed by a hatch"))
+        self.volumes = new
+        self._volume_of_segment = {seg: v for v in new.values() for seg in v.segments}
+
+    # -- points and estimates ----------------------------------------------------------------
+
+    def _point(self, v: _Volume, t: float, events: list[Event]) -> None:
+        fresh = v.fresh
+        p = sum(fresh.values()) / len(fresh)
+        temps: list[float | None] = []
+        used: list[str] = []
+        for _, members in v.parts:
+            readings = [s.temperature for s in members if s.temperature is not None and not s.faults]
+            temps.append(sum(readings) / len(readings) if readings else None)
+            used.extend(s.spec.name for s in members if s.temperature is not None and not s.faults)
+        known = [x for x in temps if x is not None]
+        fallback = sum(known) / len(known) if known else DEFAULT_TEMPERATURE_K
+        if not known and not v.temperature_notice_given and t - v.formed_at > self.stale_after:
+            v.temperature_notice_given = True
+            events.append(Notice(t, f"volume {v.id}: no temperature reading; assuming {fallback} K"))
+        capacity = sum(vol / (x if x is not None else fallback) for (vol, _), x in zip(v.parts, temps, strict=True))
+        mass = p * capacity / R_AIR
+        signature = (tuple(sorted(fresh)), tuple(used))
+        fresh.clear()
+        if signature != v.signature:
+            if v.signature is not None and len(v.slope.series) >= v.slope.min_points:
+                events.append(Notice(t, f"volume {v.id}: sensors now {signature}; leak-rate fit restarted"))
+            v.signature = signature
+            v.slope.reset()
+            v.fall = FallRate()
+        v.slope.add(t, mass)
+        v.fall.add(t, p)
+        v.pressure = p
+        v.mass = mass
+        self._pressure_alarms(v, t, p, events)
+        if t >= v.next_report:
+            v.next_report = t + self.report_interval
+            events.append(self._estimate(v, t, events))
+
+    def _pressure_alarms(self, v: _Volume, t: float, p: float, events: list[Event]) -> None:
+        a = self.settings.alarms
+        c = v.conditions
+        for sev in (Severity.WARNING, Severity.EMERGENCY):
+            cond = c.get((LOW_PRESSURE, sev))
+            if cond is not None:
+                _append(events, cond.update(t, below(p, cond.threshold, a.low_pressure.hysteresis_pa), p))
+        cond = c.get((RAPID_DEPRESS, Severity.EMERGENCY))
+        if cond is not None:
+            bounds = v.fall.bounds(self.k)
+            if bounds is not None:
+                fall, lower, upper = bounds
+                _append(events, cond.update(t, (lower > cond.threshold, upper < cond.threshold), fall))
+
+    def _estimate(self, v: _Volume, t: float, events: list[Event]) -> Estimate:
+        fit = v.slope.estimate()
+        if fit is None:
+            return Estimate(t, v.id, None, None, v.pressure, v.mass, None)
+        rate = -fit.slope * SECONDS_PER_DAY  # kg/day lost
+        sigma = fit.sigma * SECONDS_PER_DAY
+        mass = fit.level
+        k = self.k
+        lim = self.settings.alarms
+        for sev in (Severity.CAUTION, Severity.WARNING):
+            cond = v.conditions.get((LEAK_RATE, sev))
+            if cond is not None:
+                rule = confidently_above(rate, sigma, k, cond.threshold, lim.leak_rate.hysteresis_kg_per_day)
+                _append(events, cond.update(t, rule, rate))
+        rt = lim.reserve_time
+        longest = reserve_time_s(mass, rate - k * sigma, v.pressure, rt.minimum_pa)
+        shortest = reserve_time_s(mass, rate + k * sigma, v.pressure, rt.minimum_pa)
+        for sev in (Severity.CAUTION, Severity.WARNING, Severity.EMERGENCY):
+            cond = v.conditions.get((RESERVE_TIME, sev))
+            if cond is not None:
+                rule = (longest < cond.threshold, shortest > cond.threshold * (1.0 + rt.hysteresis_fraction))
+                _append(events, cond.update(t, rule, longest if math.isfinite(longest) else None))
+        reserve = reserve_time_s(mass, rate, v.pressure, rt.minimum_pa)
+        return Estimate(
+            t, v.id, rate, sigma, v.pressure, v.mass, reserve if math.isfinite(reserve) else None, fit.window_s
+        )
+
+
+def reserve_time_s(mass_kg: float, loss_kg_per_day: float, pressure_pa: float, minimum_pa: float) -> float:
+    """Time for a choked leak to bring the pressure down to minimum_pa: τ·ln(P/Pmin), τ = m/ṁ.
+
+    Infinite when the volume is not losing air; zero when already at or below the minimum.
+    """
+    if pressure_pa <= minimum_pa:
+        return 0.0
+    if loss_kg_per_day <= 0.0:
+        return math.inf
+    tau = mass_kg / loss_kg_per_day * SECONDS_PER_DAY
+    return tau * math.log(pressure_pa / minimum_pa)
+
+
+def _append(events: list[Event], transition: AlarmTransition | None) -> None:
+    if transition is not None:
+        events.append(transition)
+
+
+def run(monitor: Monitor, samples: Iterable[Sample]) -> Iterable[Event]:
+    """Feed samples through a monitor, yielding every event in order."""
+    for sample in samples:
+        yield from monitor.feed(sample)

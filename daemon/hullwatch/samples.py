@@ -1,0 +1,111 @@
+"""The samples file (ICD §3): CSV with a header `time,sensor,quantity,value`.
+
+Read by `hullwatch analyze`, written by the recorder. Every row is checked; the first
+bad one stops the reading with a SamplesError that names the file and line.
+A name ending in `.gz` is read and written gzip-compressed.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import math
+from collections.abc import Iterator, Mapping
+from datetime import datetime
+from typing import IO, TextIO
+
+from hullwatch.core.model import Quantity, Sample
+
+HEADER = ("time", "sensor", "quantity", "value")
+_QUANTITIES = {q.value: q for q in Quantity}
+
+
+class SamplesError(ValueError):
+    """A malformed samples file; the message names the file and line."""
+
+    def __init__(self, path: str, line: int, message: str) -> None:
+        super().__init__(f"{path}:{line}: {message}")
+        self.path = path
+        self.line = line
+
+
+def open_text(path: str, mode: str = "r") -> TextIO | IO[str]:
+    """Open a samples file as text, gunzipping a `.gz` name."""
+    if path.endswith(".gz"):
+        return gzip.open(path, mode + "t", encoding="utf-8", newline="")
+    return open(path, mode, encoding="utf-8", newline="")
+
+
+def parse_time(text: str) -> float:
+    """Epoch seconds, or ISO 8601 with an offset, to epoch seconds."""
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    stamp = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    if stamp.tzinfo is None:
+        raise ValueError(f"time {text!r} has no UTC offset")
+    return stamp.timestamp()
+
+
+def read_samples(path: str, names: Mapping[str, frozenset[Quantity]], stream: TextIO | None = None) -> Iterator[Sample]:
+    """Yield the samples of a file, checking every row against the known names and their quantities."""
+    f = stream if stream is not None else open_text(path)
+    try:
+        rows = csv.reader(f)
+        header = next(rows, None)
+        if header is None:
+            raise SamplesError(path, 1, "empty file: expected the header 'time,sensor,quantity,value'")
+        if tuple(h.strip().lstrip("\ufeff") for h in header) != HEADER:
+            raise SamplesError(path, 1, f"header is {','.join(header)!r}, expected 'time,sensor,quantity,value'")
+        last = -math.inf
+        line = 1
+        for row in rows:
+            line += 1
+            if not row:
+                continue
+            try:
+                t_text, name, q_text, v_text = row
+            except ValueError:
+                raise SamplesError(path, line, f"expected 4 fields, found {len(row)}") from None
+            try:
+                t = float(t_text)
+            except ValueError:
+                try:
+                    t = parse_time(t_text)
+                except ValueError:
+                    raise SamplesError(path, line, f"time {t_text!r} is neither epoch seconds nor ISO 8601") from None
+            if not math.isfinite(t):
+                raise SamplesError(path, line, f"time {t_text!r} is not finite")
+            if t < last:
+                raise SamplesError(path, line, f"time {t_text} goes backwards (previous row {last!r})")
+            last = t
+            quantity = _QUANTITIES.get(q_text)
+            if quantity is None:
+                raise SamplesError(path, line, f"quantity {q_text!r} is not pressure, temperature or hatch")
+            allowed = names.get(name)
+            if allowed is None:
+                raise SamplesError(path, line, f"{name!r} is not a sensor or hatch in the configuration")
+            if quantity not in allowed:
+                raise SamplesError(path, line, f"{name!r} cannot report {q_text}")
+            try:
+                value = float(v_text)
+            except ValueError:
+                raise SamplesError(path, line, f"value {v_text!r} is not a number") from None
+            if not math.isfinite(value):
+                raise SamplesError(path, line, f"value {v_text!r} is not finite")
+            if quantity is Quantity.HATCH and value not in (0.0, 1.0):
+                raise SamplesError(path, line, f"hatch value {v_text!r} must be 1 (open) or 0 (closed)")
+            yield Sample(t, name, quantity, value)
+    except UnicodeDecodeError as exc:
+        raise SamplesError(path, line if "line" in locals() else 1, f"not UTF-8 text ({exc.reason})") from None
+    except csv.Error as exc:
+        raise SamplesError(path, line + 1, f"bad CSV: {exc}") from None
+    finally:
+        if stream is None:
+            f.close()
+
+
+def format_row(sample: Sample) -> str:
+    """One CSV line (with newline) for a sample."""
+    return f"{sample.time:.6f},{sample.sensor},{sample.quantity.value},{sample.value!r}\n"
