@@ -50,7 +50,9 @@ def parse_time(text: str) -> float:
 
 def read_samples(path: str, names: Mapping[str, frozenset[Quantity]], stream: TextIO | None = None) -> Iterator[Sample]:
     """Yield the samples of a file, checking every row against the known names and their quantities."""
+    kinds = {(name, q.value): q for name, allowed in names.items() for q in allowed}
     f = stream if stream is not None else open_text(path)
+    line = 1
     try:
         rows = csv.reader(f)
         header = next(rows, None)
@@ -59,7 +61,6 @@ def read_samples(path: str, names: Mapping[str, frozenset[Quantity]], stream: Te
         if tuple(h.strip().lstrip("\ufeff") for h in header) != HEADER:
             raise SamplesError(path, 1, f"header is {','.join(header)!r}, expected 'time,sensor,quantity,value'")
         last = -math.inf
-        line = 1
         for row in rows:
             line += 1
             if not row:
@@ -80,14 +81,9 @@ def read_samples(path: str, names: Mapping[str, frozenset[Quantity]], stream: Te
             if t < last:
                 raise SamplesError(path, line, f"time {t_text} goes backwards (previous row {last!r})")
             last = t
-            quantity = _QUANTITIES.get(q_text)
+            quantity = kinds.get((name, q_text))
             if quantity is None:
-                raise SamplesError(path, line, f"quantity {q_text!r} is not pressure, temperature or hatch")
-            allowed = names.get(name)
-            if allowed is None:
-                raise SamplesError(path, line, f"{name!r} is not a sensor or hatch in the configuration")
-            if quantity not in allowed:
-                raise SamplesError(path, line, f"{name!r} cannot report {q_text}")
+                raise SamplesError(path, line, _name_problem(name, q_text, names))
             try:
                 value = float(v_text)
             except ValueError:
@@ -98,12 +94,21 @@ def read_samples(path: str, names: Mapping[str, frozenset[Quantity]], stream: Te
                 raise SamplesError(path, line, f"hatch value {v_text!r} must be 1 (open) or 0 (closed)")
             yield Sample(t, name, quantity, value)
     except UnicodeDecodeError as exc:
-        raise SamplesError(path, line if "line" in locals() else 1, f"not UTF-8 text ({exc.reason})") from None
+        raise SamplesError(path, line, f"not UTF-8 text ({exc.reason})") from None
     except csv.Error as exc:
         raise SamplesError(path, line + 1, f"bad CSV: {exc}") from None
     finally:
         if stream is None:
             f.close()
+
+
+def _name_problem(name: str, q_text: str, names: Mapping[str, frozenset[Quantity]]) -> str:
+    """Why (name, quantity) is not allowed."""
+    if q_text not in _QUANTITIES:
+        return f"quantity {q_text!r} is not pressure, temperature or hatch"
+    if name not in names:
+        return f"{name!r} is not a sensor or hatch in the configuration"
+    return f"{name!r} cannot report {q_text}"
 
 
 def format_row(sample: Sample) -> str:

@@ -30,6 +30,7 @@ and length. Everything here is a pure function of the points given: no clocks.
 from __future__ import annotations
 
 import math
+from bisect import bisect_left
 from dataclasses import dataclass
 
 from hullwatch.core.linefit import LineSeries
@@ -39,6 +40,7 @@ MIN_POINTS = 30
 CHANGE_Z = 5.0
 LADDER_RATIO = 1.25
 PRIOR_DOF = 30
+RELOCATE_GROWTH = 4.0  # after a restart, the change is re-located until the window is this much longer
 _COMPACT_AFTER = 4096  # points dropped before the sums are rebuilt
 
 
@@ -65,6 +67,8 @@ class AdaptiveSlope:
         self.restarts = 0  # windows cut by a detected change
         self._change_pending = False
         self._noise_var: float | None = None  # residual variance over the last long window
+        self._anchor: int | None = None  # window start before the last restart, while re-locating it
+        self._anchor_span = 0  # points after the change when it was detected
 
     def add(self, t: float, y: float) -> None:
         """Add a point; t must not decrease."""
@@ -82,15 +86,28 @@ class AdaptiveSlope:
             return None
         t_end = s.x(end - 1)
         self.start = max(self.start, s.index_at(t_end - self.max_window_s))
+        if self._anchor is not None:
+            if end - self.start > RELOCATE_GROWTH * self._anchor_span:
+                self._anchor = None
+            else:
+                span = self._anchor_span
+                lo = max(self._anchor + self.min_points, self.start - span)
+                hi = min(end - self.min_points, self.start + span)
+                if lo < hi:
+                    self.start = self._locate_knot(self._anchor, end, lo, hi)
         split = self._find_change(self.start, end)
         if split is not None and self._change_pending:
+            self._anchor, self._anchor_span = self.start, end - split
             self.start = split
             self.restarts += 1
         self._change_pending = split is not None and not self._change_pending
-        if self.start > _COMPACT_AFTER and self.start > end // 2:
-            s.drop_before(self.start)
-            end -= self.start
-            self.start = 0
+        keep = self.start if self._anchor is None else self._anchor
+        if keep > _COMPACT_AFTER and keep > end // 2:
+            s.drop_before(keep)
+            end -= keep
+            self.start -= keep
+            if self._anchor is not None:
+                self._anchor -= keep
         n = end - self.start
         if n < self.min_points:
             return None
@@ -119,7 +136,7 @@ class AdaptiveSlope:
         sx, sy, sxx, sxy, syy = s.sx, s.sy, s.sxx, s.sxy, s.syy
         z2_bar = CHANGE_Z * CHANGE_Z
         dof = n - 4
-        best_k, best_sse, best_r = -1, math.inf, 0
+        best_k, best_sse, best_r = -1, math.inf, 0  # the two-line split that explains most
         r = m
         while r <= n - m:
             k = end - r
@@ -147,23 +164,44 @@ class AdaptiveSlope:
             r = max(r + 1, int(r * LADDER_RATIO))
         if best_k < 0:
             return None
-        return self._refine_split(first, end, best_k, best_r)
+        lo = max(first + m, end - 2 * best_r)
+        hi = min(end - m, end - best_r // 3)
+        return self._locate_knot(first, end, lo, hi) if lo < hi else best_k
 
-    def _refine_split(self, first: int, end: int, k: int, r: int) -> int:
-        """The split near k (between neighbouring rungs) with the least total squared error."""
-        m = self.min_points
-        half = max(1, int(r * (LADDER_RATIO - 1.0)))
-        lo = max(first + m, k - half)
-        hi = min(end - m, k + half)
-        step = max(1, (hi - lo) // 48)
+    def _locate_knot(self, first: int, end: int, lo: int, hi: int) -> int:
+        """The knot in lo..hi of the continuous two-piece line over first..end-1 that fits best.
+
+        A change of leak rate bends the mass curve but cannot break it, so the knot of a
+        continuous fit locates the change far better than two independent lines would.
+        """
+        step = max(1, (hi - lo) // 64)
+        best = min(range(lo, hi + 1, step), key=lambda k: self._hinge_sse(first, end, k))
+        if step > 1:
+            best = min(range(max(lo, best - step), min(hi, best + step) + 1),
+                       key=lambda k: self._hinge_sse(first, end, k))
+        return best
+
+    def _hinge_sse(self, first: int, end: int, k: int) -> float:
+        """Squared error of y = a + b₁·min(x−x_k, 0) + b₂·max(x−x_k, 0) over first..end-1."""
         s = self.series
-        best_k, best_sse = k, math.inf
-        for cand in range(lo, hi + 1, step):
-            a = s.fit(first, cand)
-            b = s.fit(cand, end)
-            if a is not None and b is not None and a.sse + b.sse < best_sse:
-                best_k, best_sse = cand, a.sse + b.sse
-        return best_k
+        sx, sy, sxx, sxy = s.sx, s.sy, s.sxx, s.sxy
+        xk = s.xs[k]
+        nl, nr = k - first, end - k
+        lx, ly = sx[k] - sx[first], sy[k] - sy[first]
+        rx, ry = sx[end] - sx[k], sy[end] - sy[k]
+        ul = lx - nl * xk  # Σu over the left piece, u = x − x_k
+        ur = rx - nr * xk
+        uul = sxx[k] - sxx[first] - 2.0 * xk * lx + nl * xk * xk
+        uur = sxx[end] - sxx[k] - 2.0 * xk * rx + nr * xk * xk
+        if uul <= 0.0 or uur <= 0.0:
+            return math.inf
+        uyl = sxy[k] - sxy[first] - xk * ly
+        uyr = sxy[end] - sxy[k] - xk * ry
+        y_total = ly + ry
+        a = (y_total - ul * uyl / uul - ur * uyr / uur) / ((end - first) - ul * ul / uul - ur * ur / uur)
+        bl = (uyl - ul * a) / uul
+        br = (uyr - ur * a) / uur
+        return s.syy[end] - s.syy[first] - a * y_total - bl * uyl - br * uyr
 
 
 class FallRate:
@@ -192,18 +230,26 @@ class FallRate:
         end = len(s)
         if end < self.MIN_POINTS:
             return None
-        t_end = s.x(end - 1)
-        best: tuple[float, float, float] | None = None
+        xs, sx, sy, sxx, sxy, syy = s.xs, s.sx, s.sy, s.sxx, s.sxy, s.syy
+        x_end = xs[-1]
+        best_fall, best_lower, upper = math.nan, -math.inf, -math.inf
         for w in self.WINDOWS_S:
-            line = s.fit(s.index_at(t_end - w), end)
-            if line is None or line.n < self.MIN_POINTS:
+            i = bisect_left(xs, x_end - w)
+            n = end - i
+            if n < self.MIN_POINTS:
                 continue
-            fall = -line.slope
-            half = k * math.sqrt(line.sse / (line.n - 2) / line.sxx)
-            if best is None:
-                best = (fall, fall - half, fall + half)
-            else:
-                if fall - half > best[1]:
-                    best = (fall, fall - half, best[2])
-                best = (best[0], best[1], max(best[2], fall + half))
-        return best
+            tx = sx[end] - sx[i]
+            ty = sy[end] - sy[i]
+            dxx = sxx[end] - sxx[i] - tx * tx / n
+            if dxx <= 0.0:
+                continue
+            dxy = sxy[end] - sxy[i] - tx * ty / n
+            dyy = syy[end] - syy[i] - ty * ty / n
+            slope = dxy / dxx
+            half = k * math.sqrt(max(dyy - slope * dxy, 0.0) / (n - 2) / dxx)
+            if -slope - half > best_lower:
+                best_fall, best_lower = -slope, -slope - half
+            upper = max(upper, -slope + half)
+        if best_lower == -math.inf:
+            return None
+        return best_fall, best_lower, upper

@@ -50,11 +50,12 @@ class LineSeries:
         y -= self.y0
         self.xs.append(x)
         self.ys.append(y)
-        self.sx.append(self.sx[-1] + x)
-        self.sy.append(self.sy[-1] + y)
-        self.sxx.append(self.sxx[-1] + x * x)
-        self.sxy.append(self.sxy[-1] + x * y)
-        self.syy.append(self.syy[-1] + y * y)
+        sx, sy, sxx, sxy, syy = self.sx, self.sy, self.sxx, self.sxy, self.syy
+        sx.append(sx[-1] + x)
+        sy.append(sy[-1] + y)
+        sxx.append(sxx[-1] + x * x)
+        sxy.append(sxy[-1] + x * y)
+        syy.append(syy[-1] + y * y)
 
     def x(self, i: int) -> float:
         """The absolute x of point i."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from enum import IntEnum, StrEnum
+from typing import NamedTuple
 
 R_AIR = 287.05  # J/(kg K), specific gas constant of dry air
 SECONDS_PER_DAY = 86400.0
@@ -47,8 +48,7 @@ class AlarmState(StrEnum):
     CLEARED = "cleared"
 
 
-@dataclass(frozen=True, slots=True)
-class Sample:
+class Sample(NamedTuple):
     """One reading: a sensor's pressure or temperature, or a hatch's state."""
 
     time: float

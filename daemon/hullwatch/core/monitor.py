@@ -13,9 +13,11 @@ mean of the round's readings; each segment's T is the mean of its healthy temper
 sensors (else the volume's mean temperature, else 293.15 K, with a notice).
 
 Points feed three estimators per volume:
-* the leak rate, the adaptive least-squares slope of m (estimator.AdaptiveSlope),
+* the leak rate, from the adaptive least-squares slope of ln m (estimator.AdaptiveSlope),
   evaluated every `report_interval_s` of data time: an Estimate, the leak_rate and
-  reserve_time conditions;
+  reserve_time conditions. A choked leak loses a fixed fraction of the mass per second,
+  so ln m falls on a straight line even as the loss slows with the pressure; the loss
+  now is that fraction times the fitted mass now, not the average over the window;
 * the short-window rate of fall of P (estimator.FallRate), every point: rapid_depress;
 * P itself, every point: low_pressure.
 When the set of sensors behind a volume's mass changes (one goes stale, one returns) the
@@ -84,17 +86,25 @@ class _Volume:
             (monitor.segment_volume[seg], [s for s in monitor.sensors.values() if s.spec.segment == seg])
             for seg in segments
         ]
-        self.pressure_sensors = [s for _, members in self.parts for s in members]
+        self.sensors = [s for _, members in self.parts for s in members]
         self.formed_at = time
         self.slope = AdaptiveSlope()
         self.fall = FallRate()
-        self.fresh: dict[str, float] = {}
+        self.fresh: dict[str, float] = {}  # this round's pressure readings
+        # The plan: which sensors make the mass now; rebuilt when any sensor's health changes.
+        self.plan_version = -1
+        self.expected = 0  # healthy pressure sensors in a full round
+        self.temperatures: list[tuple[float, list[_Sensor]]] = []  # (segment volume, its healthy thermometers)
         self.signature: tuple | None = None
         self.pressure = math.nan
         self.mass = math.nan
         self.next_report = -math.inf
         self.temperature_notice_given = False
         self.conditions = monitor.volume_conditions(vid)
+        self.low_pressure = [
+            c for sev in (Severity.WARNING, Severity.EMERGENCY) if (c := self.conditions.get((LOW_PRESSURE, sev)))
+        ]
+        self.rapid_depress = self.conditions.get((RAPID_DEPRESS, Severity.EMERGENCY))
 
 
 class Monitor:
@@ -105,6 +115,7 @@ class Monitor:
         self.k = settings.leak.confidence_sigma
         self.report_interval = settings.leak.report_interval_s
         self.stale_after = settings.alarms.sensor.stale_after_s
+        self.low_pressure_hysteresis = settings.alarms.low_pressure.hysteresis_pa
         self.segment_volume = {s.name: s.volume_m3 for s in settings.segments}
         severity = Severity[settings.alarms.sensor.severity.upper()]
         self.sensors = {s.name: _Sensor(s, severity) for s in settings.sensors}
@@ -114,6 +125,7 @@ class Monitor:
         self._volume_of_segment: dict[str, _Volume] = {}
         self._started = False
         self._stale_deadline = math.inf
+        self._health_version = 0  # bumped whenever a sensor starts reporting, fails or recovers
         self._reform(-math.inf, [])
 
     # -- public --------------------------------------------------------------------------
@@ -145,15 +157,18 @@ class Monitor:
         if sensor.faults:
             self._clear_faults(sensor, t, sample.quantity.value, events)
         if pressure:
+            if sensor.pressure is None:
+                self._health_version += 1
             sensor.pressure = value
             volume = self._volume_of_segment[sensor.spec.segment]
+            if volume.plan_version != self._health_version:
+                self._replan(volume, t, events)
             volume.fresh[sensor.spec.name] = value
-            for s in volume.pressure_sensors:
-                if s.pressure is not None and not s.faults and s.spec.name not in volume.fresh:
-                    break
-            else:
+            if len(volume.fresh) >= volume.expected:
                 self._point(volume, t, events)
         else:
+            if sensor.temperature is None:
+                self._health_version += 1
             sensor.temperature = value
         return events
 
@@ -191,6 +206,8 @@ class Monitor:
         self._started = True
         for s in self.sensors.values():
             s.last_seen = t
+        for v in self.volumes.values():
+            v.formed_at = t
         self._stale_deadline = t + self.stale_after
 
     def _check_stale(self, t: float, events: list[Event]) -> None:
@@ -207,6 +224,8 @@ class Monitor:
     def _set_fault(self, sensor: _Sensor, t: float, reason: str, detail: str, events: list[Event]) -> None:
         first = not sensor.faults
         sensor.faults[reason] = detail
+        if first:
+            self._health_version += 1
         volume = self._volume_of_segment.get(sensor.spec.segment)
         if volume is not None:
             volume.fresh.pop(sensor.spec.name, None)
@@ -219,6 +238,7 @@ class Monitor:
         for reason in ("stale", "unreadable", "out_of_range_" + quantity):
             sensor.faults.pop(reason, None)
         if not sensor.faults:
+            self._health_version += 1
             _append(events, sensor.fault.update(t, (False, True), None, "reading again"))
 
     # -- hatches and volumes -----------------------------------------------------------------
@@ -244,60 +264,71 @@ class Monitor:
 
     # -- points and estimates ----------------------------------------------------------------
 
+    def _replan(self, v: _Volume, t: float, events: list[Event]) -> None:
+        """Work out which sensors make the volume's mass now; restart the fit if that changed."""
+        v.plan_version = self._health_version
+        pressures = tuple(s.spec.name for s in v.sensors if s.pressure is not None and not s.faults)
+        v.expected = len(pressures)
+        v.temperatures = [
+            (vol, [s for s in members if s.temperature is not None and not s.faults]) for vol, members in v.parts
+        ]
+        signature = (pressures, tuple(s.spec.name for _, group in v.temperatures for s in group))
+        if signature == v.signature:
+            return
+        if v.signature is not None and len(v.slope.series) >= v.slope.min_points:
+            events.append(Notice(t, f"volume {v.id}: mass now from {', '.join(sum(signature, ())) or 'nothing'};"
+                                    " leak-rate fit restarted"))
+        v.signature = signature
+        v.slope.reset()
+        v.fall = FallRate()
+
     def _point(self, v: _Volume, t: float, events: list[Event]) -> None:
         fresh = v.fresh
         p = sum(fresh.values()) / len(fresh)
-        temps: list[float | None] = []
-        used: list[str] = []
-        for _, members in v.parts:
-            readings = [s.temperature for s in members if s.temperature is not None and not s.faults]
-            temps.append(sum(readings) / len(readings) if readings else None)
-            used.extend(s.spec.name for s in members if s.temperature is not None and not s.faults)
-        known = [x for x in temps if x is not None]
-        fallback = sum(known) / len(known) if known else DEFAULT_TEMPERATURE_K
-        if not known and not v.temperature_notice_given and t - v.formed_at > self.stale_after:
-            v.temperature_notice_given = True
-            events.append(Notice(t, f"volume {v.id}: no temperature reading; assuming {fallback} K"))
-        capacity = sum(vol / (x if x is not None else fallback) for (vol, _), x in zip(v.parts, temps, strict=True))
-        mass = p * capacity / R_AIR
-        signature = (tuple(sorted(fresh)), tuple(used))
         fresh.clear()
-        if signature != v.signature:
-            if v.signature is not None and len(v.slope.series) >= v.slope.min_points:
-                events.append(Notice(t, f"volume {v.id}: sensors now {signature}; leak-rate fit restarted"))
-            v.signature = signature
-            v.slope.reset()
-            v.fall = FallRate()
-        v.slope.add(t, mass)
+        capacity = 0.0  # Σ Vᵢ/Tᵢ
+        missing = 0.0  # Σ Vᵢ of segments without a temperature
+        t_sum = 0.0
+        t_count = 0
+        for vol, group in v.temperatures:
+            if group:
+                seg_t = sum(s.temperature for s in group) / len(group)
+                capacity += vol / seg_t
+                t_sum += seg_t
+                t_count += 1
+            else:
+                missing += vol
+        if missing:
+            fallback = t_sum / t_count if t_count else DEFAULT_TEMPERATURE_K
+            capacity += missing / fallback
+            if not t_count and not v.temperature_notice_given and t - v.formed_at > self.stale_after:
+                v.temperature_notice_given = True
+                events.append(Notice(t, f"volume {v.id}: no temperature reading; assuming {fallback} K"))
+        mass = p * capacity / R_AIR
+        v.slope.add(t, math.log(mass))
         v.fall.add(t, p)
         v.pressure = p
         v.mass = mass
-        self._pressure_alarms(v, t, p, events)
-        if t >= v.next_report:
-            v.next_report = t + self.report_interval
-            events.append(self._estimate(v, t, events))
-
-    def _pressure_alarms(self, v: _Volume, t: float, p: float, events: list[Event]) -> None:
-        a = self.settings.alarms
-        c = v.conditions
-        for sev in (Severity.WARNING, Severity.EMERGENCY):
-            cond = c.get((LOW_PRESSURE, sev))
-            if cond is not None:
-                _append(events, cond.update(t, below(p, cond.threshold, a.low_pressure.hysteresis_pa), p))
-        cond = c.get((RAPID_DEPRESS, Severity.EMERGENCY))
+        for cond in v.low_pressure:
+            if cond.active or p < cond.threshold:
+                _append(events, cond.update(t, below(p, cond.threshold, self.low_pressure_hysteresis), p))
+        cond = v.rapid_depress
         if cond is not None:
             bounds = v.fall.bounds(self.k)
             if bounds is not None:
                 fall, lower, upper = bounds
                 _append(events, cond.update(t, (lower > cond.threshold, upper < cond.threshold), fall))
+        if t >= v.next_report:
+            v.next_report = t + self.report_interval
+            events.append(self._estimate(v, t, events))
 
     def _estimate(self, v: _Volume, t: float, events: list[Event]) -> Estimate:
         fit = v.slope.estimate()
         if fit is None:
             return Estimate(t, v.id, None, None, v.pressure, v.mass, None)
-        rate = -fit.slope * SECONDS_PER_DAY  # kg/day lost
-        sigma = fit.sigma * SECONDS_PER_DAY
-        mass = fit.level
+        mass = math.exp(fit.level)
+        rate = -fit.slope * mass * SECONDS_PER_DAY  # kg/day lost, now
+        sigma = fit.sigma * mass * SECONDS_PER_DAY
         k = self.k
         lim = self.settings.alarms
         for sev in (Severity.CAUTION, Severity.WARNING):

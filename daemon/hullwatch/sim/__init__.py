@@ -1,0 +1,1 @@
+"""The simulated mock-up module: physics and synthetic sensor streams."""
