@@ -9,7 +9,7 @@ window is quiet but slow to see a change, a short one quick but noisy. No single
 length suits a 4 m³ airlock and a 75 m³ module, or a steady leak and a new hole, so
 the window adapts by itself:
 
-* It grows with the data, up to MAX_WINDOW_S (two hours: beyond that the model's
+* It grows with the data, up to MAX_WINDOW_S (an hour: beyond that the model's
   own assumptions — a constant rate, steady sensor offsets — matter more than noise).
 * Change detection cuts it. At each estimate the window is split at a ladder of
   points (the last MIN_POINTS, then 25 % more each rung), two independent lines are
@@ -35,8 +35,9 @@ from dataclasses import dataclass
 
 from hullwatch.core.linefit import LineSeries
 
-MAX_WINDOW_S = 7200.0
-MIN_POINTS = 30
+MAX_WINDOW_S = 3600.0
+MIN_POINTS = 30  # the fewest points on either side of a change
+COLD_START_POINTS = 60  # the fewest points for a first estimate, with no noise measured before
 CHANGE_Z = 5.0
 LADDER_RATIO = 1.25
 PRIOR_DOF = 30
@@ -56,6 +57,22 @@ class SlopeEstimate:
     n: int
 
 
+def _ladder(first: int, limit: int = 10_000_000) -> list[int]:
+    """Recent-segment lengths to try as splits: first, then LADDER_RATIO times longer each rung."""
+    rungs = [first]
+    while rungs[-1] < limit:
+        rungs.append(max(rungs[-1] + 1, int(rungs[-1] * LADDER_RATIO)))
+    return rungs
+
+
+def student_widening(dof: float, z: float = 3.0) -> float:
+    """How much wider Student's t is than the normal at z, for a noise measured with `dof` degrees of freedom.
+
+    Cornish–Fisher expansion of the t quantile; 1.045 at 58 dof, 1.01 at 300.
+    """
+    return 1.0 + (z * z + 1.0) / (4.0 * dof) + (5.0 * z**4 + 16.0 * z * z + 3.0) / (96.0 * dof * dof)
+
+
 class AdaptiveSlope:
     """Least-squares slope of a noisy series over a window that adapts to changes."""
 
@@ -69,6 +86,7 @@ class AdaptiveSlope:
         self._noise_var: float | None = None  # residual variance over the last long window
         self._anchor: int | None = None  # window start before the last restart, while re-locating it
         self._anchor_span = 0  # points after the change when it was detected
+        self._ladder = _ladder(min_points)
 
     def add(self, t: float, y: float) -> None:
         """Add a point; t must not decrease."""
@@ -116,15 +134,17 @@ class AdaptiveSlope:
             return None
         dof = n - 2
         if self._noise_var is None:
+            if n < COLD_START_POINTS:
+                return None
             var = line.sse / dof
         else:
             var = (line.sse + PRIOR_DOF * self._noise_var) / (dof + PRIOR_DOF)
-        if dof >= 100:
-            self._noise_var = line.sse / dof
+            dof += PRIOR_DOF
+        if n - 2 >= 100:
+            self._noise_var = line.sse / (n - 2)
+        sigma = math.sqrt(var / line.sxx) * student_widening(dof)
         level = line.y_mean + line.slope * (t_end - line.x_mean)
-        return SlopeEstimate(
-            t_end, line.slope, math.sqrt(var / line.sxx), level, t_end - s.x(self.start), n
-        )
+        return SlopeEstimate(t_end, line.slope, sigma, level, t_end - s.x(self.start), n)
 
     def _find_change(self, first: int, end: int) -> int | None:
         """The index where the slope changed significantly within first..end-1, or None."""
@@ -137,8 +157,9 @@ class AdaptiveSlope:
         z2_bar = CHANGE_Z * CHANGE_Z
         dof = n - 4
         best_k, best_sse, best_r = -1, math.inf, 0  # the two-line split that explains most
-        r = m
-        while r <= n - m:
+        for r in self._ladder:
+            if r > n - m:
+                break
             k = end - r
             # older segment: first..k-1
             na = k - first
@@ -161,7 +182,6 @@ class AdaptiveSlope:
                 z2 = (slope_a - slope_b) ** 2 / (var * (1.0 / axx + 1.0 / bxx))
                 if z2 > z2_bar and sse < best_sse:
                     best_k, best_sse, best_r = k, sse, r
-            r = max(r + 1, int(r * LADDER_RATIO))
         if best_k < 0:
             return None
         lo = max(first + m, end - 2 * best_r)

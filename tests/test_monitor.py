@@ -1,0 +1,191 @@
+"""The core monitor end to end on synthetic stories of a mock-up with known truth."""
+
+import math
+import statistics
+
+import pytest
+
+from hullwatch.core.model import AlarmState, AlarmTransition, Estimate, HatchChange, Notice, Quality, Quantity, Sample
+from hullwatch.core.monitor import Monitor, reserve_time_s, run
+from hullwatch.core.settings import ModuleSettings, Segment, SensorSpec
+from hullwatch.sim import stories
+
+
+def play(story):
+    return list(run(Monitor(story.settings), story.samples))
+
+
+def alarms(events, alarm=None, source=None, severity=None, state=AlarmState.ACTIVE):
+    return [
+        e for e in events if isinstance(e, AlarmTransition) and e.state is state
+        and (alarm is None or e.alarm == alarm) and (source is None or e.source == source)
+        and (severity is None or e.severity.label == severity)
+    ]
+
+
+def estimates(events, volume=None):
+    return [e for e in events if isinstance(e, Estimate) and (volume is None or e.volume == volume)
+            and e.leak_kg_per_day is not None]
+
+
+def test_leak_doubling_warns_within_twice_the_minimum_window_and_not_before():
+    story = stories.leak_step(volume_m3=10.0, duration_s=4 * 3600.0, step_s=2 * 3600.0)
+    events = play(story)
+    step = story.truth["step_time"]
+    assert not [a for a in alarms(events, "leak_rate") if a.time < step]
+    warning = [a for a in alarms(events, "leak_rate", "prk", "warning") if a.time >= step]
+    assert warning
+    assert warning[0].time - step < 2 * story.truth["confirm_window_s"]
+    late = [e for e in estimates(events) if e.time > step + 3600]
+    errors = [e.leak_kg_per_day - 1.0 * e.pressure_pa / 101325.0 for e in late]
+    assert abs(statistics.median(errors)) < 0.01
+
+
+def test_estimates_come_every_report_interval():
+    events = play(stories.leak_step(volume_m3=10.0, duration_s=1800.0))
+    times = [e.time for e in events if isinstance(e, Estimate)]
+    assert max(b - a for a, b in zip(times, times[1:])) <= 10.0
+    first = [e for e in events if isinstance(e, Estimate)][0]
+    assert first.leak_kg_per_day is None  # too few points yet: reported, but without a rate
+    assert first.to_dict()["reserve_time_s"] is None
+
+
+def test_sigma_is_calibrated_over_a_steady_leak():
+    story = stories.leak_step(volume_m3=75.0, before=0.2, after=0.2, duration_s=8 * 3600.0, seed=21)
+    est = [e for e in estimates(play(story)) if e.time > stories.T0 + 1800]
+    truth = [0.2 * e.pressure_pa / 101325.0 for e in est]
+    inside = sum(abs(e.leak_kg_per_day - t) <= 2 * e.leak_kg_per_day_sigma for e, t in zip(est, truth)) / len(est)
+    assert 0.85 <= inside <= 0.995
+
+
+def test_thermal_swing_is_compensated():
+    events = play(stories.thermal(duration_s=4 * 3600.0))
+    assert not alarms(events, "leak_rate")
+    mags = sorted(abs(e.leak_kg_per_day) for e in estimates(events) if e.time > stories.T0 + 1800)
+    assert statistics.median(mags) < 0.05
+    assert mags[int(0.95 * len(mags))] < 0.2
+
+
+def test_silent_sensor_faults_and_recovers():
+    story = stories.dropout()
+    events = play(story)
+    on = alarms(events, "sensor_fault")
+    off = alarms(events, "sensor_fault", state=AlarmState.CLEARED)
+    assert [a.source for a in on] == ["p1"] and [a.source for a in off] == ["p1"]
+    assert story.truth["gap_start"] + 4.0 < on[0].time <= story.truth["gap_start"] + 7.0
+    assert story.truth["gap_end"] <= off[0].time <= story.truth["gap_end"] + 2.0
+    assert "stale" in on[0].reason
+
+
+def test_closing_a_hatch_isolates_the_leak():
+    story = stories.isolation(close_s=3600.0, duration_s=2.5 * 3600.0)
+    events = play(story)
+    close = story.truth["close_time"]
+    joined = [e.leak_kg_per_day for e in estimates(events, "prk-zvezda") if close - 1200 < e.time < close]
+    prk = [e.leak_kg_per_day for e in estimates(events, "prk") if e.time > close + 1800]
+    zvezda = [e.leak_kg_per_day for e in estimates(events, "zvezda") if e.time > close + 1800]
+    assert abs(statistics.median(joined) - 1.0) < 0.05
+    assert 0.9 < statistics.median(prk) < 1.02
+    assert abs(statistics.median(zvezda)) < 0.05
+    assert not alarms(events, "leak_rate", "zvezda")
+    # the joined volume's alarms clear when it ceases to exist; the PrK's own alarm follows
+    cleared = alarms(events, "leak_rate", "prk-zvezda", state=AlarmState.CLEARED)
+    assert cleared and all(a.time == close and "re-formed" in a.reason for a in cleared)
+    assert alarms(events, "leak_rate", "prk", "warning")
+    changes = [e for e in events if isinstance(e, HatchChange)]
+    assert [(c.hatch, c.open, c.volumes) for c in changes] == [("prk-hatch", False, ("prk", "zvezda"))]
+
+
+def test_a_hole_raises_rapid_depress_and_reserve_time_in_time():
+    story = stories.hole()
+    events = play(story)
+    hole = story.truth["hole_time"]
+    assert not [a for a in alarms(events, "rapid_depress") if a.time < hole]
+    rapid = alarms(events, "rapid_depress", "prk", "emergency")
+    assert rapid and rapid[0].time - hole <= 3.0
+    assert rapid[0].value > 9.19
+    reserve = alarms(events, "reserve_time", "prk", "emergency")
+    assert reserve and abs(reserve[0].time - story.truth["reserve_600_time"]) <= 60.0
+    low = alarms(events, "low_pressure", "prk", "warning")
+    assert low and low[0].value < 95000.0
+
+
+def one_volume(**spec):
+    return ModuleSettings(segments=(Segment("lab", 1.0),),
+                          sensors=(SensorSpec("p", "lab", **spec), SensorSpec("t", "lab")))
+
+
+def feed_all(monitor, samples):
+    return [e for s in samples for e in monitor.feed(s)]
+
+
+def test_out_of_range_and_unreadable_readings_fault_the_sensor_until_good_ones_return():
+    m = Monitor(one_volume(pressure_range_pa=(50_000.0, 150_000.0)))
+    good = [Sample(float(i), "p", Quantity.PRESSURE, 101325.0) for i in range(3)]
+    events = feed_all(m, good + [Sample(3.0, "p", Quantity.PRESSURE, 2.0e6)])
+    fault = alarms(events, "sensor_fault", "p")
+    assert len(fault) == 1 and "outside [50000, 150000]" in fault[0].reason
+    events = feed_all(m, [Sample(4.0, "p", Quantity.PRESSURE, 101325.0)])
+    assert alarms(events, "sensor_fault", "p", state=AlarmState.CLEARED)
+    events = feed_all(m, [Sample(5.0, "p", Quantity.PRESSURE, math.nan, Quality.BAD)])
+    assert "unreadable" in alarms(events, "sensor_fault", "p")[0].reason
+    assert m.active_alarms() == [("sensor_fault", "p", m.sensors["p"].fault.severity)]
+
+
+def test_tick_detects_staleness_without_samples():
+    m = Monitor(one_volume())
+    feed_all(m, [Sample(0.0, "p", Quantity.PRESSURE, 101325.0), Sample(0.0, "t", Quantity.TEMPERATURE, 295.0)])
+    assert m.tick(4.0) == []
+    events = m.tick(5.5)
+    assert sorted(a.source for a in alarms(events, "sensor_fault")) == ["p", "t"]
+
+
+def test_two_pressure_sensors_make_one_point_per_round_and_survive_losing_one():
+    settings = ModuleSettings(
+        segments=(Segment("lab", 10.0),),
+        sensors=(SensorSpec("pa", "lab"), SensorSpec("pb", "lab"), SensorSpec("t", "lab")),
+    )
+    m = Monitor(settings)
+    samples = []
+    for i in range(200):
+        samples += [Sample(i, "pa", Quantity.PRESSURE, 101320.0), Sample(i + 0.3, "pb", Quantity.PRESSURE, 101330.0),
+                    Sample(i + 0.5, "t", Quantity.TEMPERATURE, 295.0)]
+    for i in range(200, 400):  # pb falls silent
+        samples += [Sample(i, "pa", Quantity.PRESSURE, 101320.0), Sample(i + 0.5, "t", Quantity.TEMPERATURE, 295.0)]
+    events = feed_all(m, samples)
+    volume = m.volumes["lab"]
+    # pb is stale after 5 s (at t = 205); from then on each of pa's readings is a whole round
+    assert len(volume.slope.series) == 400 - 205
+    notices = [e.message for e in events if isinstance(e, Notice)]
+    assert any("restarted" in n for n in notices)
+    est = [e for e in events if isinstance(e, Estimate)]
+    assert est[10].pressure_pa == pytest.approx(101325.0)  # the mean of both
+    assert est[-1].pressure_pa == pytest.approx(101320.0)
+
+
+def test_missing_temperature_uses_the_default_and_says_so():
+    m = Monitor(ModuleSettings(segments=(Segment("lab", 1.0),), sensors=(SensorSpec("p", "lab"),)))
+    events = feed_all(m, [Sample(float(i), "p", Quantity.PRESSURE, 101325.0) for i in range(20)])
+    notices = [e for e in events if isinstance(e, Notice)]
+    assert len(notices) == 1 and "293.15" in notices[0].message
+    est = [e for e in events if isinstance(e, Estimate)][-1]
+    assert est.mass_kg == pytest.approx(101325.0 / (287.05 * 293.15))
+
+
+def test_same_samples_same_events():
+    a = play(stories.isolation(close_s=1200.0, duration_s=2400.0))
+    b = play(stories.isolation(close_s=1200.0, duration_s=2400.0))
+    assert a == b
+
+
+@pytest.mark.parametrize(
+    ("mass", "loss", "p", "pmin", "expected"),
+    [
+        (100.0, 0.0, 101325.0, 65300.0, math.inf),
+        (100.0, -1.0, 101325.0, 65300.0, math.inf),
+        (100.0, 1.0, 60000.0, 65300.0, 0.0),
+        (100.0, 100.0, 101325.0 * math.e, 101325.0, 86400.0),  # τ = 1 day, ln(P/Pmin) = 1
+    ],
+)
+def test_reserve_time(mass, loss, p, pmin, expected):
+    assert reserve_time_s(mass, loss, p, pmin) == pytest.approx(expected)
