@@ -7,8 +7,8 @@ import json
 import sys
 from collections.abc import Sequence
 
-from hullwatch import __version__, config
-from hullwatch.core.model import AlarmTransition, Estimate, HatchChange, Notice
+from hullwatch import __version__, config, present
+from hullwatch.core.model import AlarmState, AlarmTransition, Estimate, Notice
 from hullwatch.core.monitor import Monitor
 from hullwatch.samples import SamplesError, read_samples
 
@@ -99,6 +99,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout
     dumps = json.dumps
     counts = {"estimate": 0, "active": 0}
+    latest: dict[str, Estimate] = {}
     try:
         write = out.write
         feed = monitor.feed
@@ -106,13 +107,23 @@ def cmd_analyze(args: argparse.Namespace) -> int:
             for event in feed(sample):
                 if isinstance(event, Estimate):
                     counts["estimate"] += 1
-                    write(dumps(event.to_dict()) + "\n")
-                elif isinstance(event, AlarmTransition | HatchChange):
-                    if isinstance(event, AlarmTransition) and event.state.value == "active":
-                        counts["active"] += 1
-                    write(dumps(event.to_dict()) + "\n")
+                    if args.summary:
+                        latest[event.volume] = event
+                    else:
+                        write(dumps(event.to_dict()) + "\n")
                 elif isinstance(event, Notice):
-                    print(f"notice: {event.message}", file=sys.stderr)
+                    print(present.describe(event), file=sys.stderr)
+                else:
+                    if isinstance(event, AlarmTransition) and event.state is AlarmState.ACTIVE:
+                        counts["active"] += 1
+                    write(present.describe(event) + "\n" if args.summary else dumps(event.to_dict()) + "\n")
+        if args.summary:
+            write("at the end of the recording:\n")
+            for vid in monitor.volumes:
+                if vid in latest:
+                    write(f"  {present.estimate_text(latest[vid])}\n")
+            active = monitor.active_alarms()
+            write("  active alarms: " + (", ".join(f"{sev.label} {a} {src}" for a, src, sev in active) or "none") + "\n")
     except SamplesError as exc:
         print(f"{exc}", file=sys.stderr)
         return EX_DATAERR
@@ -149,6 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
     config_arg(sp, required=True)
     sp.add_argument("samples", metavar="SAMPLES.csv", help="samples file (ICD §3; .csv or .csv.gz)")
     sp.add_argument("-o", "--output", metavar="OUT.jsonl", help="write here instead of stdout")
+    sp.add_argument("--summary", action="store_true",
+                    help="for people: alarm transitions and hatch changes as text, then each volume's final state")
     sp.set_defaults(func=cmd_analyze)
     return p
 

@@ -418,8 +418,11 @@ class _Parser:
         def section(name: str, cls: type, floats: dict[str, bool]) -> Any:
             where = f"alarms.{name}"
             default = cls()
-            t = self.table(top, name, where, set(floats)) or {}
+            counted = hasattr(default, "confirmations")
+            t = self.table(top, name, where, set(floats) | ({"confirmations"} if counted else set())) or {}
             kwargs = {}
+            if counted:
+                kwargs["confirmations"] = self.value(t, "confirmations", where, "int", default.confirmations, _positive)
             for key, switchable in floats.items():
                 if switchable:
                     kwargs[key] = self.optional_threshold(t, key, where, getattr(default, key))

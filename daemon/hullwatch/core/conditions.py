@@ -2,7 +2,10 @@
 
 Each rule returns (may_activate, may_clear) from the evidence; a Condition turns that
 into transitions. When neither holds (the evidence is too uncertain either way), the
-condition keeps its state.
+condition keeps its state. A condition may ask for its activating evidence on several
+consecutive evaluations (an on-delay, in ISA-18.2's words): an estimate checked every few
+seconds against a 3σ bound gets many looks at the same noise, and a fleeting excursion
+should not wake anyone.
 """
 
 from __future__ import annotations
@@ -30,15 +33,21 @@ class Condition:
     source: str
     severity: Severity
     threshold: float | None
+    confirmations: int = 1  # consecutive activating evaluations needed
     active: bool = False
+    _streak: int = 0
 
     def update(
         self, time: float, rule: tuple[bool, bool], value: float | None, reason: str = ""
     ) -> AlarmTransition | None:
         """Apply a rule's (may_activate, may_clear); return the transition, if any."""
         may_activate, may_clear = rule
-        if not self.active and may_activate:
+        if not self.active:
+            self._streak = self._streak + 1 if may_activate else 0
+            if self._streak < self.confirmations:
+                return None
             self.active = True
+            self._streak = 0
             return self._transition(time, AlarmState.ACTIVE, value, reason)
         if self.active and may_clear and not may_activate:
             self.active = False

@@ -182,17 +182,18 @@ class Monitor:
     def volume_conditions(self, vid: str) -> dict[tuple[str, Severity], Condition]:
         """The alarm conditions of a volume, one per configured threshold."""
         a = self.settings.alarms
+        leak, reserve = a.leak_rate.confirmations, a.reserve_time.confirmations
         wanted = [
-            (LEAK_RATE, Severity.CAUTION, a.leak_rate.caution_kg_per_day),
-            (LEAK_RATE, Severity.WARNING, a.leak_rate.warning_kg_per_day),
-            (RAPID_DEPRESS, Severity.EMERGENCY, a.rapid_depress.emergency_pa_per_s),
-            (LOW_PRESSURE, Severity.WARNING, a.low_pressure.warning_pa),
-            (LOW_PRESSURE, Severity.EMERGENCY, a.low_pressure.emergency_pa),
-            (RESERVE_TIME, Severity.CAUTION, a.reserve_time.caution_s),
-            (RESERVE_TIME, Severity.WARNING, a.reserve_time.warning_s),
-            (RESERVE_TIME, Severity.EMERGENCY, a.reserve_time.emergency_s),
+            (LEAK_RATE, Severity.CAUTION, a.leak_rate.caution_kg_per_day, leak),
+            (LEAK_RATE, Severity.WARNING, a.leak_rate.warning_kg_per_day, leak),
+            (RAPID_DEPRESS, Severity.EMERGENCY, a.rapid_depress.emergency_pa_per_s, 1),
+            (LOW_PRESSURE, Severity.WARNING, a.low_pressure.warning_pa, 1),
+            (LOW_PRESSURE, Severity.EMERGENCY, a.low_pressure.emergency_pa, 1),
+            (RESERVE_TIME, Severity.CAUTION, a.reserve_time.caution_s, reserve),
+            (RESERVE_TIME, Severity.WARNING, a.reserve_time.warning_s, reserve),
+            (RESERVE_TIME, Severity.EMERGENCY, a.reserve_time.emergency_s, reserve),
         ]
-        return {(al, sev): Condition(al, vid, sev, th) for al, sev, th in wanted if th is not None}
+        return {(al, sev): Condition(al, vid, sev, th, n) for al, sev, th, n in wanted if th is not None}
 
     def active_alarms(self) -> list[tuple[str, str, Severity]]:
         """The (alarm, source, severity) of every active condition."""
@@ -248,8 +249,10 @@ class Monitor:
         if self.hatch_open[sample.sensor] == is_open:
             return
         self.hatch_open[sample.sensor] = is_open
-        self._reform(sample.time, events)
+        cleared: list[Event] = []
+        self._reform(sample.time, cleared)
         events.append(HatchChange(sample.time, sample.sensor, is_open, tuple(sorted(self.volumes))))
+        events.extend(cleared)
 
     def _reform(self, t: float, events: list[Event]) -> None:
         open_hatches = [h for h, is_open in self.hatch_open.items() if is_open]

@@ -49,6 +49,7 @@ class LeakRateLimits:
     caution_kg_per_day: float | None = 0.5
     warning_kg_per_day: float | None = 0.9
     hysteresis_kg_per_day: float = 0.05
+    confirmations: int = 3  # consecutive estimates past the bound before activation
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +71,7 @@ class ReserveTimeLimits:
     warning_s: float | None = 3_600.0
     emergency_s: float | None = 600.0
     hysteresis_fraction: float = 0.05
+    confirmations: int = 2
 
 
 @dataclass(frozen=True, slots=True)

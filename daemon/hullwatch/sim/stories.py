@@ -107,3 +107,24 @@ def hole(volume_m3: float = 10.0, hole_s: float = 600.0, hole_kg_per_day: float 
     reserve_600_s = tau * (math.log(101_325.0 / 65_300.0) - 600.0 / tau)  # after the hole
     return Story(_one_volume_settings(volume_m3), samples,
                  {"hole_time": T0 + hole_s, "reserve_600_time": T0 + hole_s + reserve_600_s, "tau_s": tau})
+
+
+def prk_2026(duration_s: float = 6 * 3600.0, double_s: float = 2 * 3600.0, close_s: float = 4 * 3600.0,
+             seed: int = 2026) -> Story:
+    """The 2026 PrK story: 0.45 kg/day from the PrK through an open hatch, doubling to 1.0, then the hatch closes.
+
+    Sensor names match config/hullwatch.example.toml.
+    """
+    story = isolation(close_s=close_s, duration_s=duration_s, seed=seed)
+    module = Module({"prk": 4.0, "zvezda": 75.0}, {"prk-hatch": ("prk", "zvezda")}, {"prk-hatch"},
+                    {"prk": cycle(295.4, 0.15, 3 * 3600.0), "zvezda": cycle(294.8, 0.25, 4 * 3600.0)},
+                    {"prk": steps(0.45, [(double_s, 1.0)])})
+    sensors = [
+        SensorModel("p_prk", "prk", Quantity.PRESSURE, 2.0, 0.01),
+        SensorModel("t_prk", "prk", Quantity.TEMPERATURE, 0.002, 0.001),
+        SensorModel("p_zv", "zvezda", Quantity.PRESSURE, 2.0, 0.01, offset=3.0),
+        SensorModel("t_zv", "zvezda", Quantity.TEMPERATURE, 0.002, 0.001),
+    ]
+    samples = run(module, sensors, duration_s, 1.0, seed, hatch_events=[(close_s, "prk-hatch", False)])
+    return Story(story.settings, samples,
+                 {"double_time": T0 + double_s, "close_time": T0 + close_s, "before": 0.45, "after": 1.0})

@@ -1,0 +1,31 @@
+#!/bin/sh
+# Set up hullwatch on a fresh Debian / Raspberry Pi OS machine:
+# the system packages it needs, then a virtualenv (.venv) holding the project.
+#   scripts/setup.sh          the monitor
+#   scripts/setup.sh --test   the monitor and everything its tests need
+set -eu
+cd "$(dirname "$0")/.."
+
+extras="pi"
+packages="python3 python3-venv python3-dev gcc"
+if [ "${1:-}" = "--test" ]; then
+    extras="test"
+fi
+
+sudo=""
+[ "$(id -u)" -eq 0 ] || sudo="sudo"
+missing=""
+for p in $packages; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
+done
+if [ -n "$missing" ]; then
+    echo "installing system packages:$missing"
+    $sudo apt-get update -qq
+    # shellcheck disable=SC2086
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq $missing >/dev/null
+fi
+
+[ -x .venv/bin/python ] || python3 -m venv .venv
+.venv/bin/python -m pip install -q --upgrade pip >/dev/null
+.venv/bin/python -m pip install -q -e ".[$extras]"
+echo "hullwatch installed in $(pwd)/.venv ($(.venv/bin/hullwatch --version))"
