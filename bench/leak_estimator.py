@@ -49,9 +49,11 @@ def doubling(volume, seeds):
         ratios.append((warn[0].time - step) / tc if warn else float("inf"))
         late = [e for e in rated(events) if e.time > step + 5400]
         accuracy.append(statistics.median(e.leak_kg_per_day - e.pressure_pa / 101325.0 for e in late))
-    return (f"doubling {volume:g} m3: warning delay / minimum window: median {statistics.median(ratios):.2f}, "
-            f"max {max(ratios):.2f} (tc {tc:.0f} s); early activations {early}; "
-            f"median error last 90 min: worst {max(accuracy, key=abs):+.4f} kg/day")
+    return (
+        f"doubling {volume:g} m3: warning delay / minimum window: median {statistics.median(ratios):.2f}, "
+        f"max {max(ratios):.2f} (tc {tc:.0f} s); early activations {early}; "
+        f"median error last 90 min: worst {max(accuracy, key=abs):+.4f} kg/day"
+    )
 
 
 def steady(seeds, hours):
@@ -63,8 +65,10 @@ def steady(seeds, hours):
         est = [e for e in rated(events) if e.time > stories.T0 + 3600]
         inside = [abs(e.leak_kg_per_day - 0.2 * e.pressure_pa / 101325.0) <= 2 * e.leak_kg_per_day_sigma for e in est]
         coverage.append(sum(inside) / len(inside))
-    return (f"steady 0.2 kg/day, {hours} h x {len(seeds)} runs: false activations {false_acts}; "
-            f"within 2 sigma: mean {statistics.mean(coverage):.3f}, min {min(coverage):.3f}, max {max(coverage):.3f}")
+    return (
+        f"steady 0.2 kg/day, {hours} h x {len(seeds)} runs: false activations {false_acts}; "
+        f"within 2 sigma: mean {statistics.mean(coverage):.3f}, min {min(coverage):.3f}, max {max(coverage):.3f}"
+    )
 
 
 def thermal(seeds):
@@ -75,8 +79,10 @@ def thermal(seeds):
         mags = sorted(abs(e.leak_kg_per_day) for e in rated(events) if e.time > stories.T0 + 1800)
         worst_med = max(worst_med, statistics.median(mags))
         worst_p95 = max(worst_p95, mags[int(0.95 * len(mags))])
-    return (f"thermal 0.6 K swing, no leak, {len(seeds)} runs: leak activations {acts}; |estimate| median "
-            f"worst {worst_med:.4f}, 95th percentile worst {worst_p95:.4f} kg/day")
+    return (
+        f"thermal 0.6 K swing, no leak, {len(seeds)} runs: leak activations {acts}; |estimate| median "
+        f"worst {worst_med:.4f}, 95th percentile worst {worst_p95:.4f} kg/day"
+    )
 
 
 def main() -> None:

@@ -90,8 +90,7 @@ def test_change_is_confirmed_within_twice_the_minimum_window():
     delays = []
     for seed in range(5):
         est = AdaptiveSlope()
-        history = feed(est, random.Random(100 + seed), lambda t: -(before if t < step else after),
-                       int(step + 3 * tc))
+        history = feed(est, random.Random(100 + seed), lambda t: -(before if t < step else after), int(step + 3 * tc))
         confirmed = [e.time for e in history if e.time >= step and -e.slope - 3 * e.sigma > threshold]
         assert confirmed, f"seed {seed}: never confirmed"
         delays.append(confirmed[0] - step)

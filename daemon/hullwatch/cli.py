@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
+from contextlib import ExitStack
 
 from hullwatch import __version__, config, present
 from hullwatch.core.model import AlarmState, AlarmTransition, Estimate, Notice
@@ -55,24 +57,42 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     out = [f"{cfg.path}: OK — station {cfg.station!r}"]
     out.append("segments: " + ", ".join(f"{s.name} ({s.volume_m3:g} m³)" for s in m.segments))
     if m.hatches:
-        out.append("hatches: " + ", ".join(
-            f"{h.name} ({h.between[0]}↔{h.between[1]}, initially {'open' if h.initially_open else 'closed'})"
-            for h in m.hatches))
+        out.append(
+            "hatches: "
+            + ", ".join(
+                f"{h.name} ({h.between[0]}↔{h.between[1]}, initially {'open' if h.initially_open else 'closed'})"
+                for h in m.hatches
+            )
+        )
     out.append("volumes now: " + ", ".join(cfg.volumes()))
     out.append("sensors: " + ", ".join(f"{s.name} ({s.driver}, in {s.spec.segment})" for s in cfg.sensors))
     lr = a.leak_rate
-    out.append(f"leak_rate: caution {_fmt(lr.caution_kg_per_day)} / warning {_fmt(lr.warning_kg_per_day)} kg/day"
-               f" at {m.leak.confidence_sigma:g}σ, hysteresis {lr.hysteresis_kg_per_day:g}; estimate every "
-               f"{m.leak.report_interval_s:g} s")
+    out.append(
+        f"leak_rate: caution {_fmt(lr.caution_kg_per_day)} / warning {_fmt(lr.warning_kg_per_day)} kg/day"
+        f" at {m.leak.confidence_sigma:g}σ, hysteresis {lr.hysteresis_kg_per_day:g}; estimate every "
+        f"{m.leak.report_interval_s:g} s"
+    )
     out.append(f"rapid_depress: emergency above {_fmt(a.rapid_depress.emergency_pa_per_s)} Pa/s")
-    out.append(f"low_pressure: warning below {_fmt(a.low_pressure.warning_pa)} Pa, emergency below "
-               f"{_fmt(a.low_pressure.emergency_pa)} Pa")
+    out.append(
+        f"low_pressure: warning below {_fmt(a.low_pressure.warning_pa)} Pa, emergency below "
+        f"{_fmt(a.low_pressure.emergency_pa)} Pa"
+    )
     rt = a.reserve_time
-    out.append(f"reserve_time to {rt.minimum_pa:g} Pa: caution {_fmt(rt.caution_s)} s, warning {_fmt(rt.warning_s)} s,"
-               f" emergency {_fmt(rt.emergency_s)} s")
+    out.append(
+        f"reserve_time to {rt.minimum_pa:g} Pa: caution {_fmt(rt.caution_s)} s, warning {_fmt(rt.warning_s)} s,"
+        f" emergency {_fmt(rt.emergency_s)} s"
+    )
     out.append(f"sensor_fault ({a.sensor.severity}): stale after {a.sensor.stale_after_s:g} s")
-    outputs = [name for name, on in (("recorder", cfg.recorder), ("mqtt", cfg.mqtt), ("influxdb", cfg.influxdb),
-                                     ("annunciator", cfg.annunciator)) if on]
+    outputs = [
+        name
+        for name, on in (
+            ("recorder", cfg.recorder),
+            ("mqtt", cfg.mqtt),
+            ("influxdb", cfg.influxdb),
+            ("annunciator", cfg.annunciator),
+        )
+        if on
+    ]
     out.append("outputs: " + (", ".join(outputs) if outputs else "none (log only)"))
     print("\n".join(out))
     return EX_OK
@@ -87,58 +107,52 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     cfg = _load_config(args.config)
     if isinstance(cfg, int):
         return cfg
+    if not os.path.isfile(args.samples):
+        print(f"{args.samples}: samples file not found", file=sys.stderr)
+        return EX_NOINPUT
     monitor = Monitor(cfg.module)
+    counts = {"estimates": 0, "activations": 0}
     try:
-        stream = open(args.samples, encoding="utf-8", newline="") if not args.samples.endswith(".gz") else None
-    except FileNotFoundError:
-        print(f"{args.samples}: samples file not found", file=sys.stderr)
-        return EX_NOINPUT
-    except OSError as exc:
-        print(f"{args.samples}: {exc.strerror}", file=sys.stderr)
-        return EX_NOINPUT
-    out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout
-    dumps = json.dumps
-    counts = {"estimate": 0, "active": 0}
-    latest: dict[str, Estimate] = {}
-    try:
-        write = out.write
-        feed = monitor.feed
-        for sample in read_samples(args.samples, cfg.sample_names(), stream):
-            for event in feed(sample):
-                if isinstance(event, Estimate):
-                    counts["estimate"] += 1
-                    if args.summary:
-                        latest[event.volume] = event
-                    else:
-                        write(dumps(event.to_dict()) + "\n")
-                elif isinstance(event, Notice):
-                    print(present.describe(event), file=sys.stderr)
-                else:
-                    if isinstance(event, AlarmTransition) and event.state is AlarmState.ACTIVE:
-                        counts["active"] += 1
-                    write(present.describe(event) + "\n" if args.summary else dumps(event.to_dict()) + "\n")
-        if args.summary:
-            write("at the end of the recording:\n")
-            for vid in monitor.volumes:
-                if vid in latest:
-                    write(f"  {present.estimate_text(latest[vid])}\n")
-            active = monitor.active_alarms()
-            write("  active alarms: " + (", ".join(f"{sev.label} {a} {src}" for a, src, sev in active) or "none") + "\n")
+        with ExitStack() as stack:
+            out = stack.enter_context(open(args.output, "w", encoding="utf-8")) if args.output else sys.stdout
+            write = out.write
+            latest: dict[str, Estimate] = {}
+            for sample in read_samples(args.samples, cfg.sample_names()):
+                for event in monitor.feed(sample):
+                    if isinstance(event, Notice):
+                        print(present.describe(event), file=sys.stderr)
+                        continue
+                    if isinstance(event, Estimate):
+                        counts["estimates"] += 1
+                        if args.summary:
+                            latest[event.volume] = event
+                            continue
+                    elif isinstance(event, AlarmTransition) and event.state is AlarmState.ACTIVE:
+                        counts["activations"] += 1
+                    write(present.describe(event) + "\n" if args.summary else json.dumps(event.to_dict()) + "\n")
+            if args.summary:
+                write(_final_state(monitor, latest))
     except SamplesError as exc:
-        print(f"{exc}", file=sys.stderr)
+        print(exc, file=sys.stderr)
         return EX_DATAERR
-    except FileNotFoundError:
-        print(f"{args.samples}: samples file not found", file=sys.stderr)
+    except OSError as exc:
+        print(f"{exc.filename or args.samples}: {exc.strerror or exc}", file=sys.stderr)
         return EX_NOINPUT
-    finally:
-        if stream is not None:
-            stream.close()
-        if out is not sys.stdout:
-            out.close()
     if args.output:
-        print(f"{counts['estimate']} estimates and {counts['active']} alarm activations written to {args.output}",
-              file=sys.stderr)
+        print(
+            f"{counts['estimates']} estimates and {counts['activations']} alarm activations written to {args.output}",
+            file=sys.stderr,
+        )
     return EX_OK
+
+
+def _final_state(monitor: Monitor, latest: dict[str, Estimate]) -> str:
+    """The closing lines of `analyze --summary`: each volume's last estimate and the active alarms."""
+    lines = ["at the end of the recording:"]
+    lines += [f"  {present.estimate_text(latest[vid])}" for vid in monitor.volumes if vid in latest]
+    active = ", ".join(f"{sev.label} {alarm} {source}" for alarm, source, sev in monitor.active_alarms())
+    lines.append(f"  active alarms: {active or 'none'}")
+    return "\n".join(lines) + "\n"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -149,8 +163,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
 
     def config_arg(sp: argparse.ArgumentParser, required: bool = False) -> None:
-        sp.add_argument("-c", "--config", metavar="PATH", required=required,
-                        help=f"configuration file (default: $HULLWATCH_CONFIG, else {config.DEFAULT_PATH})")
+        sp.add_argument(
+            "-c",
+            "--config",
+            metavar="PATH",
+            required=required,
+            help=f"configuration file (default: $HULLWATCH_CONFIG, else {config.DEFAULT_PATH})",
+        )
 
     sp = sub.add_parser("check-config", help="validate a configuration and summarise it")
     config_arg(sp)
@@ -160,8 +179,11 @@ def build_parser() -> argparse.ArgumentParser:
     config_arg(sp, required=True)
     sp.add_argument("samples", metavar="SAMPLES.csv", help="samples file (ICD §3; .csv or .csv.gz)")
     sp.add_argument("-o", "--output", metavar="OUT.jsonl", help="write here instead of stdout")
-    sp.add_argument("--summary", action="store_true",
-                    help="for people: alarm transitions and hatch changes as text, then each volume's final state")
+    sp.add_argument(
+        "--summary",
+        action="store_true",
+        help="for people: alarm transitions and hatch changes as text, then each volume's final state",
+    )
     sp.set_defaults(func=cmd_analyze)
     return p
 

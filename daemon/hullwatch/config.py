@@ -42,8 +42,19 @@ DEVICE_NAME = re.compile(r"[A-Za-z0-9_-]+")
 DRIVER_KEYS: dict[str, frozenset[str]] = {
     "simulated": frozenset(),
     "serial": frozenset(
-        {"port", "baudrate", "bytesize", "parity", "stopbits", "line_regex", "units", "poll", "interval_s",
-         "preset", "timeout_s"}
+        {
+            "port",
+            "baudrate",
+            "bytesize",
+            "parity",
+            "stopbits",
+            "line_regex",
+            "units",
+            "poll",
+            "interval_s",
+            "preset",
+            "timeout_s",
+        }
     ),
 }
 SENSOR_KEYS = frozenset({"name", "segment", "driver", "range_pa", "range_k"})
@@ -145,7 +156,8 @@ class Config:
         """The volumes as the hatches' initial states form them."""
         m = self.module
         return form_volumes(
-            [s.name for s in m.segments], {h.name: h.between for h in m.hatches},
+            [s.name for s in m.segments],
+            {h.name: h.between for h in m.hatches},
             [h.name for h in m.hatches if h.initially_open],
         )
 
@@ -201,8 +213,15 @@ class _Parser:
                     self.problem(f"{where}.{k}", f"unknown key (known: {', '.join(sorted(known))})")
         return value
 
-    def value(self, table: Mapping, key: str, where: str, kind: str, default: Any = _MISSING,
-              check: Callable[[Any], str | None] | None = None) -> Any:
+    def value(
+        self,
+        table: Mapping,
+        key: str,
+        where: str,
+        kind: str,
+        default: Any = _MISSING,
+        check: Callable[[Any], str | None] | None = None,
+    ) -> Any:
         v = table.get(key, _MISSING)
         if v is _MISSING:
             if default is _MISSING:
@@ -240,14 +259,25 @@ class _Parser:
     # -- sections --------------------------------------------------------------------------
 
     def parse(self, data: Mapping[str, Any]) -> Config:
-        known_top = {"station", "segment", "hatch", "sensor", "leak", "alarms", "recorder", "spool",
-                     "annunciator", "mqtt", "influxdb"}
+        known_top = {
+            "station",
+            "segment",
+            "hatch",
+            "sensor",
+            "leak",
+            "alarms",
+            "recorder",
+            "spool",
+            "annunciator",
+            "mqtt",
+            "influxdb",
+        }
         for k in data:
             if k not in known_top:
                 self.problem(k, f"unknown section (known: {', '.join(sorted(known_top))})")
         station_t = self.table(data, "station", "station", {"name"})
         if station_t is None:
-            self.problem("station", "missing (required): [station] with name = \"...\"")
+            self.problem("station", 'missing (required): [station] with name = "..."')
             station = "station"
         else:
             station = self.value(station_t, "name", "station", "str", check=_matches(STATION_NAME, "[a-z0-9_-]+"))
@@ -273,16 +303,28 @@ class _Parser:
         if t is not None:
             a = AnnunciatorConfig()
             annunciator = AnnunciatorConfig(
-                *(self.value(t, k, "annunciator", "int", getattr(a, k), _bcm_pin)
-                  for k in ("buzzer_gpio", "led_gpio", "ack_button_gpio"))
+                *(
+                    self.value(t, k, "annunciator", "int", getattr(a, k), _bcm_pin)
+                    for k in ("buzzer_gpio", "led_gpio", "ack_button_gpio")
+                )
             )
         mqtt = self.mqtt(data, station)
         influx = self.influx(data)
         if self.problems:
             raise ConfigError(self.problems)
         module = ModuleSettings(tuple(segments), tuple(hatches), tuple(s.spec for s in sensors), leak, alarms)
-        return Config(self.path, station, module, tuple(sensors), MappingProxyType(hatch_gpio), recorder,
-                      spool or SpoolConfig(), annunciator, mqtt, influx)
+        return Config(
+            self.path,
+            station,
+            module,
+            tuple(sensors),
+            MappingProxyType(hatch_gpio),
+            recorder,
+            spool or SpoolConfig(),
+            annunciator,
+            mqtt,
+            influx,
+        )
 
     def array_of_tables(self, data: Mapping, key: str) -> list[tuple[str, dict]]:
         items = data.get(key, [])
@@ -383,7 +425,10 @@ class _Parser:
                 self.problem(f"{where}.line_regex", f"not a valid regular expression: {exc}")
         u = self.table(t, "units", f"{where}.units", {"pressure", "temperature"})
         if u is not None:
-            for key, conv in (("pressure", units.pressure_converter), ("temperature", units.temperature_converter)):
+            for key, conv in (
+                ("pressure", units.pressure_converter),
+                ("temperature", units.temperature_converter),
+            ):
                 name = self.value(u, key, f"{where}.units", "str", None)
                 if name is not None:
                     try:
@@ -395,8 +440,12 @@ class _Parser:
         v = t.get(key, _MISSING)
         if v is _MISSING:
             return default
-        if (isinstance(v, list) and len(v) == 2 and all(isinstance(x, int | float) and not isinstance(x, bool) for x in v)
-                and v[0] < v[1]):
+        if (
+            isinstance(v, list)
+            and len(v) == 2
+            and all(isinstance(x, int | float) and not isinstance(x, bool) for x in v)
+            and v[0] < v[1]
+        ):
             return (float(v[0]), float(v[1]))
         self.problem(f"{where}.{key}", f"must be [low, high] with low < high, not {v!r}")
         return default
@@ -430,14 +479,28 @@ class _Parser:
                     kwargs[key] = self.value(t, key, where, "float", getattr(default, key), _non_negative)
             return cls(**kwargs)
 
-        leak = section("leak_rate", LeakRateLimits,
-                       {"caution_kg_per_day": True, "warning_kg_per_day": True, "hysteresis_kg_per_day": False})
+        leak = section(
+            "leak_rate",
+            LeakRateLimits,
+            {"caution_kg_per_day": True, "warning_kg_per_day": True, "hysteresis_kg_per_day": False},
+        )
         rapid = section("rapid_depress", RapidDepressLimits, {"emergency_pa_per_s": True})
-        low = section("low_pressure", LowPressureLimits,
-                      {"warning_pa": True, "emergency_pa": True, "hysteresis_pa": False})
-        reserve = section("reserve_time", ReserveTimeLimits,
-                          {"minimum_pa": False, "caution_s": True, "warning_s": True, "emergency_s": True,
-                           "hysteresis_fraction": False})
+        low = section(
+            "low_pressure",
+            LowPressureLimits,
+            {"warning_pa": True, "emergency_pa": True, "hysteresis_pa": False},
+        )
+        reserve = section(
+            "reserve_time",
+            ReserveTimeLimits,
+            {
+                "minimum_pa": False,
+                "caution_s": True,
+                "warning_s": True,
+                "emergency_s": True,
+                "hysteresis_fraction": False,
+            },
+        )
         st = self.table(top, "sensor", "alarms.sensor", {"stale_after_s", "severity"}) or {}
         ds = SensorLimits()
         sensor = SensorLimits(
@@ -445,7 +508,13 @@ class _Parser:
             self.value(st, "severity", "alarms.sensor", "str", ds.severity, _one_of(SEVERITIES)),
         )
         for lo_key, hi_key, sec, lo, hi in (
-            ("caution_kg_per_day", "warning_kg_per_day", "leak_rate", leak.caution_kg_per_day, leak.warning_kg_per_day),
+            (
+                "caution_kg_per_day",
+                "warning_kg_per_day",
+                "leak_rate",
+                leak.caution_kg_per_day,
+                leak.warning_kg_per_day,
+            ),
             ("emergency_pa", "warning_pa", "low_pressure", low.emergency_pa, low.warning_pa),
             ("emergency_s", "warning_s", "reserve_time", reserve.emergency_s, reserve.warning_s),
             ("warning_s", "caution_s", "reserve_time", reserve.warning_s, reserve.caution_s),
@@ -485,13 +554,15 @@ class _Parser:
         cfg = InfluxConfig(
             self.value(t, "url", "influxdb", "str", d.url),
             api,
-            *(self.value(t, k, "influxdb", "str", None) for k in
-              ("org", "bucket", "database", "token_file", "username", "password_file")),
+            *(
+                self.value(t, k, "influxdb", "str", None)
+                for k in ("org", "bucket", "database", "token_file", "username", "password_file")
+            ),
         )
         if api == "v2" and not cfg.bucket:
-            self.problem("influxdb.bucket", "missing (required with api = \"v2\")")
+            self.problem("influxdb.bucket", 'missing (required with api = "v2")')
         if api == "v1" and not cfg.database:
-            self.problem("influxdb.database", "missing (required with api = \"v1\")")
+            self.problem("influxdb.database", 'missing (required with api = "v1")')
         return cfg
 
     def check_keys(self, t: Mapping, where: str, known: set[str] | frozenset[str]) -> None:

@@ -63,5 +63,6 @@ def estimate_text(e: Estimate) -> str:
         leak = "leak rate not known yet"
     else:
         leak = f"leak {e.leak_kg_per_day:.3f} ± {e.leak_kg_per_day_sigma:.2g} kg/day"
-    return (f"{e.volume}: {leak}, {e.pressure_pa:.0f} Pa, {e.mass_kg:.2f} kg of air, "
-            f"reserve {duration(e.reserve_time_s)}")
+    return (
+        f"{e.volume}: {leak}, {e.pressure_pa:.0f} Pa, {e.mass_kg:.2f} kg of air, reserve {duration(e.reserve_time_s)}"
+    )

@@ -197,8 +197,10 @@ class AdaptiveSlope:
         step = max(1, (hi - lo) // 64)
         best = min(range(lo, hi + 1, step), key=lambda k: self._hinge_sse(first, end, k))
         if step > 1:
-            best = min(range(max(lo, best - step), min(hi, best + step) + 1),
-                       key=lambda k: self._hinge_sse(first, end, k))
+            best = min(
+                range(max(lo, best - step), min(hi, best + step) + 1),
+                key=lambda k: self._hinge_sse(first, end, k),
+            )
         return best
 
     def _hinge_sse(self, first: int, end: int, k: int) -> float:
@@ -266,10 +268,12 @@ class FallRate:
             dxy = sxy[end] - sxy[i] - tx * ty / n
             dyy = syy[end] - syy[i] - ty * ty / n
             slope = dxy / dxx
-            half = k * math.sqrt(max(dyy - slope * dxy, 0.0) / (n - 2) / dxx)
+            sse = dyy - slope * dxy
+            half = k * math.sqrt(sse / (n - 2) / dxx) if sse > 0.0 else 0.0
             if -slope - half > best_lower:
                 best_fall, best_lower = -slope, -slope - half
-            upper = max(upper, -slope + half)
+            if -slope + half > upper:
+                upper = -slope + half
         if best_lower == -math.inf:
             return None
         return best_fall, best_lower, upper

@@ -9,6 +9,7 @@ dropped, which keeps their magnitudes, and so their rounding errors, small.
 from __future__ import annotations
 
 from bisect import bisect_left
+from itertools import accumulate
 from typing import NamedTuple
 
 
@@ -85,8 +86,17 @@ class LineSeries:
         """Forget points before index i (indices shift down by i) and rebuild the sums."""
         if i <= 0:
             return
-        xs = [x + self.x0 for x in self.xs[i:]]
-        ys = [y + self.y0 for y in self.ys[i:]]
-        self.__init__()
-        for x, y in zip(xs, ys, strict=True):
-            self.append(x, y)
+        if i >= len(self.xs):
+            self.__init__()
+            return
+        x0, y0 = self.xs[i], self.ys[i]
+        xs = [x - x0 for x in self.xs[i:]]
+        ys = [y - y0 for y in self.ys[i:]]
+        self.x0 += x0
+        self.y0 += y0
+        self.xs, self.ys = xs, ys
+        self.sx = list(accumulate(xs, initial=0.0))
+        self.sy = list(accumulate(ys, initial=0.0))
+        self.sxx = list(accumulate((x * x for x in xs), initial=0.0))
+        self.sxy = list(accumulate((x * y for x, y in zip(xs, ys, strict=True)), initial=0.0))
+        self.syy = list(accumulate((y * y for y in ys), initial=0.0))

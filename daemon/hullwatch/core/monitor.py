@@ -25,9 +25,11 @@ leak fit restarts, since offsets between sensors would otherwise show as a step.
 hatch re-forms the volumes, a volume whose members changed starts afresh and the
 alarms of a volume that no longer exists clear.
 
-Sensors are checked for staleness whenever time advances (with a sample, or tick() in
-the live daemon), for physical range and readability on every sample; any of these
-makes a per-sensor sensor_fault active until a good reading returns.
+Sensors are checked for staleness whenever time advances: by tick() in the live daemon,
+and by the samples themselves, which raise a fault at the very moment a silence reached
+stale_after_s (so a recording replays the faults the live daemon saw). Physical range
+and readability are checked on every sample. Any of these makes a per-sensor
+sensor_fault active until a good reading returns.
 """
 
 from __future__ import annotations
@@ -54,6 +56,7 @@ from hullwatch.core.settings import ModuleSettings, SensorSpec
 from hullwatch.core.topology import form_volumes
 
 DEFAULT_TEMPERATURE_K = 293.15
+_HATCH, _PRESSURE, _BAD = Quantity.HATCH, Quantity.PRESSURE, Quality.BAD
 
 LEAK_RATE = "leak_rate"
 RESERVE_TIME = "reserve_time"
@@ -65,10 +68,25 @@ SENSOR_FAULT = "sensor_fault"
 class _Sensor:
     """What the monitor knows of one sensor."""
 
-    __slots__ = ("spec", "last_seen", "pressure", "temperature", "faults", "fault")
+    __slots__ = (
+        "spec",
+        "name",
+        "segment",
+        "pressure_range",
+        "temperature_range",
+        "last_seen",
+        "pressure",
+        "temperature",
+        "faults",
+        "fault",
+    )
 
     def __init__(self, spec: SensorSpec, severity: Severity) -> None:
         self.spec = spec
+        self.name = spec.name
+        self.segment = spec.segment
+        self.pressure_range = spec.pressure_range_pa
+        self.temperature_range = spec.temperature_range_k
         self.last_seen = -math.inf
         self.pressure: float | None = None  # latest good reading; None until one arrives
         self.temperature: float | None = None
@@ -136,35 +154,37 @@ class Monitor:
         t = sample.time
         if not self._started:
             self._start(t)
-        if t > self._stale_deadline:
-            self._check_stale(t, events)
-        if sample.quantity is Quantity.HATCH:
+        while t >= self._stale_deadline:  # as the live clock would have seen it
+            self._check_stale(self._stale_deadline, events)
+        quantity = sample.quantity
+        if quantity is _HATCH:
             self._hatch(sample, events)
             return events
         sensor = self.sensors[sample.sensor]
         value = sample.value
-        if sample.quality is Quality.BAD or value != value:
-            self._set_fault(sensor, t, "unreadable", f"unreadable {sample.quantity.value} reading", events)
+        if sample.quality is _BAD or value != value:
+            self._set_fault(sensor, t, "unreadable", f"unreadable {quantity.value} reading", events)
             return events
-        pressure = sample.quantity is Quantity.PRESSURE
-        lo, hi = sensor.spec.pressure_range_pa if pressure else sensor.spec.temperature_range_k
+        pressure = quantity is _PRESSURE
+        lo, hi = sensor.pressure_range if pressure else sensor.temperature_range
         if not lo <= value <= hi:
             unit = "Pa" if pressure else "K"
-            detail = f"{sample.quantity.value} {value:g} {unit} outside [{lo:g}, {hi:g}]"
-            self._set_fault(sensor, t, "out_of_range_" + sample.quantity.value, detail, events)
+            detail = f"{quantity.value} {value:g} {unit} outside [{lo:g}, {hi:g}]"
+            self._set_fault(sensor, t, "out_of_range_" + quantity.value, detail, events)
             return events
         sensor.last_seen = t
         if sensor.faults:
-            self._clear_faults(sensor, t, sample.quantity.value, events)
+            self._clear_faults(sensor, t, quantity.value, events)
         if pressure:
             if sensor.pressure is None:
                 self._health_version += 1
             sensor.pressure = value
-            volume = self._volume_of_segment[sensor.spec.segment]
+            volume = self._volume_of_segment[sensor.segment]
             if volume.plan_version != self._health_version:
                 self._replan(volume, t, events)
-            volume.fresh[sensor.spec.name] = value
-            if len(volume.fresh) >= volume.expected:
+            fresh = volume.fresh
+            fresh[sensor.name] = value
+            if len(fresh) >= volume.expected:
                 self._point(volume, t, events)
         else:
             if sensor.temperature is None:
@@ -175,7 +195,7 @@ class Monitor:
     def tick(self, now: float) -> list[Event]:
         """Let time pass without a sample (the live daemon's clock): staleness."""
         events: list[Event] = []
-        if self._started and now > self._stale_deadline:
+        if self._started and now >= self._stale_deadline:
             self._check_stale(now, events)
         return events
 
@@ -197,7 +217,9 @@ class Monitor:
 
     def active_alarms(self) -> list[tuple[str, str, Severity]]:
         """The (alarm, source, severity) of every active condition."""
-        out = [(c.alarm, c.source, c.severity) for v in self.volumes.values() for c in v.conditions.values() if c.active]
+        out = [
+            (c.alarm, c.source, c.severity) for v in self.volumes.values() for c in v.conditions.values() if c.active
+        ]
         out += [(SENSOR_FAULT, s.spec.name, s.fault.severity) for s in self.sensors.values() if s.fault.active]
         return out
 
@@ -214,7 +236,7 @@ class Monitor:
     def _check_stale(self, t: float, events: list[Event]) -> None:
         deadline = math.inf
         for s in self.sensors.values():
-            if t - s.last_seen > self.stale_after:
+            if s.last_seen + self.stale_after <= t:  # the same sum as the deadline: no rounding gap
                 if "stale" not in s.faults:
                     detail = f"no reading for {t - s.last_seen:.1f} s (limit {self.stale_after:g} s)"
                     self._set_fault(s, t, "stale", detail, events)
@@ -279,8 +301,13 @@ class Monitor:
         if signature == v.signature:
             return
         if v.signature is not None and len(v.slope.series) >= v.slope.min_points:
-            events.append(Notice(t, f"volume {v.id}: mass now from {', '.join(sum(signature, ())) or 'nothing'};"
-                                    " leak-rate fit restarted"))
+            events.append(
+                Notice(
+                    t,
+                    f"volume {v.id}: mass now from {', '.join(sum(signature, ())) or 'nothing'};"
+                    " leak-rate fit restarted",
+                )
+            )
         v.signature = signature
         v.slope.reset()
         v.fall = FallRate()
@@ -295,7 +322,7 @@ class Monitor:
         t_count = 0
         for vol, group in v.temperatures:
             if group:
-                seg_t = sum(s.temperature for s in group) / len(group)
+                seg_t = group[0].temperature if len(group) == 1 else sum(s.temperature for s in group) / len(group)
                 capacity += vol / seg_t
                 t_sum += seg_t
                 t_count += 1
@@ -312,13 +339,15 @@ class Monitor:
         v.fall.add(t, p)
         v.pressure = p
         v.mass = mass
+        # Both conditions below activate on their first evaluation (no on-delay), so an
+        # inactive one whose rule cannot activate needs no update.
         for cond in v.low_pressure:
             if cond.active or p < cond.threshold:
                 _append(events, cond.update(t, below(p, cond.threshold, self.low_pressure_hysteresis), p))
         cond = v.rapid_depress
         if cond is not None:
             bounds = v.fall.bounds(self.k)
-            if bounds is not None:
+            if bounds is not None and (cond.active or bounds[1] > cond.threshold):
                 fall, lower, upper = bounds
                 _append(events, cond.update(t, (lower > cond.threshold, upper < cond.threshold), fall))
         if t >= v.next_report:
@@ -349,7 +378,14 @@ class Monitor:
                 _append(events, cond.update(t, rule, longest if math.isfinite(longest) else None))
         reserve = reserve_time_s(mass, rate, v.pressure, rt.minimum_pa)
         return Estimate(
-            t, v.id, rate, sigma, v.pressure, v.mass, reserve if math.isfinite(reserve) else None, fit.window_s
+            t,
+            v.id,
+            rate,
+            sigma,
+            v.pressure,
+            v.mass,
+            reserve if math.isfinite(reserve) else None,
+            fit.window_s,
         )
 
 

@@ -79,9 +79,7 @@ TEMPERATURE_UNITS: tuple[str, ...] = tuple(_TEMPERATURE)
 MASS_RATE_UNITS: tuple[str, ...] = tuple(_MASS_RATE)
 LEAK_UNITS: tuple[str, ...] = tuple(_LEAK)
 
-_SQUEEZE = str.maketrans(
-    {" ": None, "*": None, "·": None, "⋅": None, "^": None, "_": None, "³": "3", "°": "deg"}
-)
+_SQUEEZE = str.maketrans({" ": None, "*": None, "·": None, "⋅": None, "^": None, "_": None, "³": "3", "°": "deg"})
 
 
 def _key(unit: str) -> str:

@@ -1,0 +1,71 @@
+#!/usr/bin/env python3
+"""Throughput of the whole `hullwatch analyze` command (start-up included) on a 172,800-row file.
+
+    python bench/analyze_throughput.py [--runs 5]
+
+Writes 24 h of a 1 Hz pressure + temperature pair (a steady 0.2 kg/day leak in 75 m³)
+to a temporary samples file, runs `hullwatch analyze` on it several times, and prints
+rows per second (best and median) and the peak RSS of the command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "daemon"))
+
+from hullwatch.sim import stories  # noqa: E402
+
+CONFIG = """[station]
+name = "bench"
+[[segment]]
+name = "prk"
+volume_m3 = 75.0
+[[sensor]]
+name = "p1"
+segment = "prk"
+driver = "simulated"
+[[sensor]]
+name = "t1"
+segment = "prk"
+driver = "simulated"
+"""
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--runs", type=int, default=5)
+    args = ap.parse_args()
+    hw = Path(sys.executable).with_name("hullwatch")
+    with tempfile.TemporaryDirectory() as tmp:
+        csv, cfg, out = (os.path.join(tmp, n) for n in ("samples.csv", "bench.toml", "out.jsonl"))
+        Path(cfg).write_text(CONFIG)
+        rows = 0
+        with open(csv, "w") as f:
+            f.write("time,sensor,quantity,value\n")
+            for s in stories.leak_step(before=0.2, after=0.2, duration_s=86400.0).samples:
+                f.write(f"{s.time:.3f},{s.sensor},{s.quantity.value},{s.value:.6f}\n")
+                rows += 1
+        walls = []
+        for _ in range(args.runs):
+            t = time.perf_counter()
+            subprocess.run([str(hw), "analyze", "-c", cfg, csv, "-o", out], check=True, capture_output=True)
+            walls.append(time.perf_counter() - t)
+        rss_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    print(
+        f"analyze: {rows:,} rows; best {rows / min(walls):,.0f} rows/s ({min(walls):.2f} s), "
+        f"median {rows / statistics.median(walls):,.0f} rows/s over {args.runs} runs; peak RSS {rss_mb:.0f} MB"
+    )
+
+
+if __name__ == "__main__":
+    main()
