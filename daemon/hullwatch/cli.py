@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 from contextlib import ExitStack
 
@@ -52,6 +55,14 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     cfg = _load_config(args.config)
     if isinstance(cfg, int):
         return cfg
+    from hullwatch.service import build_drivers
+
+    try:
+        build_drivers(cfg, for_run=False)  # validates every driver's own keys; opens nothing
+    except config.ConfigError as exc:
+        for line in exc.problems:
+            print(line, file=sys.stderr)
+        return EX_CONFIG
     m = cfg.module
     a = m.alarms
     out = [f"{cfg.path}: OK — station {cfg.station!r}"]
@@ -155,6 +166,92 @@ def _final_state(monitor: Monitor, latest: dict[str, Estimate]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _setup_logging(verbose: bool) -> None:
+    """Log to stderr (journald adds its own timestamps under systemd)."""
+    stamp = "" if os.environ.get("INVOCATION_ID") else "%(asctime)s "
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        stream=sys.stderr,
+        format=stamp + "%(levelname)s %(message)s",
+        datefmt="%Y-%m-%dT%H:%M:%S",
+    )
+
+
+def _stop_on_signals() -> threading.Event:
+    """An event set by SIGTERM or SIGINT."""
+    stop = threading.Event()
+
+    def handler(signum: int, _frame: object) -> None:
+        logging.getLogger("hullwatch").info("%s: stopping", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+    return stop
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """The monitor, in the foreground, until SIGTERM or SIGINT."""
+    from hullwatch.service import Daemon
+
+    cfg = _load_config(args.config)
+    if isinstance(cfg, int):
+        return cfg
+    _setup_logging(args.verbose)
+    try:
+        daemon = Daemon(cfg)
+    except config.ConfigError as exc:
+        for line in exc.problems:
+            print(line, file=sys.stderr)
+        return EX_CONFIG
+    except RuntimeError as exc:  # a required library or device layer is missing
+        print(f"hullwatch: {exc}", file=sys.stderr)
+        return EX_UNAVAILABLE
+    except OSError as exc:
+        print(f"hullwatch: {exc}", file=sys.stderr)
+        return EX_UNAVAILABLE
+    daemon.run(_stop_on_signals())
+    return EX_OK
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    """The simulated mock-up's transducers on pseudo-terminals; prints a config for `hullwatch run`."""
+    from hullwatch.sim import ptys, scenario
+
+    try:
+        sc = scenario.load(args.scenario)
+    except FileNotFoundError:
+        print(f"{args.scenario}: scenario file not found", file=sys.stderr)
+        return EX_NOINPUT
+    except scenario.ScenarioError as exc:
+        print(exc, file=sys.stderr)
+        return EX_DATAERR
+    from hullwatch.sensors.presets import PRESETS
+
+    unknown = [t.preset for t in sc.transducers if t.preset not in PRESETS]
+    if unknown:
+        print(f"{args.scenario}: unknown preset(s) {', '.join(unknown)} (known: {', '.join(PRESETS)})", file=sys.stderr)
+        return EX_DATAERR
+    if args.link_dir:
+        os.makedirs(args.link_dir, exist_ok=True)
+    ports = [ptys.PtyTransducer(t.name, t.preset, args.link_dir) for t in sc.transducers]
+    text = ptys.station_config(sc, ports, args.speed)
+    if args.config_out:
+        with open(args.config_out, "w", encoding="utf-8") as f:
+            f.write(text)
+        print(f"configuration for `hullwatch run` written to {args.config_out}", file=sys.stderr)
+    else:
+        print(text, flush=True)
+    print(f"simulating {sc.name} at {args.speed:g}x on {len(ports)} pty(s); Ctrl-C to stop", file=sys.stderr)
+    stop = _stop_on_signals()
+    try:
+        ptys.serve(sc, ports, args.speed, args.seed, stop)
+    finally:
+        for p in ports:
+            p.close()
+    return EX_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser for every subcommand."""
     p = _Parser(prog="hullwatch", description="Pressure-integrity monitor for spacecraft-module mock-ups.")
@@ -170,6 +267,19 @@ def build_parser() -> argparse.ArgumentParser:
             required=required,
             help=f"configuration file (default: $HULLWATCH_CONFIG, else {config.DEFAULT_PATH})",
         )
+
+    sp = sub.add_parser("run", help="the monitor, in the foreground, until SIGTERM/SIGINT")
+    config_arg(sp)
+    sp.add_argument("-v", "--verbose", action="store_true", help="log debugging detail")
+    sp.set_defaults(func=cmd_run)
+
+    sp = sub.add_parser("simulate", help="the simulated mock-up's transducers on pseudo-terminals")
+    sp.add_argument("--scenario", required=True, metavar="FILE", help="scenario file (config/scenarios/*.toml)")
+    sp.add_argument("--speed", type=float, default=1.0, help="how many times faster than real time (default 1)")
+    sp.add_argument("--seed", type=int, default=0, help="noise seed")
+    sp.add_argument("--link-dir", metavar="DIR", help="also make DIR/<transducer> links to the ptys")
+    sp.add_argument("--config-out", metavar="FILE", help="write the configuration here instead of stdout")
+    sp.set_defaults(func=cmd_simulate)
 
     sp = sub.add_parser("check-config", help="validate a configuration and summarise it")
     config_arg(sp)

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
-from hullwatch.core import units
 from hullwatch.core.model import Quantity
 from hullwatch.core.settings import (
     AlarmLimits,
@@ -30,6 +29,7 @@ from hullwatch.core.settings import (
     SensorSpec,
 )
 from hullwatch.core.topology import form_volumes
+from hullwatch.sim.live import SimulationSettings
 
 DEFAULT_PATH = "/etc/hullwatch/hullwatch.toml"
 SEVERITIES = ("advisory", "caution", "warning", "emergency")
@@ -38,25 +38,8 @@ STATION_NAME = re.compile(r"[a-z0-9_-]+")
 SEGMENT_NAME = re.compile(r"[a-z0-9_]+")
 DEVICE_NAME = re.compile(r"[A-Za-z0-9_-]+")
 
-# Driver-specific keys a [[sensor]] may carry, by driver. The drivers validate their values.
-DRIVER_KEYS: dict[str, frozenset[str]] = {
-    "simulated": frozenset(),
-    "serial": frozenset(
-        {
-            "port",
-            "baudrate",
-            "bytesize",
-            "parity",
-            "stopbits",
-            "line_regex",
-            "units",
-            "poll",
-            "interval_s",
-            "preset",
-            "timeout_s",
-        }
-    ),
-}
+# Drivers a [[sensor]] may name; each validates its own keys (hullwatch.sensors).
+DRIVERS = ("simulated", "serial", "modbus", "mcp3008")
 SENSOR_KEYS = frozenset({"name", "segment", "driver", "range_pa", "range_k"})
 
 
@@ -139,12 +122,13 @@ class Config:
     station: str
     module: ModuleSettings
     sensors: tuple[SensorConfig, ...]
-    hatch_gpio: Mapping[str, int]
+    hatch_switches: Mapping[str, Mapping[str, Any]]  # hatch name -> reed switch options (gpio, closed_level, ...)
     recorder: RecorderConfig | None
     spool: SpoolConfig
     annunciator: AnnunciatorConfig | None
     mqtt: MqttConfig | None
     influxdb: InfluxConfig | None
+    simulation: SimulationSettings | None = None
 
     def sample_names(self) -> dict[str, frozenset[Quantity]]:
         """What each name may report in a samples file."""
@@ -271,6 +255,7 @@ class _Parser:
             "annunciator",
             "mqtt",
             "influxdb",
+            "simulation",
         }
         for k in data:
             if k not in known_top:
@@ -283,7 +268,7 @@ class _Parser:
             station = self.value(station_t, "name", "station", "str", check=_matches(STATION_NAME, "[a-z0-9_-]+"))
         segments = self.segments(data)
         seg_names = {s.name for s in segments}
-        hatches, hatch_gpio = self.hatches(data, seg_names)
+        hatches, hatch_switches = self.hatches(data, seg_names)
         sensors = self.sensors(data, seg_names, {h.name for h in hatches})
         leak = self.leak(data)
         alarms = self.alarms(data)
@@ -310,6 +295,7 @@ class _Parser:
             )
         mqtt = self.mqtt(data, station)
         influx = self.influx(data)
+        simulation = self.simulation(data)
         if self.problems:
             raise ConfigError(self.problems)
         module = ModuleSettings(tuple(segments), tuple(hatches), tuple(s.spec for s in sensors), leak, alarms)
@@ -318,12 +304,13 @@ class _Parser:
             station,
             module,
             tuple(sensors),
-            MappingProxyType(hatch_gpio),
+            MappingProxyType(hatch_switches),
             recorder,
             spool or SpoolConfig(),
             annunciator,
             mqtt,
             influx,
+            simulation,
         )
 
     def array_of_tables(self, data: Mapping, key: str) -> list[tuple[str, dict]]:
@@ -358,8 +345,8 @@ class _Parser:
                 out.append(Segment(name, volume))
         return out
 
-    def hatches(self, data: Mapping, seg_names: set[str]) -> tuple[list[Hatch], dict[str, int]]:
-        out, gpio = [], {}
+    def hatches(self, data: Mapping, seg_names: set[str]) -> tuple[list[Hatch], dict[str, dict]]:
+        out, wired = [], {}
         for where, t in self.array_of_tables(data, "hatch"):
             self.check_keys(t, where, {"name", "between", "initial", "gpio", "closed_level", "debounce_s"})
             name = self.value(t, "name", where, "str", check=_matches(DEVICE_NAME, "[A-Za-z0-9_-]+"))
@@ -379,11 +366,13 @@ class _Parser:
                     pair = (between[0], between[1])
             initial = self.value(t, "initial", where, "str", "open", _one_of(("open", "closed")))
             pin = self.value(t, "gpio", where, "int", None, _bcm_pin)
+            if pin is None and ("closed_level" in t or "debounce_s" in t):
+                self.problem(f"{where}.gpio", "missing: closed_level and debounce_s describe a reed switch on a pin")
             if name is not None and pair is not None:
                 out.append(Hatch(name, pair, initial != "closed"))
                 if pin is not None:
-                    gpio[name] = pin
-        return out, gpio
+                    wired[name] = {k: t[k] for k in ("gpio", "closed_level", "debounce_s") if k in t}
+        return out, wired
 
     def sensors(self, data: Mapping, seg_names: set[str], hatch_names: set[str]) -> list[SensorConfig]:
         items = self.array_of_tables(data, "sensor")
@@ -398,43 +387,17 @@ class _Parser:
             segment = self.value(t, "segment", where, "str")
             if segment is not None and segment not in seg_names:
                 self.problem(f"{where}.segment", f"unknown segment {segment!r} (segments: {_names(seg_names)})")
-            driver = self.value(t, "driver", where, "str", check=_one_of(tuple(DRIVER_KEYS)))
-            if driver is not None:
-                self.check_keys(t, where, SENSOR_KEYS | DRIVER_KEYS[driver])
+            driver = self.value(t, "driver", where, "str", check=_one_of(DRIVERS))
+            if driver == "simulated":
+                self.check_keys(t, where, SENSOR_KEYS)
             d = SensorSpec("", "")
             prange = self.range(t, "range_pa", where, d.pressure_range_pa)
             trange = self.range(t, "range_k", where, d.temperature_range_k)
-            if driver == "serial":
-                self.serial_options(t, where)
             options = {k: v for k, v in t.items() if k not in SENSOR_KEYS}
             if None not in (name, segment, driver) and segment in seg_names:
                 spec = SensorSpec(name, segment, prange, trange)
                 out.append(SensorConfig(spec, driver, MappingProxyType(options)))
         return out
-
-    def serial_options(self, t: Mapping, where: str) -> None:
-        self.value(t, "port", where, "str")
-        self.value(t, "baudrate", where, "int", 9600, _positive)
-        regex = self.value(t, "line_regex", where, "str", None)
-        if regex is not None:
-            try:
-                groups = re.compile(regex).groupindex
-                if not {"pressure", "temperature"} & set(groups):
-                    self.problem(f"{where}.line_regex", "needs a named group (?P<pressure>...) or (?P<temperature>...)")
-            except re.error as exc:
-                self.problem(f"{where}.line_regex", f"not a valid regular expression: {exc}")
-        u = self.table(t, "units", f"{where}.units", {"pressure", "temperature"})
-        if u is not None:
-            for key, conv in (
-                ("pressure", units.pressure_converter),
-                ("temperature", units.temperature_converter),
-            ):
-                name = self.value(u, key, f"{where}.units", "str", None)
-                if name is not None:
-                    try:
-                        conv(name)
-                    except units.UnitError as exc:
-                        self.problem(f"{where}.units.{key}", str(exc))
 
     def range(self, t: Mapping, key: str, where: str, default: tuple[float, float]) -> tuple[float, float]:
         v = t.get(key, _MISSING)
@@ -522,6 +485,16 @@ class _Parser:
             if lo is not None and hi is not None and lo > hi:
                 self.problem(f"alarms.{sec}.{lo_key}", f"{lo:g} is above {hi_key} = {hi:g}")
         return AlarmLimits(leak, rapid, low, reserve, sensor)
+
+    def simulation(self, data: Mapping) -> SimulationSettings | None:
+        t = self.table(data, "simulation", "simulation", {"scenario", "speed", "seed"})
+        if t is None:
+            return None
+        return SimulationSettings(
+            self.value(t, "scenario", "simulation", "str"),
+            self.value(t, "speed", "simulation", "float", 1.0, _positive),
+            self.value(t, "seed", "simulation", "int", 0),
+        )
 
     def mqtt(self, data: Mapping, station: str | None) -> MqttConfig | None:
         keys = {"host", "port", "username", "password_file", "tls", "qos", "topic_prefix", "keepalive_s"}

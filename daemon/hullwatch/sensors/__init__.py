@@ -1,0 +1,1 @@
+"""Sensor drivers: each reads one device and emits samples (see base.py)."""

@@ -1,0 +1,120 @@
+"""What every sensor driver is: a thread-friendly loop that emits samples until told to stop.
+
+A driver is built from its [[sensor]] options with no I/O (so `check-config` can build
+it to validate), then run in a thread of its own by the service:
+
+    driver = SomeDriver.from_options(name, options)     # raises OptionError
+    driver.run(emit, stop)                               # returns once stop is set
+
+`run` must never raise: a device that vanishes, goes silent or talks garbage is counted,
+logged once per episode (not once per line) and retried with backoff, and the loop goes
+on. `emit` is cheap and thread-safe (it puts on a queue). Samples carry their own
+timestamp, taken when the reading arrived.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
+
+from hullwatch.core.model import Sample
+
+Emit = Callable[[Sample], None]
+
+
+class OptionError(ValueError):
+    """A driver option is wrong: `key` names it within the [[sensor]] table."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(f"{key}: {message}")
+        self.key = key
+        self.message = message
+
+
+class Driver(Protocol):
+    """A sensor driver."""
+
+    name: str
+
+    def run(self, emit: Emit, stop: threading.Event) -> None:
+        """Read the device, emitting samples, until stop is set. Never raises."""
+
+
+class Episode:
+    """Logs a recurring problem once when it starts and once when it ends, counting occurrences between."""
+
+    def __init__(self, log: logging.Logger, what: str) -> None:
+        self.log = log
+        self.what = what
+        self.active = False
+        self.count = 0  # occurrences in this episode
+        self.total = 0  # occurrences ever
+
+    def happened(self, detail: str) -> None:
+        """One more occurrence; logged as a warning only if it starts an episode."""
+        self.count += 1
+        self.total += 1
+        if not self.active:
+            self.active = True
+            self.log.warning("%s: %s", self.what, detail)
+
+    def over(self) -> None:
+        """The problem stopped; log how many times it happened."""
+        if self.active:
+            self.log.info("%s: over after %d occurrence(s)", self.what, self.count)
+        self.active = False
+        self.count = 0
+
+
+def option(options: Mapping[str, Any], key: str, kind: type | tuple[type, ...], default: Any = ...) -> Any:
+    """A typed option, or its default; OptionError if missing (without default) or of the wrong type."""
+    if key not in options:
+        if default is ...:
+            raise OptionError(key, "missing (required)")
+        return default
+    value = options[key]
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    if isinstance(value, bool) and bool not in kinds:
+        raise OptionError(key, f"must be {_kind_name(kinds)}, not {value!r}")
+    if not isinstance(value, kinds):
+        raise OptionError(key, f"must be {_kind_name(kinds)}, not {value!r}")
+    return float(value) if float in kinds and int in kinds and not isinstance(value, bool) else value
+
+
+def _kind_name(kinds: tuple[type, ...]) -> str:
+    names = {
+        str: "a string",
+        int: "an integer",
+        float: "a number",
+        bool: "true or false",
+        dict: "a table",
+        list: "a list",
+    }
+    return " or ".join(names.get(k, k.__name__) for k in kinds)
+
+
+def reject_unknown(options: Mapping[str, Any], known: set[str] | frozenset[str]) -> None:
+    """OptionError for the first key not in `known`."""
+    for key in options:
+        if key not in known:
+            raise OptionError(key, f"unknown key for this driver (known: {', '.join(sorted(known))})")
+
+
+class Backoff:
+    """Retry delays that double from `first` up to `cap`, reset on success."""
+
+    def __init__(self, first: float = 0.5, cap: float = 10.0) -> None:
+        self.first = first
+        self.cap = cap
+        self.delay = first
+
+    def next(self) -> float:
+        """The delay to wait now; the next one will be longer."""
+        d = self.delay
+        self.delay = min(self.cap, self.delay * 2)
+        return d
+
+    def reset(self) -> None:
+        self.delay = self.first
