@@ -6,10 +6,17 @@
 set -eu
 cd "$(dirname "$0")/.."
 
-extras="pi"
+target="."
 packages="python3 python3-venv python3-dev gcc"
+venv_flags=""
 if [ "${1:-}" = "--test" ]; then
-    extras="test"
+    target=".[test]"
+    packages="$packages socat"
+fi
+if grep -qs "Raspberry Pi" /proc/device-tree/model; then
+    # gpiozero's pin library comes from Raspberry Pi OS (lgpio works on every Pi, the 5 included)
+    packages="$packages python3-lgpio"
+    venv_flags="--system-site-packages"
 fi
 
 sudo=""
@@ -25,7 +32,8 @@ if [ -n "$missing" ]; then
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq $missing >/dev/null
 fi
 
-[ -x .venv/bin/python ] || python3 -m venv .venv
+# shellcheck disable=SC2086
+[ -x .venv/bin/python ] || python3 -m venv $venv_flags .venv
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null
-.venv/bin/python -m pip install -q -e ".[$extras]"
+.venv/bin/python -m pip install -q -e "$target"
 echo "hullwatch installed in $(pwd)/.venv ($(.venv/bin/hullwatch --version))"

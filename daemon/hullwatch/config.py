@@ -262,12 +262,12 @@ class _Parser:
                 self.problem(k, f"unknown section (known: {', '.join(sorted(known_top))})")
         station_t = self.table(data, "station", "station", {"name"})
         if station_t is None:
-            self.problem("station", 'missing (required): [station] with name = "..."')
+            if "station" not in data:
+                self.problem("station", 'missing (required): [station] with name = "..."')
             station = "station"
         else:
             station = self.value(station_t, "name", "station", "str", check=_matches(STATION_NAME, "[a-z0-9_-]+"))
-        segments = self.segments(data)
-        seg_names = {s.name for s in segments}
+        segments, seg_names = self.segments(data)
         hatches, hatch_switches = self.hatches(data, seg_names)
         sensors = self.sensors(data, seg_names, {h.name for h in hatches})
         leak = self.leak(data)
@@ -329,7 +329,8 @@ class _Parser:
                 self.problem(where, "must be a table")
         return out
 
-    def segments(self, data: Mapping) -> list[Segment]:
+    def segments(self, data: Mapping) -> tuple[list[Segment], set[str]]:
+        """The valid segments, and every name given (a segment with a bad volume is still a known name)."""
         items = self.array_of_tables(data, "segment")
         if not items:
             self.problem("segment", "missing (required): at least one [[segment]] with name and volume_m3")
@@ -343,13 +344,16 @@ class _Parser:
             seen.add(name)
             if name is not None and volume is not None:
                 out.append(Segment(name, volume))
-        return out
+        return out, {n for n in seen if n is not None}
 
     def hatches(self, data: Mapping, seg_names: set[str]) -> tuple[list[Hatch], dict[str, dict]]:
-        out, wired = [], {}
+        out, wired, seen = [], {}, set()
         for where, t in self.array_of_tables(data, "hatch"):
             self.check_keys(t, where, {"name", "between", "initial", "gpio", "closed_level", "debounce_s"})
             name = self.value(t, "name", where, "str", check=_matches(DEVICE_NAME, "[A-Za-z0-9_-]+"))
+            if name is not None and name in seen:
+                self.problem(f"{where}.name", f"duplicate hatch name {name!r}")
+            seen.add(name)
             between = t.get("between", _MISSING)
             pair: tuple[str, str] | None = None
             if between is _MISSING:

@@ -42,7 +42,10 @@ def parse_time(text: str) -> float:
         return float(text)
     except ValueError:
         pass
-    stamp = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    try:
+        stamp = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(f"time {text!r} is neither epoch seconds nor ISO 8601") from None
     if stamp.tzinfo is None:
         raise ValueError(f"time {text!r} has no UTC offset")
     return stamp.timestamp()
@@ -62,7 +65,7 @@ def read_samples(path: str, names: Mapping[str, frozenset[Quantity]], stream: Te
             raise SamplesError(path, 1, f"header is {','.join(header)!r}, expected 'time,sensor,quantity,value'")
         last = -math.inf
         for row in rows:
-            line += 1
+            line = rows.line_num
             if not row:
                 continue
             try:
@@ -74,8 +77,8 @@ def read_samples(path: str, names: Mapping[str, frozenset[Quantity]], stream: Te
             except ValueError:
                 try:
                     t = parse_time(t_text)
-                except ValueError:
-                    raise SamplesError(path, line, f"time {t_text!r} is neither epoch seconds nor ISO 8601") from None
+                except ValueError as exc:
+                    raise SamplesError(path, line, str(exc)) from None
             if not math.isfinite(t):
                 raise SamplesError(path, line, f"time {t_text!r} is not finite")
             if t < last:
@@ -86,6 +89,8 @@ def read_samples(path: str, names: Mapping[str, frozenset[Quantity]], stream: Te
                 raise SamplesError(path, line, _name_problem(name, q_text, names))
             try:
                 value = float(v_text)
+                if "_" in v_text:
+                    raise ValueError(v_text)
             except ValueError:
                 raise SamplesError(path, line, f"value {v_text!r} is not a number") from None
             if not math.isfinite(value):
@@ -94,12 +99,24 @@ def read_samples(path: str, names: Mapping[str, frozenset[Quantity]], stream: Te
                 raise SamplesError(path, line, f"hatch value {v_text!r} must be 1 (open) or 0 (closed)")
             yield Sample(t, name, quantity, value)
     except UnicodeDecodeError as exc:
-        raise SamplesError(path, line, f"not UTF-8 text ({exc.reason})") from None
+        raise SamplesError(path, _first_undecodable_line(path), f"not UTF-8 text ({exc.reason})") from None
     except csv.Error as exc:
         raise SamplesError(path, line + 1, f"bad CSV: {exc}") from None
     finally:
         if stream is None:
             f.close()
+
+
+def _first_undecodable_line(path: str) -> int:
+    """The line number of the first line that is not UTF-8 (text is decoded in chunks, ahead of the rows)."""
+    opener = gzip.open if path.endswith(".gz") else open
+    with opener(path, "rb") as f:
+        for number, raw in enumerate(f, start=1):
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError:
+                return number
+    return 1
 
 
 def _name_problem(name: str, q_text: str, names: Mapping[str, frozenset[Quantity]]) -> str:

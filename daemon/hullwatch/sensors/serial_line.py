@@ -11,6 +11,7 @@ A vanished port is reopened with backoff until it returns.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import threading
@@ -80,10 +81,8 @@ class SerialDriver:
                 log.exception("%s: unexpected error; reopening the port", self.name)
                 stop.wait(backoff.next())
             finally:
-                try:
+                with contextlib.suppress(Exception):  # closing a vanished port may fail too
                     port.close()
-                except Exception:  # closing a vanished port may fail too
-                    pass
 
     def _read(self, port: Any, emit: Emit, stop: threading.Event) -> None:
         """Read lines until stop is set or the port fails (raises)."""

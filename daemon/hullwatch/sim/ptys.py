@@ -10,6 +10,7 @@ printed configuration scales the rate thresholds to match, and says so.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import select
 import threading
@@ -42,10 +43,8 @@ class PtyTransducer:
 
     def close(self) -> None:
         for fd in (self.master, self.slave):
-            try:
+            with contextlib.suppress(OSError):
                 os.close(fd)
-            except OSError:
-                pass
 
 
 def station_config(scenario: Scenario, ports: list[PtyTransducer], speed: float) -> str:
@@ -135,7 +134,5 @@ def serve(scenario: Scenario, ports: list[PtyTransducer], speed: float, seed: in
 def _send(p: PtyTransducer, values: dict) -> None:
     if not values:  # unplugged: the device says nothing
         return
-    try:
+    with contextlib.suppress(OSError):  # nobody reading, buffer full: a real line would drop bytes too
         os.write(p.master, p.preset.render(values))
-    except OSError:
-        pass  # nobody reading, buffer full: a real line would drop bytes too

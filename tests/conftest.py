@@ -1,0 +1,69 @@
+"""Shared fixtures: small configuration files written into tmp_path."""
+
+import pytest
+
+MINIMAL_TOML = """\
+[station]
+name = "prk-mockup"
+
+[[segment]]
+name = "prk"
+volume_m3 = 4.0
+
+[[sensor]]
+name = "p_prk"
+segment = "prk"
+driver = "simulated"
+"""
+
+TWO_SEGMENT_TOML = """\
+[station]
+name = "prk-mockup"
+
+[[segment]]
+name = "prk"
+volume_m3 = 4.0
+
+[[segment]]
+name = "zvezda"
+volume_m3 = 75.0
+
+[[hatch]]
+name = "prk-hatch"
+between = ["prk", "zvezda"]
+initial = "open"
+
+[[sensor]]
+name = "p_prk"
+segment = "prk"
+driver = "simulated"
+
+[[sensor]]
+name = "t_prk"
+segment = "prk"
+driver = "simulated"
+"""
+
+
+@pytest.fixture
+def write_file(tmp_path):
+    """write_file(text, name="hullwatch.toml") -> str path of a file under tmp_path."""
+
+    def write(text: str, name: str = "hullwatch.toml") -> str:
+        path = tmp_path / name
+        path.write_text(text, encoding="utf-8")
+        return str(path)
+
+    return write
+
+
+@pytest.fixture
+def minimal_toml() -> str:
+    """Station, one segment, one simulated sensor with no further keys."""
+    return MINIMAL_TOML
+
+
+@pytest.fixture
+def two_segment_toml() -> str:
+    """The ICD §2 example: prk 4.0 + zvezda 75.0 joined by an open hatch."""
+    return TWO_SEGMENT_TOML

@@ -1,0 +1,329 @@
+"""The `hullwatch` command (ICD §1): exit codes, messages, and `analyze` output (ICD §4)."""
+
+import json
+import math
+import random
+import subprocess
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+
+from hullwatch.cli import main
+
+EX_OK, EX_USAGE, EX_DATAERR, EX_NOINPUT, EX_CONFIG = 0, 64, 65, 66, 78
+T0 = 1780000000.0
+ESTIMATE_KEYS = {
+    "type",
+    "time",
+    "volume",
+    "leak_kg_per_day",
+    "leak_kg_per_day_sigma",
+    "pressure_pa",
+    "mass_kg",
+    "reserve_time_s",
+}
+
+# two volumes while the hatch is closed; every sensor reports pressure and temperature
+ANALYZE_TOML = """\
+[station]
+name = "prk-mockup"
+
+[[segment]]
+name = "prk"
+volume_m3 = 4.0
+
+[[segment]]
+name = "zvezda"
+volume_m3 = 75.0
+
+[[hatch]]
+name = "prk-hatch"
+between = ["prk", "zvezda"]
+initial = "closed"
+
+[[sensor]]
+name = "p_prk"
+segment = "prk"
+driver = "simulated"
+
+[[sensor]]
+name = "p_zv"
+segment = "zvezda"
+driver = "simulated"
+"""
+
+
+def run(capsys, argv):
+    """(exit code, stdout, stderr) of main(argv), usage errors included."""
+    try:
+        code = main(argv)
+    except SystemExit as exc:  # argparse errors and --version leave through sys.exit
+        code = exc.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def write_samples(path: Path, seconds: int = 300, seed: int = 7, sensors=("p_prk", "p_zv")) -> Path:
+    """1 Hz of steady air at ~101325 Pa (noise of a few Pa) and 295 K."""
+    rng = random.Random(seed)
+    with open(path, "w", encoding="utf-8", newline="") as f:
+        f.write("time,sensor,quantity,value\n")
+        for i in range(seconds):
+            t = T0 + i
+            for name in sensors:
+                f.write(f"{t:.3f},{name},temperature,{295.0 + rng.gauss(0, 0.01):.4f}\n")
+                f.write(f"{t:.3f},{name},pressure,{101325.0 + rng.gauss(0, 2.0):.2f}\n")
+    return path
+
+
+def jsonl(text: str) -> list[dict]:
+    lines = text.splitlines()
+    assert lines, "no output"
+    return [json.loads(line) for line in lines]
+
+
+def check_analysis(objs: list[dict], volumes: set[str], first: float, last: float, interval: float = 10.0) -> None:
+    times = [o["time"] for o in objs]
+    assert times == sorted(times), "objects out of time order"
+    by_volume = defaultdict(list)
+    for o in objs:
+        assert o["type"] in {"estimate", "alarm", "hatch"}, o
+        if o["type"] == "estimate":
+            assert o.keys() >= ESTIMATE_KEYS, o
+            assert isinstance(o["time"], float)
+            assert math.isclose(o["pressure_pa"], 101325.0, abs_tol=20.0), o
+            assert o["mass_kg"] > 0
+            by_volume[o["volume"]].append(o["time"])
+    assert set(by_volume) == volumes
+    span = last - first
+    for vid, ts in by_volume.items():
+        assert len(ts) >= int(span // interval), (vid, len(ts))
+        # at least one estimate per volume in every report interval of data
+        gaps = [b - a for a, b in zip([first, *ts], [*ts, last], strict=True)]
+        assert max(gaps) <= interval + 1e-6, (vid, max(gaps))
+
+
+# -- check-config ------------------------------------------------------------------------
+
+
+def test_check_config_good_file_summarises_it(capsys, write_file, two_segment_toml):
+    path = write_file(two_segment_toml)
+    code, out, err = run(capsys, ["check-config", "-c", path])
+    assert code == EX_OK, err
+    assert path in out
+    for word in ("segment", "volume", "sensor", "prk", "zvezda", "prk-zvezda", "p_prk", "t_prk", "prk-hatch"):
+        assert word in out, word
+    for threshold in ("0.5", "0.9", "9.19", "95000", "65300", "86400", "3600", "600"):
+        assert threshold in out, threshold
+    assert "Traceback" not in out + err
+
+
+def test_check_config_unknown_segment(capsys, write_file, minimal_toml):
+    path = write_file(minimal_toml.replace('segment = "prk"', 'segment = "nowhere"'))
+    code, out, err = run(capsys, ["check-config", "-c", path])
+    assert code == EX_CONFIG
+    lines = err.strip().splitlines()
+    assert any(path in line and "sensor[0].segment" in line and "'nowhere'" in line for line in lines), err
+    assert "Traceback" not in err
+    assert "OK" not in out
+
+
+def test_check_config_reports_driver_options(capsys, write_file, minimal_toml):
+    pytest.importorskip("hullwatch.sensors.presets")
+    serial = 'driver = "serial"\nport = "/dev/ttyUSB0"\nline_regex = \'(?P<pressure>[0-9.]+)\'\n'
+    text = minimal_toml.replace('driver = "simulated"\n', serial + 'units = { pressure = "furlongs" }\n')
+    path = write_file(text)
+    code, _, err = run(capsys, ["check-config", "-c", path])
+    assert code == EX_CONFIG
+    assert f"{path}: sensor[0].units" in err
+    assert "furlongs" in err
+    assert "Traceback" not in err
+
+
+def test_check_config_toml_syntax_error(capsys, write_file):
+    path = write_file('[station]\nname = "x"\n[[segment\n')
+    code, _, err = run(capsys, ["check-config", "-c", path])
+    assert code == EX_CONFIG
+    assert path in err and "line 3" in err
+    assert "Traceback" not in err
+
+
+def test_check_config_missing_file(capsys, tmp_path):
+    path = str(tmp_path / "absent.toml")
+    code, out, err = run(capsys, ["check-config", "-c", path])
+    assert code == EX_CONFIG
+    assert path in err and "not found" in err
+    assert "Traceback" not in err
+    assert out == ""
+
+
+def test_config_directory_instead_of_file(capsys, tmp_path):
+    code, _, err = run(capsys, ["check-config", "-c", str(tmp_path)])
+    assert code == EX_CONFIG
+    assert str(tmp_path) in err
+    assert "Traceback" not in err
+
+
+def test_hullwatch_config_env_var_is_used_without_c(capsys, monkeypatch, write_file, minimal_toml):
+    path = write_file(minimal_toml)
+    monkeypatch.setenv("HULLWATCH_CONFIG", path)
+    code, out, err = run(capsys, ["check-config"])
+    assert code == EX_OK, err
+    assert path in out
+
+
+def test_hullwatch_config_env_var_missing_file(capsys, monkeypatch, tmp_path):
+    path = str(tmp_path / "from-env.toml")
+    monkeypatch.setenv("HULLWATCH_CONFIG", path)
+    code, _, err = run(capsys, ["check-config"])
+    assert code == EX_CONFIG
+    assert path in err
+
+
+def test_c_wins_over_the_env_var(capsys, monkeypatch, write_file, minimal_toml, tmp_path):
+    path = write_file(minimal_toml)
+    monkeypatch.setenv("HULLWATCH_CONFIG", str(tmp_path / "absent.toml"))
+    code, out, err = run(capsys, ["check-config", "-c", path])
+    assert code == EX_OK, err
+    assert path in out
+
+
+def test_default_path_without_c_or_env(capsys, monkeypatch):
+    monkeypatch.delenv("HULLWATCH_CONFIG", raising=False)
+    if Path("/etc/hullwatch/hullwatch.toml").exists():
+        pytest.skip("this machine has a system configuration")
+    code, _, err = run(capsys, ["check-config"])
+    assert code == EX_CONFIG
+    assert "/etc/hullwatch/hullwatch.toml" in err
+
+
+# -- usage errors --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        [],
+        ["frobnicate"],
+        ["analyze"],
+        ["analyze", "-c", "x.toml"],  # no samples file
+        ["analyze", "samples.csv"],  # no -c
+        ["check-config", "--bogus"],
+        ["analyze", "-c", "x.toml", "samples.csv", "extra.csv"],
+    ],
+    ids=["nothing", "unknown command", "analyze bare", "no samples", "no -c", "unknown option", "extra argument"],
+)
+def test_usage_errors_exit_64(capsys, argv):
+    code, _, err = run(capsys, argv)
+    assert code == EX_USAGE
+    assert "usage:" in err
+    assert "Traceback" not in err
+
+
+def test_version(capsys):
+    code, out, _ = run(capsys, ["--version"])
+    assert code == EX_OK
+    assert out.startswith("hullwatch ")
+
+
+# -- analyze -------------------------------------------------------------------------------
+
+
+def test_analyze_missing_samples_file(capsys, write_file, tmp_path):
+    cfg = write_file(ANALYZE_TOML)
+    samples = str(tmp_path / "absent.csv")
+    code, _, err = run(capsys, ["analyze", "-c", cfg, samples])
+    assert code == EX_NOINPUT
+    assert samples in err
+    assert "Traceback" not in err
+
+
+def test_analyze_bad_value_on_line_3(capsys, write_file, tmp_path):
+    cfg = write_file(ANALYZE_TOML)
+    samples = tmp_path / "bad.csv"
+    samples.write_text("time,sensor,quantity,value\n1780000000,p_prk,pressure,101325\n1780000001,p_prk,pressure,abc\n")
+    code, _, err = run(capsys, ["analyze", "-c", cfg, str(samples), "-o", str(tmp_path / "out.jsonl")])
+    assert code == EX_DATAERR
+    assert f"{samples}:3:" in err
+    assert "Traceback" not in err
+
+
+def test_analyze_unknown_name_is_data_error(capsys, write_file, tmp_path):
+    cfg = write_file(ANALYZE_TOML)
+    samples = tmp_path / "bad.csv"
+    samples.write_text("time,sensor,quantity,value\n1780000000,p_xyz,pressure,101325\n")
+    code, _, err = run(capsys, ["analyze", "-c", cfg, str(samples)])
+    assert code == EX_DATAERR
+    assert f"{samples}:2:" in err and "p_xyz" in err
+
+
+def test_analyze_config_error_comes_first(capsys, write_file, tmp_path):
+    cfg = write_file(ANALYZE_TOML.replace('segment = "prk"', 'segment = "attic"'))
+    samples = write_samples(tmp_path / "s.csv", seconds=5)
+    code, _, err = run(capsys, ["analyze", "-c", cfg, str(samples)])
+    assert code == EX_CONFIG
+    assert "sensor[0].segment" in err
+
+
+def test_analyze_writes_json_lines_to_a_file(capsys, write_file, tmp_path):
+    cfg = write_file(ANALYZE_TOML)
+    samples = write_samples(tmp_path / "s.csv", seconds=300)
+    out = tmp_path / "out.jsonl"
+    code, stdout, err = run(capsys, ["analyze", "-c", cfg, str(samples), "-o", str(out)])
+    assert code == EX_OK, err
+    assert stdout == ""
+    objs = jsonl(out.read_text(encoding="utf-8"))
+    check_analysis(objs, {"prk", "zvezda"}, T0, T0 + 299)
+    assert not [o for o in objs if o["type"] == "alarm" and o["state"] == "active"], "alarm on steady air"
+
+
+def test_analyze_writes_to_stdout_without_o(capsys, write_file, tmp_path):
+    cfg = write_file(ANALYZE_TOML)
+    samples = write_samples(tmp_path / "s.csv", seconds=120)
+    code, stdout, err = run(capsys, ["analyze", "-c", cfg, str(samples)])
+    assert code == EX_OK, err
+    check_analysis(jsonl(stdout), {"prk", "zvezda"}, T0, T0 + 119)
+
+
+def test_analyze_gzip_samples_and_open_hatch(capsys, write_file, tmp_path):
+    import gzip
+
+    cfg = write_file(ANALYZE_TOML.replace('initial = "closed"', 'initial = "open"'))
+    plain = write_samples(tmp_path / "s.csv", seconds=60)
+    gz = tmp_path / "s.csv.gz"
+    gz.write_bytes(gzip.compress(plain.read_bytes()))
+    code, stdout, err = run(capsys, ["analyze", "-c", cfg, str(gz)])
+    assert code == EX_OK, err
+    check_analysis(jsonl(stdout), {"prk-zvezda"}, T0, T0 + 59)
+
+
+def test_analyze_is_deterministic(capsys, write_file, tmp_path):
+    cfg = write_file(ANALYZE_TOML)
+    samples = write_samples(tmp_path / "s.csv", seconds=60)
+    code_a, a, _ = run(capsys, ["analyze", "-c", cfg, str(samples)])
+    code_b, b, _ = run(capsys, ["analyze", "-c", cfg, str(samples)])
+    assert code_a == code_b == EX_OK
+    assert a == b and a
+
+
+# -- the installed entry points -----------------------------------------------------------
+
+
+def test_console_entry_points(write_file, minimal_toml, tmp_path):
+    good = write_file(minimal_toml)
+    bad = write_file(minimal_toml.replace('segment = "prk"', 'segment = "nowhere"'), "bad.toml")
+    commands = [[sys.executable, "-m", "hullwatch"]]
+    script = Path(sys.executable).parent / "hullwatch"
+    if script.exists():
+        commands.append([str(script)])
+    for cmd in commands:
+        ok = subprocess.run([*cmd, "check-config", "-c", good], capture_output=True, text=True, timeout=60)
+        assert ok.returncode == EX_OK, (cmd, ok.stderr)
+        assert good in ok.stdout
+        ko = subprocess.run([*cmd, "check-config", "-c", bad], capture_output=True, text=True, timeout=60)
+        assert ko.returncode == EX_CONFIG, (cmd, ko.stderr)
+        assert "sensor[0].segment" in ko.stderr and "Traceback" not in ko.stderr
+        usage = subprocess.run([*cmd, "frobnicate"], capture_output=True, text=True, timeout=60)
+        assert usage.returncode == EX_USAGE, (cmd, usage.stderr)
