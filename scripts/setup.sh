@@ -15,7 +15,7 @@ if [ "${1:-}" = "--test" ]; then
 fi
 if grep -qs "Raspberry Pi" /proc/device-tree/model; then
     # gpiozero's pin library comes from Raspberry Pi OS (lgpio works on every Pi, the 5 included)
-    packages="$packages python3-lgpio"
+    packages="$packages python3-lgpio python3-spidev"
     venv_flags="--system-site-packages"
 fi
 

@@ -23,8 +23,13 @@ def test_a_choked_leak_decays_exponentially():
 
 
 def test_joined_segments_share_pressure_and_closing_keeps_it():
-    m = Module({"a": 4.0, "b": 75.0}, {"h": ("a", "b")}, {"h"}, {"a": constant(295.0), "b": constant(290.0)},
-               {"a": constant(1.0)})
+    m = Module(
+        {"a": 4.0, "b": 75.0},
+        {"h": ("a", "b")},
+        {"h"},
+        {"a": constant(295.0), "b": constant(290.0)},
+        {"a": constant(1.0)},
+    )
     for i in range(3600):
         m.advance(float(i), 1.0)
     p = m.pressures(3600.0)
@@ -54,11 +59,13 @@ def test_playback_applies_events_in_story_time():
 
 
 def test_unplugged_transducer_reads_nothing():
-    sc = scenario.parse({
-        "segment": [{"name": "a", "volume_m3": 1.0}],
-        "transducer": [{"name": "p", "segment": "a"}],
-        "event": [{"at_s": 10, "unplug": {"transducer": "p", "for_s": 5}}],
-    })
+    sc = scenario.parse(
+        {
+            "segment": [{"name": "a", "volume_m3": 1.0}],
+            "transducer": [{"name": "p", "segment": "a"}],
+            "event": [{"at_s": 10, "unplug": {"transducer": "p", "for_s": 5}}],
+        }
+    )
     play = Playback(sc)
     p = sc.transducers[0]
     play.advance_to(12.0)
@@ -72,10 +79,14 @@ def test_unplugged_transducer_reads_nothing():
     [
         ({}, "segment"),
         ({"segment": [{"name": "a", "volume_m3": -1}]}, "segment[0].volume_m3"),
-        ({"segment": [{"name": "a", "volume_m3": 1}], "transducer": [{"name": "p", "segment": "b"}]},
-         "transducer[0].segment"),
-        ({"segment": [{"name": "a", "volume_m3": 1}], "event": [{"at_s": 1, "leak": {"segment": "z"}}]},
-         "event[0].leak.segment"),
+        (
+            {"segment": [{"name": "a", "volume_m3": 1}], "transducer": [{"name": "p", "segment": "b"}]},
+            "transducer[0].segment",
+        ),
+        (
+            {"segment": [{"name": "a", "volume_m3": 1}], "event": [{"at_s": 1, "leak": {"segment": "z"}}]},
+            "event[0].leak.segment",
+        ),
         ({"segment": [{"name": "a", "volume_m3": 1}], "event": [{"at_s": 1}]}, "event[0]"),
     ],
 )

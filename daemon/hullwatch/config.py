@@ -349,7 +349,9 @@ class _Parser:
     def hatches(self, data: Mapping, seg_names: set[str]) -> tuple[list[Hatch], dict[str, dict]]:
         out, wired, seen = [], {}, set()
         for where, t in self.array_of_tables(data, "hatch"):
-            self.check_keys(t, where, {"name", "between", "initial", "gpio", "closed_level", "debounce_s"})
+            self.check_keys(
+                t, where, {"name", "between", "initial", "gpio", "closed_level", "debounce_s", "heartbeat_s"}
+            )
             name = self.value(t, "name", where, "str", check=_matches(DEVICE_NAME, "[A-Za-z0-9_-]+"))
             if name is not None and name in seen:
                 self.problem(f"{where}.name", f"duplicate hatch name {name!r}")
@@ -370,12 +372,12 @@ class _Parser:
                     pair = (between[0], between[1])
             initial = self.value(t, "initial", where, "str", "open", _one_of(("open", "closed")))
             pin = self.value(t, "gpio", where, "int", None, _bcm_pin)
-            if pin is None and ("closed_level" in t or "debounce_s" in t):
+            if pin is None and any(k in t for k in ("closed_level", "debounce_s", "heartbeat_s")):
                 self.problem(f"{where}.gpio", "missing: closed_level and debounce_s describe a reed switch on a pin")
             if name is not None and pair is not None:
                 out.append(Hatch(name, pair, initial != "closed"))
                 if pin is not None:
-                    wired[name] = {k: t[k] for k in ("gpio", "closed_level", "debounce_s") if k in t}
+                    wired[name] = {k: t[k] for k in ("gpio", "closed_level", "debounce_s", "heartbeat_s") if k in t}
         return out, wired
 
     def sensors(self, data: Mapping, seg_names: set[str], hatch_names: set[str]) -> list[SensorConfig]:

@@ -51,7 +51,7 @@ class SerialDriver:
 
         s = self.settings
         port_trouble = Episode(log, f"{self.name}: port {s.port}")
-        backoff = Backoff()
+        backoff = Backoff(first=0.2, cap=2.0)  # a returning device is read again within ~2 s
         while not stop.is_set():
             try:
                 port = serial.serial_for_url(
