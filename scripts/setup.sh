@@ -11,7 +11,7 @@ packages="python3 python3-venv python3-dev gcc"
 venv_flags=""
 if [ "${1:-}" = "--test" ]; then
     target=".[test]"
-    packages="$packages socat"
+    packages="$packages socat mosquitto mosquitto-clients openssl"
 fi
 if grep -qs "Raspberry Pi" /proc/device-tree/model; then
     # gpiozero's pin library comes from Raspberry Pi OS (lgpio works on every Pi, the 5 included)

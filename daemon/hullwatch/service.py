@@ -183,7 +183,7 @@ class EventLog:
             if event.time >= due:
                 self._next_estimate[event.volume] = event.time + self.estimate_every_s
                 log.info("%s", present.describe(event))
-            else:
+            elif log.isEnabledFor(logging.DEBUG):
                 log.debug("%s", present.describe(event))
         elif isinstance(event, HatchChange | Notice):
             log.info("%s", present.describe(event))

@@ -25,7 +25,7 @@ from hullwatch.sensors.presets import SerialSettings, serial_settings
 
 log = logging.getLogger("hullwatch.sensors.serial")
 
-READ_CHUNK_TIMEOUT_S = 0.1  # how long one read may block: bounds the reaction to stop
+READ_CHUNK_TIMEOUT_S = 0.25  # how long one read may block: bounds the reaction to stop
 UNREADABLE_AFTER = 3  # consecutive bad lines before the sensor is reported unreadable
 _EOL = re.compile(rb"[\r\n]")
 
