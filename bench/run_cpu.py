@@ -12,6 +12,7 @@ RSS are printed.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import subprocess
@@ -77,10 +78,8 @@ def main() -> None:
                         if n % 2
                         else f"P = {1013.25 + (i % 5) * 0.01:.2f} hPa\r\n"
                     )
-                    try:
+                    with contextlib.suppress(OSError):
                         os.write(master, line.encode())
-                    except OSError:
-                        pass
                 i += 1
                 next_t += period
                 time.sleep(max(0.0, next_t - time.monotonic()))
@@ -95,7 +94,7 @@ def main() -> None:
         stop.set()
         daemon.send_signal(signal.SIGTERM)
         daemon.wait(10)
-        rows = sum(1 for _ in open(f"{tmp}/samples.csv")) - 1
+        rows = len(Path(tmp, "samples.csv").read_text().splitlines()) - 1
         for master, slave, _ in ptys:
             os.close(master)
             os.close(slave)
