@@ -81,6 +81,7 @@ class AnnunciatorConfig:
     buzzer_gpio: int | None = 18
     led_gpio: int | None = 23
     ack_button_gpio: int | None = 24
+    fault_led_gpio: int | None = None
 
 
 @dataclass(frozen=True)
@@ -100,6 +101,8 @@ class MqttConfig:
     qos: int = 1
     topic_prefix: str = ""
     keepalive_s: int = 30
+    homeassistant: bool = False
+    discovery_prefix: str = "homeassistant"
 
 
 @dataclass(frozen=True)
@@ -284,14 +287,12 @@ class _Parser:
                 self.value(t, "max_mb", "spool", "float", d.max_mb, _positive),
                 self.value(t, "commit_interval_s", "spool", "float", d.commit_interval_s, _positive),
             )
-        t = self.table(data, "annunciator", "annunciator", {"buzzer_gpio", "led_gpio", "ack_button_gpio"})
+        pins = ("buzzer_gpio", "led_gpio", "ack_button_gpio", "fault_led_gpio")
+        t = self.table(data, "annunciator", "annunciator", set(pins))
         if t is not None:
             a = AnnunciatorConfig()
             annunciator = AnnunciatorConfig(
-                *(
-                    self.value(t, k, "annunciator", "int", getattr(a, k), _bcm_pin)
-                    for k in ("buzzer_gpio", "led_gpio", "ack_button_gpio")
-                )
+                *(self.value(t, k, "annunciator", "int", getattr(a, k), _bcm_pin) for k in pins)
             )
         mqtt = self.mqtt(data, station)
         influx = self.influx(data)
@@ -430,8 +431,14 @@ class _Parser:
         )
 
     def alarms(self, data: Mapping) -> AlarmLimits:
-        names = {"leak_rate", "rapid_depress", "low_pressure", "reserve_time", "sensor"}
+        names = {"leak_rate", "rapid_depress", "low_pressure", "reserve_time", "sensor", "latching", "max_shelve_s"}
         top = self.table(data, "alarms", "alarms", names) or {}
+        latching = top.get("latching", list(AlarmLimits().latching))
+        kinds = ("leak_rate", "rapid_depress", "low_pressure", "reserve_time", "sensor_fault")
+        if not (isinstance(latching, list) and all(k in kinds for k in latching)):
+            self.problem("alarms.latching", f"must be a list of alarm kinds ({', '.join(kinds)}), not {latching!r}")
+            latching = []
+        max_shelve = self.value(top, "max_shelve_s", "alarms", "float", AlarmLimits().max_shelve_s, _positive)
 
         def section(name: str, cls: type, floats: dict[str, bool]) -> Any:
             where = f"alarms.{name}"
@@ -490,7 +497,7 @@ class _Parser:
         ):
             if lo is not None and hi is not None and lo > hi:
                 self.problem(f"alarms.{sec}.{lo_key}", f"{lo:g} is above {hi_key} = {hi:g}")
-        return AlarmLimits(leak, rapid, low, reserve, sensor)
+        return AlarmLimits(leak, rapid, low, reserve, sensor, tuple(latching), max_shelve)
 
     def simulation(self, data: Mapping) -> SimulationSettings | None:
         t = self.table(data, "simulation", "simulation", {"scenario", "speed", "seed"})
@@ -503,7 +510,18 @@ class _Parser:
         )
 
     def mqtt(self, data: Mapping, station: str | None) -> MqttConfig | None:
-        keys = {"host", "port", "username", "password_file", "tls", "qos", "topic_prefix", "keepalive_s"}
+        keys = {
+            "host",
+            "port",
+            "username",
+            "password_file",
+            "tls",
+            "qos",
+            "topic_prefix",
+            "keepalive_s",
+            "homeassistant",
+            "discovery_prefix",
+        }
         t = self.table(data, "mqtt", "mqtt", keys)
         if t is None:
             return None
@@ -521,6 +539,8 @@ class _Parser:
             self.value(t, "qos", "mqtt", "int", d.qos, _one_of((0, 1, 2))),
             self.value(t, "topic_prefix", "mqtt", "str", f"hullwatch/{station}"),
             self.value(t, "keepalive_s", "mqtt", "int", d.keepalive_s, _positive),
+            self.value(t, "homeassistant", "mqtt", "bool", d.homeassistant),
+            self.value(t, "discovery_prefix", "mqtt", "str", d.discovery_prefix),
         )
 
     def influx(self, data: Mapping) -> InfluxConfig | None:

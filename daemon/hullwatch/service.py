@@ -18,8 +18,10 @@ from typing import Any
 
 from hullwatch import present
 from hullwatch.config import Config, ConfigError
+from hullwatch.core.lifecycle import AlarmBook
 from hullwatch.core.model import AlarmState, AlarmTransition, Estimate, Event, HatchChange, Notice, Sample
 from hullwatch.core.monitor import Monitor
+from hullwatch.desk import AlarmDesk
 from hullwatch.recorder import Recorder
 from hullwatch.sensors.base import Driver, OptionError
 
@@ -105,6 +107,13 @@ class Daemon:
         self.samples: queue.SimpleQueue[Sample] = queue.SimpleQueue()
         self.recorder = Recorder(cfg.recorder.path) if cfg.recorder else None
         self.outputs: list[Callable[[Event], None]] = [EventLog().write]
+        self.annunciator = _annunciator(cfg, pin_factory, on_ack=lambda: self.desk.acknowledge_all("button"))
+        limits = cfg.module.alarms
+        self.desk = AlarmDesk(
+            AlarmBook(limits.latching, limits.max_shelve_s),
+            self.clock,
+            self.annunciator.show if self.annunciator else lambda _a: None,
+        )
         self._threads: list[threading.Thread] = []
         self._last_time = 0.0
 
@@ -139,6 +148,8 @@ class Daemon:
         except queue.Empty:
             pass
         events += self.monitor.tick(max(now, self._last_time))
+        self.desk.transitions(e for e in events if isinstance(e, AlarmTransition))  # the annunciator first
+        self.desk.tick(max(now, self._last_time))
         for event in events:
             for output in self.outputs:
                 output(event)
@@ -163,7 +174,21 @@ class Daemon:
             pass
         if self.recorder is not None:
             self.recorder.close()
+        if self.annunciator is not None:
+            self.annunciator.close()
         log.info("stopped")
+
+
+def _annunciator(cfg: Config, pin_factory: Any, on_ack: Callable[[], None]) -> Any:
+    """The buzzer, LEDs and acknowledge button, when [annunciator] is configured."""
+    a = cfg.annunciator
+    if a is None:
+        return None
+    from hullwatch.annunciator import Annunciator
+
+    return Annunciator(
+        a.buzzer_gpio, a.led_gpio, a.ack_button_gpio, on_ack=on_ack, pin_factory=pin_factory, led2_pin=a.fault_led_gpio
+    )
 
 
 class EventLog:

@@ -87,6 +87,8 @@ class AlarmLimits:
     low_pressure: LowPressureLimits = field(default_factory=LowPressureLimits)
     reserve_time: ReserveTimeLimits = field(default_factory=ReserveTimeLimits)
     sensor: SensorLimits = field(default_factory=SensorLimits)
+    latching: tuple[str, ...] = ("rapid_depress",)  # alarm kinds that stay until reset (ISA-18.2 latching)
+    max_shelve_s: float = 8 * 3600.0  # the longest an operator may shelve an alarm
 
 
 @dataclass(frozen=True, slots=True)
