@@ -398,7 +398,7 @@ def test_a_failed_write_is_logged_once_and_retried(make, factory, caplog):
 
 def test_missing_gpiozero_is_a_clear_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "gpiozero", None)  # import gpiozero -> ImportError
-    with pytest.raises(RuntimeError, match=r"annunciator needs gpiozero.*pip install gpiozero"):
+    with pytest.raises(RuntimeError, match=r"gpiozero is not installed: pip install gpiozero"):
         Annunciator(BUZZER, LED_PIN, ACK, Calls())
 
 

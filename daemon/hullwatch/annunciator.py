@@ -55,13 +55,12 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
-from types import ModuleType
 from typing import Any
 
 from hullwatch.core.lifecycle import Annunciation
 from hullwatch.core.model import Severity
 from hullwatch.sensors.base import Episode
-from hullwatch.sensors.gpio import AckButton
+from hullwatch.sensors.gpio import AckButton, gpiozero_module
 
 log = logging.getLogger("hullwatch.annunciator")
 
@@ -171,15 +170,6 @@ def pattern(a: Annunciation) -> Pattern:
 # -- the hardware part ------------------------------------------------------------------------------------------
 
 
-def _gpiozero() -> ModuleType:
-    """The gpiozero module, or a RuntimeError saying how to install it."""
-    try:
-        import gpiozero
-    except ImportError as exc:
-        raise RuntimeError("the annunciator needs gpiozero, which is not installed: pip install gpiozero") from exc
-    return gpiozero
-
-
 def _positive(name: str, value: float) -> float:
     """value if positive and finite, else ValueError naming it."""
     if not (math.isfinite(value) and value > 0):
@@ -208,7 +198,7 @@ class Annunciator:
     ) -> None:
         self.lamp_test_s = _positive("lamp_test_s", lamp_test_s)
         _positive("long_press_s", long_press_s)
-        gpiozero = _gpiozero()
+        gpiozero = gpiozero_module()
         self._on_lamp_test_done = on_lamp_test_done
         self._lock = threading.Lock()  # guards everything below: show() vs the button's and the timer's threads
         self._devices: dict[str, Any] = {}  # OUTPUTS name -> gpiozero device, for the pins given

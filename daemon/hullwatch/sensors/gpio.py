@@ -66,7 +66,7 @@ MAX_SAMPLES = 1000
 DEFAULT_UNITS = {Quantity.PRESSURE: "Pa", Quantity.TEMPERATURE: "K"}
 
 
-def _gpiozero() -> ModuleType:
+def gpiozero_module() -> ModuleType:
     """The gpiozero module, or a RuntimeError saying how to install it."""
     try:
         import gpiozero
@@ -235,7 +235,7 @@ class Mcp3008Driver:
     def run(self, emit: Emit, stop: threading.Event) -> None:
         """Open the chip and sample it every interval_s until stop is set; never raises."""
         try:
-            gpiozero = _gpiozero()
+            gpiozero = gpiozero_module()
         except RuntimeError as exc:
             log.error("%s: %s", self.name, exc)
             stop.wait()
@@ -339,7 +339,7 @@ class ReedHatchDriver:
     def run(self, emit: Emit, stop: threading.Event) -> None:
         """Watch the switch, emitting its state at start, on each edge and every heartbeat_s, until stop."""
         try:
-            gpiozero = _gpiozero()
+            gpiozero = gpiozero_module()
         except RuntimeError as exc:
             log.error("%s: %s", self.name, exc)
             stop.wait()
@@ -426,7 +426,7 @@ class AckButton:
     ) -> None:
         if not (math.isfinite(long_press_s) and long_press_s > 0):
             raise ValueError(f"long_press_s must be positive, not {long_press_s!r}")
-        gpiozero = _gpiozero()
+        gpiozero = gpiozero_module()
         self.pin = pin
         self._on_short = on_short_press
         self._on_long = on_long_press
