@@ -167,7 +167,13 @@ def _final_state(monitor: Monitor, latest: dict[str, Estimate]) -> str:
 
 
 def _setup_logging(verbose: bool) -> None:
-    """Log to stderr (journald adds its own timestamps under systemd)."""
+    """Log to journald with structured fields when there, else to stderr (timestamped unless systemd adds its own)."""
+    from hullwatch.systemd import journal_handler
+
+    handler = journal_handler()
+    if handler is not None:
+        logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=[handler])
+        return
     stamp = "" if os.environ.get("INVOCATION_ID") else "%(asctime)s "
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
@@ -191,26 +197,55 @@ def _stop_on_signals() -> threading.Event:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    """The monitor, in the foreground, until SIGTERM or SIGINT."""
-    from hullwatch.service import Daemon
+    """The monitor, in the foreground, until SIGTERM or SIGINT; SIGHUP reloads the configuration."""
+    from hullwatch.service import Daemon, build_drivers
+    from hullwatch.systemd import Notifier
 
     cfg = _load_config(args.config)
     if isinstance(cfg, int):
         return cfg
     _setup_logging(args.verbose)
-    try:
-        daemon = Daemon(cfg)
-    except config.ConfigError as exc:
-        for line in exc.problems:
-            print(line, file=sys.stderr)
-        return EX_CONFIG
-    except RuntimeError as exc:  # a required library or device layer is missing
-        print(f"hullwatch: {exc}", file=sys.stderr)
-        return EX_UNAVAILABLE
-    except OSError as exc:
-        print(f"hullwatch: {exc}", file=sys.stderr)
-        return EX_UNAVAILABLE
-    daemon.run(_stop_on_signals())
+    log = logging.getLogger("hullwatch")
+    notifier = Notifier()
+    stop = _stop_on_signals()
+    hup = threading.Event()
+    signal.signal(signal.SIGHUP, lambda _s, _f: hup.set())
+    pending: list[config.Config] = []
+
+    def reload() -> bool:
+        """On SIGHUP: validate the new configuration; True to switch to it, False to keep the old one."""
+        if not hup.is_set():
+            return False
+        hup.clear()
+        notifier.reloading()
+        try:
+            new = config.load(cfg.path)
+            build_drivers(new, for_run=False)
+        except (OSError, config.ConfigError) as exc:
+            problems = exc.problems if isinstance(exc, config.ConfigError) else [f"{cfg.path}: {exc}"]
+            for line in problems:
+                log.error("reload refused, keeping the running configuration: %s", line)
+            notifier.ready("reload refused: the new configuration is invalid; running on the old one")
+            return False
+        pending.append(new)
+        return True
+
+    while True:
+        try:
+            daemon = Daemon(cfg)
+        except config.ConfigError as exc:
+            for line in exc.problems:
+                print(line, file=sys.stderr)
+            return EX_CONFIG
+        except (RuntimeError, OSError) as exc:  # a required library, device layer or file is missing
+            print(f"hullwatch: {exc}", file=sys.stderr)
+            return EX_UNAVAILABLE
+        daemon.run(stop, notifier, reload)
+        if not pending:
+            break
+        cfg = pending.pop()
+        log.info("configuration reloaded from %s", cfg.path)
+    notifier.stopping()
     return EX_OK
 
 

@@ -9,6 +9,7 @@ loop never waits on a device or the network for longer than one tick.
 from __future__ import annotations
 
 import logging
+import math
 import queue
 import threading
 import time
@@ -18,16 +19,18 @@ from typing import Any
 
 from hullwatch import present
 from hullwatch.config import Config, ConfigError
-from hullwatch.core.lifecycle import AlarmBook
-from hullwatch.core.model import AlarmState, AlarmTransition, Estimate, Event, HatchChange, Notice, Sample
+from hullwatch.core.lifecycle import AlarmBook, LifecycleChange
+from hullwatch.core.model import AlarmState, AlarmTransition, Estimate, Event, HatchChange, Notice, Quality, Sample
 from hullwatch.core.monitor import Monitor
 from hullwatch.desk import AlarmDesk
 from hullwatch.recorder import Recorder
 from hullwatch.sensors.base import Driver, OptionError
+from hullwatch.systemd import Notifier
 
 log = logging.getLogger("hullwatch")
 
 TICK_S = 0.25  # the core's clock advances at least this often without samples
+STATUS_EVERY_S = 5.0
 
 
 @dataclass
@@ -114,13 +117,29 @@ class Daemon:
             self.clock,
             self.annunciator.show if self.annunciator else lambda _a: None,
         )
+        self.mqtt = _mqtt(cfg, self.drivers, self.desk.command) if cfg.mqtt else None
+        if self.mqtt is not None:
+            self.desk.outputs.append(self._publish_alarm)
         self._threads: list[threading.Thread] = []
+        self._driver_stop = threading.Event()
         self._last_time = 0.0
+        self._last_good = -math.inf  # monotonic time of the last good sample
+        self._latest: dict[str, Estimate] = {}
 
-    def run(self, stop: threading.Event, ready: Callable[[], None] = lambda: None) -> None:
-        """Run until stop is set."""
+    def run(
+        self, stop: threading.Event, notifier: Notifier | None = None, reload: Callable[[], bool] = lambda: False
+    ) -> None:
+        """Run until stop is set, or until `reload()` says a new configuration is ready to take over.
+
+        systemd hears READY=1 once the drivers run, a STATUS line every few seconds, and
+        WATCHDOG=1 only while samples keep arriving: dead sensors or a stuck loop let it fire.
+        """
+        notifier = notifier or Notifier({})
+        self._driver_stop = threading.Event()
         for d in self.drivers:
-            t = threading.Thread(target=d.run, args=(self.samples.put, stop), name=f"driver-{d.name}", daemon=True)
+            t = threading.Thread(
+                target=d.run, args=(self.samples.put, self._driver_stop), name=f"driver-{d.name}", daemon=True
+            )
             t.start()
             self._threads.append(t)
         log.info(
@@ -129,12 +148,41 @@ class Daemon:
             ", ".join(self.monitor.volumes),
             len(self.drivers),
         )
-        ready()
+        notifier.ready(self.status())
+        next_status = next_ping = time.monotonic()
         try:
-            while not stop.is_set():
+            while not stop.is_set() and not reload():
                 self.step(TICK_S)
+                now = time.monotonic()
+                if notifier.watchdog_s is not None and now >= next_ping and self.samples_fresh():
+                    notifier.watchdog()
+                    next_ping = now + notifier.watchdog_s
+                if now >= next_status:
+                    notifier.status(self.status())
+                    next_status = now + STATUS_EVERY_S
         finally:
             self.close()
+
+    def samples_fresh(self) -> bool:
+        """Whether a good sample arrived within the stale limit."""
+        return time.monotonic() - self._last_good < self.cfg.module.alarms.sensor.stale_after_s
+
+    def status(self) -> str:
+        """One line for systemd's STATUS: each volume's state, the alarms, the sensors."""
+        parts = []
+        for vid, v in self.monitor.volumes.items():
+            est = self._latest.get(vid)
+            rate = (
+                f" {est.leak_kg_per_day:.3f}±{est.leak_kg_per_day_sigma:.2g} kg/day"
+                if est and est.leak_kg_per_day is not None
+                else ""
+            )
+            parts.append(f"{vid} {v.pressure:.0f} Pa{rate}" if v.pressure == v.pressure else f"{vid} no data")
+        book = self.desk.book
+        active = [r for r in book.records() if r.condition_active]
+        worst = max((r.severity for r in active), default=None)
+        alarms = f"{len(active)} active alarm(s), worst {worst.label}" if worst else "no active alarms"
+        return "; ".join(parts) + f" | {alarms}"
 
     def step(self, wait_s: float) -> list[Event]:
         """Take what samples there are (waiting up to wait_s for the first), feed the core, publish."""
@@ -151,20 +199,29 @@ class Daemon:
         self.desk.transitions(e for e in events if isinstance(e, AlarmTransition))  # the annunciator first
         self.desk.tick(max(now, self._last_time))
         for event in events:
+            if isinstance(event, Estimate):
+                self._latest[event.volume] = event
+                if self.mqtt is not None:
+                    self.mqtt.estimate(event)
             for output in self.outputs:
                 output(event)
         return events
 
     def _feed(self, sample: Sample) -> list[Event]:
+        if sample.quality is not Quality.BAD:
+            self._last_good = time.monotonic()
         if sample.time < self._last_time:  # threads race by microseconds; the samples file must not go back
             sample = sample._replace(time=self._last_time)
         self._last_time = sample.time
         if self.recorder is not None:
             self.recorder.write(sample)
+        if self.mqtt is not None:
+            self.mqtt.sample(sample)
         return self.monitor.feed(sample)
 
     def close(self) -> None:
         """Stop reading, flush what was read, close the outputs."""
+        self._driver_stop.set()
         for t in self._threads:
             t.join(timeout=2.0)
         try:
@@ -176,7 +233,41 @@ class Daemon:
             self.recorder.close()
         if self.annunciator is not None:
             self.annunciator.close()
+        if self.mqtt is not None:
+            self.mqtt.stop()
         log.info("stopped")
+
+    def _publish_alarm(self, change: LifecycleChange) -> None:
+        """An alarm's lifecycle changed: its retained MQTT topic, and its volume's any-alarm flag."""
+        alarm, source, severity = change.key
+        self.mqtt.alarm(change.record.to_dict(), alarm, source, severity.label, gone=change.gone)
+        if source in self.monitor.volumes or change.gone:
+            active = any(r.condition_active for r in self.desk.book.records() if r.source == source)
+            self.mqtt.volume_alarm(source, active)
+
+
+def _mqtt(cfg: Config, drivers: list[Driver], on_command: Callable[[str, dict, str], dict]) -> Any:
+    """The MQTT sink, started (it connects in the background, retrying forever)."""
+    from hullwatch.sinks.mqtt import MqttSetupError, MqttSink, StationDescription
+
+    quantities = {
+        d.name: [q.value for q in d.settings.parser.quantities]
+        for d in drivers
+        if hasattr(d, "settings") and hasattr(d.settings, "parser")
+    }
+    sink = MqttSink(
+        cfg.mqtt,
+        cfg.station,
+        on_command,
+        StationDescription.from_config(cfg, quantities),
+        homeassistant=cfg.mqtt.homeassistant,
+        discovery_prefix=cfg.mqtt.discovery_prefix,
+    )
+    try:
+        sink.start()
+    except MqttSetupError as exc:
+        raise ConfigError([f"{cfg.path}: mqtt: {exc}"]) from None
+    return sink
 
 
 def _annunciator(cfg: Config, pin_factory: Any, on_ack: Callable[[], None]) -> Any:
@@ -202,7 +293,13 @@ class EventLog:
         """Log one event."""
         if isinstance(event, AlarmTransition):
             level = logging.WARNING if event.state is AlarmState.ACTIVE else logging.INFO
-            log.log(level, "%s", present.describe(event))
+            fields = {
+                "ALARM": event.alarm,
+                "SOURCE": event.source,
+                "SEVERITY": event.severity.label,
+                "ALARM_STATE": event.state.value,
+            }
+            log.log(level, "%s", present.describe(event), extra=fields)
         elif isinstance(event, Estimate):
             due = self._next_estimate.get(event.volume, -1.0)
             if event.time >= due:

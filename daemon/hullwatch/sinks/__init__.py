@@ -1,0 +1,5 @@
+"""Sinks: adapters that take what the core produced and hand it to the outside world.
+
+Each sink lives in its own module and is imported from there (`hullwatch.sinks.mqtt`), so a
+sink's third-party library is only needed by whoever uses that sink.
+"""

@@ -1,0 +1,299 @@
+"""Real mosquitto brokers for tests: anonymous, password or TLS listeners on free loopback ports.
+
+    certs = make_certs(tmp_dir)                     # CA, server (SAN localhost/127.0.0.1), client; ~0.1 s
+    broker = Broker(tmp_dir, users={"hullwatch": "pw"}, tls=certs)
+    broker.start(); broker.stop(); broker.start()   # restartable on the same port
+    Listener(broker.port).wait_for(...)             # a paho subscriber that records what arrives
+
+Every broker runs as `user root` (so it can read 0600 keys when tests run as root) with
+`persistence false`, binds 127.0.0.1 only and logs to a file in its directory. Processes are
+stopped by their own handle, never by name.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import subprocess
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+HAVE_MOSQUITTO = shutil.which("mosquitto") is not None and shutil.which("mosquitto_passwd") is not None
+HAVE_OPENSSL = shutil.which("openssl") is not None
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port: int, timeout: float = 5.0, up: bool = True) -> bool:
+    """Wait until something accepts on 127.0.0.1:port (or, with up=False, until nothing does)."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            if up:
+                return True
+        except OSError:
+            if not up:
+                return True
+        time.sleep(0.02)
+    return False
+
+
+@dataclass(frozen=True)
+class Certs:
+    """PEM files of a throw-away CA, a server certificate and a client certificate."""
+
+    ca: str
+    server_cert: str
+    server_key: str
+    client_cert: str
+    client_key: str
+
+
+def _openssl(*args: str, cwd: Path) -> None:
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=30)
+
+
+def make_certs(directory: Path) -> Certs:
+    """Create a CA, a server certificate (SAN DNS:localhost, IP:127.0.0.1) and a client certificate (CN hullwatch)."""
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    key = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    ca_ext = ["-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign"]
+    _openssl("req", "-x509", *key, "-keyout", "ca.key", "-out", "ca.crt", "-days", "2", "-subj", "/CN=CA", *ca_ext,
+             cwd=d)  # fmt: skip
+    for name, cn, ext in (
+        ("server", "localhost", "subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n"),
+        ("client", "hullwatch", "extendedKeyUsage=clientAuth\n"),
+    ):
+        (d / f"{name}.ext").write_text(
+            "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\n"
+            "subjectKeyIdentifier=hash\nauthorityKeyIdentifier=keyid\n" + ext
+        )
+        _openssl("req", *key, "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN={cn}", cwd=d)
+        _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+                 "-out", f"{name}.crt", "-days", "2", "-extfile", f"{name}.ext", cwd=d)  # fmt: skip
+    for k in ("ca.key", "server.key", "client.key"):
+        (d / k).chmod(0o600)
+    return Certs(
+        str(d / "ca.crt"), str(d / "server.crt"), str(d / "server.key"), str(d / "client.crt"), str(d / "client.key")
+    )
+
+
+class Broker:
+    """One mosquitto process with one listener; start/stop/restart keep the port."""
+
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        users: dict[str, str] | None = None,
+        tls: Certs | None = None,
+        require_certificate: bool = True,
+        acl: str | None = None,
+        port: int | None = None,
+    ) -> None:
+        self.dir = Path(directory)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.port = port or free_port()
+        self.conf = self.dir / "mosquitto.conf"
+        self.log = self.dir / "mosquitto.log"
+        self.tls = tls
+        lines = [
+            "user root",
+            "persistence false",
+            f"log_dest file {self.log}",
+            "log_type error",
+            "log_type warning",
+            "log_type notice",
+            "log_type information",
+            "per_listener_settings true",
+            f"listener {self.port} 127.0.0.1",
+            f"allow_anonymous {'false' if users else 'true'}",
+        ]
+        if users:
+            pw = self.dir / "passwd"
+            for i, (user, password) in enumerate(users.items()):
+                args = ["mosquitto_passwd", "-b", *(["-c"] if i == 0 else []), str(pw), user, password]
+                subprocess.run(args, check=True, capture_output=True, timeout=10)
+            lines.append(f"password_file {pw}")
+        if acl is not None:
+            (self.dir / "acl").write_text(acl)
+            lines.append(f"acl_file {self.dir / 'acl'}")
+        if tls is not None:
+            lines += [f"cafile {tls.ca}", f"certfile {tls.server_cert}", f"keyfile {tls.server_key}"]
+            lines.append(f"require_certificate {'true' if require_certificate else 'false'}")
+        self.conf.write_text("\n".join(lines) + "\n")
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 5.0) -> Broker:
+        """Start the broker and wait until it accepts connections."""
+        if self.running:
+            return self
+        self.proc = subprocess.Popen(
+            ["mosquitto", "-c", str(self.conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
+        if not wait_port(self.port, timeout):
+            err = b""
+            if self.proc.poll() is not None and self.proc.stderr is not None:
+                err = self.proc.stderr.read()
+            self.stop()
+            raise RuntimeError(
+                f"mosquitto did not start on {self.port}: {err.decode(errors='replace')}{self.log_text()}"
+            )
+        return self
+
+    def stop(self) -> None:
+        """Stop the broker (SIGTERM, then SIGKILL) and wait until the port is free."""
+        proc, self.proc = self.proc, None
+        if proc is None:
+            return
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=5)
+        if proc.stderr is not None:
+            proc.stderr.close()
+        wait_port(self.port, 2.0, up=False)
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def log_text(self) -> str:
+        try:
+            return self.log.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def client_options(self) -> dict[str, Any]:
+        """Keyword arguments for Listener/publish() that reach this broker (TLS included)."""
+        return {"port": self.port, "tls": self.tls}
+
+
+Message = tuple[float, str, bytes, bool]  # (arrival monotonic time, topic, payload, retained)
+
+
+class Listener:
+    """A paho subscriber recording every message (with its retain flag) in a thread-safe list."""
+
+    def __init__(
+        self,
+        port: int,
+        topic: str = "#",
+        *,
+        tls: Certs | None = None,
+        username: str | None = None,
+        password: str | None = None,
+        timeout: float = 5.0,
+    ) -> None:
+        self.messages: list[Message] = []
+        self._lock = threading.Lock()
+        self._subscribed = threading.Event()
+        self.client = _client(tls, username, password)
+        self.client.on_message = self._on_message
+        self.client.on_subscribe = lambda *a: self._subscribed.set()
+        self.client.on_connect = lambda c, u, f, rc, p: c.subscribe(topic, qos=1) if not rc.is_failure else None
+        self.client.connect("127.0.0.1", port, keepalive=30)
+        self.client.loop_start()
+        if not self._subscribed.wait(timeout):
+            self.close()
+            raise RuntimeError(f"listener could not subscribe to {topic} on port {port}")
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        with self._lock:
+            self.messages.append((time.monotonic(), msg.topic, bytes(msg.payload), bool(msg.retain)))
+
+    def on(self, topic: str) -> list[Message]:
+        """The messages received on exactly this topic, oldest first."""
+        with self._lock:
+            return [m for m in self.messages if m[1] == topic]
+
+    def payloads(self, topic: str) -> list[bytes]:
+        return [m[2] for m in self.on(topic)]
+
+    def json(self, topic: str) -> list[Any]:
+        return [json.loads(p) for p in self.payloads(topic)]
+
+    def wait_for(self, pred: Any, timeout: float = 5.0, since: int = 0) -> Message | None:
+        """The first message (index >= since) for which pred(message) is true, waiting up to timeout."""
+        end = time.monotonic() + timeout
+        while True:
+            with self._lock:
+                for m in self.messages[since:]:
+                    if pred(m):
+                        return m
+            if time.monotonic() >= end:
+                return None
+            time.sleep(0.02)
+
+    def wait_topic(
+        self, topic: str, timeout: float = 5.0, payload: bytes | None = None, since: int = 0
+    ) -> Message | None:
+        return self.wait_for(lambda m: m[1] == topic and (payload is None or m[2] == payload), timeout, since)
+
+    def count(self) -> int:
+        with self._lock:
+            return len(self.messages)
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def _client(tls: Certs | None, username: str | None, password: str | None) -> mqtt.Client:
+    c = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv311)
+    if username:
+        c.username_pw_set(username, password)
+    if tls is not None:
+        c.tls_set(ca_certs=tls.ca, certfile=tls.client_cert or None, keyfile=tls.client_key or None)
+    return c
+
+
+def retained(
+    port: int, topic: str = "#", *, tls: Certs | None = None, wait: float = 0.3, **auth: Any
+) -> dict[str, bytes]:
+    """The retained messages under a topic filter, read by a fresh subscriber: {topic: payload}."""
+    listener = Listener(port, topic, tls=tls, **auth)
+    try:
+        time.sleep(wait)  # mosquitto sends retained messages right behind the SUBACK
+        return {t: p for _, t, p, r in listener.messages if r}
+    finally:
+        listener.close()
+
+
+def publish(
+    port: int,
+    topic: str,
+    payload: bytes | str,
+    *,
+    retain: bool = False,
+    qos: int = 1,
+    tls: Certs | None = None,
+    **auth: Any,
+) -> None:
+    """Publish one message with a throw-away paho client and wait until the broker has it."""
+    c = _client(tls, auth.get("username"), auth.get("password"))
+    c.connect("127.0.0.1", port, keepalive=30)
+    c.loop_start()
+    try:
+        info = c.publish(topic, payload, qos=qos, retain=retain)
+        info.wait_for_publish(5)
+    finally:
+        c.disconnect()
+        c.loop_stop()
