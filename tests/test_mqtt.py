@@ -128,7 +128,7 @@ def wait_until(pred, timeout: float = 5.0) -> bool:
 def test_status_online_retained_then_offline_on_stop(broker, make_sink, listener):
     sink, _ = make_sink(broker.port)
     assert wait_until(lambda: sink.connected)
-    assert retained(broker.port, f"{P}/status") == {f"{P}/status": b"online"}
+    assert wait_until(lambda: retained(broker.port, f"{P}/status") == {f"{P}/status": b"online"})
     live = listener(broker.port, f"{P}/status")
     sink.stop()
     assert live.wait_topic(f"{P}/status", payload=b"offline", timeout=3)
@@ -434,7 +434,7 @@ def test_broker_restart_brings_the_retained_state_back(broker, make_sink, listen
     sink.alarm(keep, "low_pressure", "lab", "warning")
     sink.alarm(goes, "leak_rate", "lab", "caution")
     sink.hatch("prk-hatch", True)
-    assert len(retained(broker.port, f"{P}/#")) == 4
+    assert wait_until(lambda: len(retained(broker.port, f"{P}/#")) == 4)
 
     broker.stop()
     assert wait_until(lambda: not sink.connected, 3)
