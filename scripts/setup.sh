@@ -7,11 +7,12 @@ set -eu
 cd "$(dirname "$0")/.."
 
 target="."
-packages="python3 python3-venv python3-dev gcc"
+# mosquitto and influxdb: the demo starts private instances of both when they are there
+packages="python3 python3-venv python3-dev gcc mosquitto mosquitto-clients influxdb"
 venv_flags=""
 if [ "${1:-}" = "--test" ]; then
     target=".[test]"
-    packages="$packages socat mosquitto mosquitto-clients openssl"
+    packages="$packages socat openssl"
 fi
 if grep -qs "Raspberry Pi" /proc/device-tree/model; then
     # gpiozero's pin library comes from Raspberry Pi OS (lgpio works on every Pi, the 5 included)

@@ -287,6 +287,13 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     return EX_OK
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    """The whole monitor on a simulated mock-up: no hardware needed."""
+    from hullwatch import demo
+
+    return demo.run(speed=args.speed)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser for every subcommand."""
     p = _Parser(prog="hullwatch", description="Pressure-integrity monitor for spacecraft-module mock-ups.")
@@ -315,6 +322,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--link-dir", metavar="DIR", help="also make DIR/<transducer> links to the ptys")
     sp.add_argument("--config-out", metavar="FILE", help="write the configuration here instead of stdout")
     sp.set_defaults(func=cmd_simulate)
+
+    sp = sub.add_parser("demo", help="the monitor on a simulated PrK mock-up, no hardware needed")
+    sp.add_argument("--speed", type=float, default=100.0, help="times faster than real time (default 100)")
+    sp.set_defaults(func=cmd_demo)
 
     sp = sub.add_parser("check-config", help="validate a configuration and summarise it")
     config_arg(sp)
