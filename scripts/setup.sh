@@ -6,12 +6,12 @@
 set -eu
 cd "$(dirname "$0")/.."
 
-target="."
+target=".[tools]"
 # mosquitto and influxdb: the demo starts private instances of both when they are there
 packages="python3 python3-venv python3-dev gcc mosquitto mosquitto-clients influxdb"
 venv_flags=""
 if [ "${1:-}" = "--test" ]; then
-    target=".[test]"
+    target=".[tools,test]"
     packages="$packages socat openssl"
 fi
 if grep -qs "Raspberry Pi" /proc/device-tree/model; then

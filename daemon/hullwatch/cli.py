@@ -294,6 +294,42 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return demo.run(speed=args.speed)
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    """A pressure-decay test report (PNG, PDF, Markdown) from a samples file."""
+    from hullwatch import report
+
+    return report.run(args)
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    """A live terminal view of a station, over MQTT."""
+    from hullwatch import watch
+
+    return watch.run(args)
+
+
+def cmd_bridge(args: argparse.Namespace) -> int:
+    """Stations' telemetry from a broker into InfluxDB, until SIGTERM/SIGINT."""
+    from hullwatch import bridge
+
+    path = config.config_path(args.config)
+    try:
+        cfg = config.load_bridge(path)
+    except FileNotFoundError:
+        print(f"{path}: configuration file not found", file=sys.stderr)
+        return EX_CONFIG
+    except config.ConfigError as exc:
+        for line in exc.problems:
+            print(line, file=sys.stderr)
+        return EX_CONFIG
+    _setup_logging(args.verbose)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    bridge.run(cfg, stop)
+    return EX_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser for every subcommand."""
     p = _Parser(prog="hullwatch", description="Pressure-integrity monitor for spacecraft-module mock-ups.")
@@ -341,6 +377,26 @@ def build_parser() -> argparse.ArgumentParser:
         help="for people: alarm transitions and hatch changes as text, then each volume's final state",
     )
     sp.set_defaults(func=cmd_analyze)
+
+    sp = sub.add_parser("report", help="a pressure-decay test report (PNG, PDF, Markdown) from a samples file")
+    config_arg(sp, required=True)
+    sp.add_argument("samples", metavar="SAMPLES.csv", help="samples file (ICD §3; .csv or .csv.gz)")
+    sp.add_argument("-o", "--output", metavar="OUTDIR", required=True, help="directory for the report")
+    sp.set_defaults(func=cmd_report)
+
+    sp = sub.add_parser("bridge", help="stations' telemetry from an MQTT broker into InfluxDB (ground server)")
+    config_arg(sp)
+    sp.add_argument("-v", "--verbose", action="store_true", help="log debugging detail")
+    sp.set_defaults(func=cmd_bridge)
+
+    sp = sub.add_parser("watch", help="a live terminal view of a station over MQTT")
+    config_arg(sp)
+    sp.add_argument("--host", help="broker (default: [mqtt] host of the config, else localhost)")
+    sp.add_argument("--port", type=int, help="broker port (default: the config's, else 1883)")
+    sp.add_argument("--prefix", help="topic prefix of the station (default: the config's, e.g. hullwatch/<station>)")
+    sp.add_argument("--username", help="MQTT user name (default: the config's)")
+    sp.add_argument("--password-file", metavar="FILE", help="file holding the MQTT password")
+    sp.set_defaults(func=cmd_watch)
     return p
 
 

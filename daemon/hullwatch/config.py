@@ -74,6 +74,8 @@ class SpoolConfig:
     path: str = "/var/lib/hullwatch/spool.sqlite"
     max_mb: float = 512.0
     commit_interval_s: float = 1.0
+    replay_per_s: float = 10_000.0  # backlog records a second per sink after an outage
+    configured: bool = False  # [spool] was in the file (else an unwritable default path means memory only)
 
 
 @dataclass(frozen=True)
@@ -149,6 +151,25 @@ class Config:
         )
 
 
+@dataclass(frozen=True)
+class BridgeConfig:
+    """`hullwatch bridge`: stations' telemetry from a broker into InfluxDB, through a spool."""
+
+    path: str
+    mqtt: MqttConfig
+    influxdb: InfluxConfig
+    spool: SpoolConfig
+    stations: tuple[str, ...] = ("+",)
+    topic_root: str = "hullwatch"
+    share_group: str = "hullwatch-bridge"  # MQTT 5 shared subscription group; "" subscribes plainly
+    client_id: str | None = None
+
+
+def load_bridge(path: str) -> BridgeConfig:
+    """Read and validate a bridge configuration ([bridge], [mqtt], [influxdb], [spool])."""
+    return _Parser(path).bridge(_read_toml(path))
+
+
 def config_path(cli_path: str | None) -> str:
     """-c, else $HULLWATCH_CONFIG, else the system path."""
     return cli_path or os.environ.get("HULLWATCH_CONFIG") or DEFAULT_PATH
@@ -156,15 +177,18 @@ def config_path(cli_path: str | None) -> str:
 
 def load(path: str) -> Config:
     """Read and validate a configuration file; raise ConfigError or FileNotFoundError."""
+    return parse(_read_toml(path), path)
+
+
+def _read_toml(path: str) -> dict[str, Any]:
     with open(path, "rb") as f:
         raw = f.read()
     try:
-        data = tomllib.loads(raw.decode("utf-8"))
+        return tomllib.loads(raw.decode("utf-8"))
     except UnicodeDecodeError as exc:
         raise ConfigError([f"{path}: not UTF-8 text ({exc.reason})"]) from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([f"{path}: TOML syntax: {exc}"]) from None
-    return parse(data, path)
 
 
 def parse(data: Mapping[str, Any], path: str = "<config>") -> Config:
@@ -279,14 +303,7 @@ class _Parser:
         t = self.table(data, "recorder", "recorder", {"path"})
         if t is not None:
             recorder = RecorderConfig(self.value(t, "path", "recorder", "str"))
-        t = self.table(data, "spool", "spool", {"path", "max_mb", "commit_interval_s"})
-        d = SpoolConfig()
-        if t is not None:
-            spool = SpoolConfig(
-                self.value(t, "path", "spool", "str", d.path),
-                self.value(t, "max_mb", "spool", "float", d.max_mb, _positive),
-                self.value(t, "commit_interval_s", "spool", "float", d.commit_interval_s, _positive),
-            )
+        spool = self.spool(data)
         pins = ("buzzer_gpio", "led_gpio", "ack_button_gpio", "fault_led_gpio")
         t = self.table(data, "annunciator", "annunciator", set(pins))
         if t is not None:
@@ -542,6 +559,50 @@ class _Parser:
             self.value(t, "homeassistant", "mqtt", "bool", d.homeassistant),
             self.value(t, "discovery_prefix", "mqtt", "str", d.discovery_prefix),
         )
+
+    def spool(self, data: Mapping) -> SpoolConfig | None:
+        t = self.table(data, "spool", "spool", {"path", "max_mb", "commit_interval_s", "replay_per_s"})
+        if t is None:
+            return None
+        d = SpoolConfig()
+        return SpoolConfig(
+            self.value(t, "path", "spool", "str", d.path),
+            self.value(t, "max_mb", "spool", "float", d.max_mb, _positive),
+            self.value(t, "commit_interval_s", "spool", "float", d.commit_interval_s, _positive),
+            self.value(t, "replay_per_s", "spool", "float", d.replay_per_s, _positive),
+            configured=True,
+        )
+
+    def bridge(self, data: Mapping) -> BridgeConfig:
+        for key in data:
+            if key not in {"bridge", "mqtt", "influxdb", "spool"}:
+                self.problem(key, "unknown section for a bridge (known: bridge, mqtt, influxdb, spool)")
+        t = self.table(data, "bridge", "bridge", {"stations", "topic_root", "share_group", "client_id"}) or {}
+        d = BridgeConfig(self.path, MqttConfig(), InfluxConfig(), SpoolConfig())
+        stations = t.get("stations", list(d.stations))
+        if not isinstance(stations, list) or not stations or not all(isinstance(x, str) and x for x in stations):
+            self.problem("bridge.stations", 'must be a non-empty list of station names, or ["+"] for every station')
+            stations = list(d.stations)
+        mqtt = self.mqtt(data, "+") if "mqtt" in data else None
+        influx = self.influx(data) if "influxdb" in data else None
+        if mqtt is None:
+            self.problem("mqtt", "missing: the broker the stations publish to")
+        if influx is None:
+            self.problem("influxdb", "missing: the database to write to")
+        spool = self.spool(data)
+        cfg = BridgeConfig(
+            self.path,
+            mqtt or MqttConfig(),
+            influx or InfluxConfig(),
+            spool or SpoolConfig(),
+            tuple(stations),
+            self.value(t, "topic_root", "bridge", "str", d.topic_root),
+            self.value(t, "share_group", "bridge", "str", d.share_group),
+            self.value(t, "client_id", "bridge", "str", None),
+        )
+        if self.problems:
+            raise ConfigError(self.problems)
+        return cfg
 
     def influx(self, data: Mapping) -> InfluxConfig | None:
         keys = {"url", "api", "org", "bucket", "database", "token_file", "username", "password_file"}

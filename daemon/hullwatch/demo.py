@@ -11,6 +11,7 @@ At the end the demo says where the data went and how to look at it.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import shutil
@@ -21,6 +22,8 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.parse
+import urllib.request
 from pathlib import Path
 
 from hullwatch import config, present
@@ -55,8 +58,57 @@ def _start_mosquitto(workdir: Path) -> tuple[subprocess.Popen | None, int | None
     return None, None
 
 
-def _config_text(workdir: Path, scenario: Path, speed: float, mqtt_port: int | None) -> str:
+def _start_influxd(workdir: Path) -> tuple[subprocess.Popen | None, int | None]:
+    """A private InfluxDB 1.x on a free loopback port with a `hullwatch` database, if influxd is installed."""
+    if shutil.which("influxd") is None:
+        return None, None
+    port, rpc = _free_port(), _free_port()
+    d = workdir / "influxdb"
+    conf = workdir / "influxdb.conf"
+    conf.write_text(
+        f'reporting-disabled = true\nbind-address = "127.0.0.1:{rpc}"\n[meta]\n  dir = "{d}/meta"\n'
+        f'[data]\n  dir = "{d}/data"\n  wal-dir = "{d}/wal"\n  query-log-enabled = false\n'
+        f'[http]\n  bind-address = "127.0.0.1:{port}"\n  log-enabled = false\n'
+        '[monitor]\n  store-enabled = false\n[logging]\n  level = "error"\n'
+    )
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+    proc = subprocess.Popen(["influxd", "run", "-config", str(conf)], **quiet)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError):
+            _influx_query(port, "CREATE DATABASE hullwatch", post=True)
+            return proc, port
+        time.sleep(0.1)
+    proc.terminate()
+    return None, None
+
+
+def _influx_query(port: int, q: str, post: bool = False) -> dict:
+    data = urllib.parse.urlencode({"q": q, "db": "hullwatch"})
+    url = f"http://127.0.0.1:{port}/query"
+    req = urllib.request.Request(url, data=data.encode()) if post else urllib.request.Request(f"{url}?{data}")
+    with urllib.request.urlopen(req, timeout=5) as r:
+        return json.loads(r.read())
+
+
+def _influx_counts(port: int) -> str:
+    """How many points each measurement holds, e.g. `sensor 9600, leak 480, ...`."""
+    out = []
+    for m in ("sensor", "leak", "hatch", "alarm"):
+        with contextlib.suppress(OSError, ValueError, KeyError, IndexError):
+            series = _influx_query(port, f'SELECT count(*) FROM "{m}"')["results"][0].get("series") or []
+            counts = [v for v in series[0]["values"][0][1:] if isinstance(v, int)] if series else [0]
+            out.append(f"{m} {max(counts, default=0)}")
+    return ", ".join(out)
+
+
+def _config_text(
+    workdir: Path, scenario: Path, speed: float, mqtt_port: int | None, influx_port: int | None = None
+) -> str:
     mqtt = f'\n[mqtt]\nhost = "127.0.0.1"\nport = {mqtt_port}\n' if mqtt_port else ""
+    if influx_port:
+        mqtt += f'\n[influxdb]\nurl = "http://127.0.0.1:{influx_port}"\napi = "v1"\ndatabase = "hullwatch"\n'
+    mqtt += f'\n[spool]\npath = "{workdir / "spool.sqlite"}"\n'
     return f"""[station]
 name = "prk-demo"
 
@@ -133,8 +185,9 @@ def run(speed: float = SPEED, scenario: Path = SCENARIO) -> int:
     logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(message)s")
     workdir = Path(tempfile.mkdtemp(prefix="hullwatch-demo-"))
     broker, port = _start_mosquitto(workdir)
+    influxd, influx_port = _start_influxd(workdir)
     cfg_path = workdir / "hullwatch.toml"
-    cfg_path.write_text(_config_text(workdir, scenario, speed, port))
+    cfg_path.write_text(_config_text(workdir, scenario, speed, port, influx_port))
     factory = MockFactory()
     Device.pin_factory = factory
     story = _Story()
@@ -150,6 +203,8 @@ def run(speed: float = SPEED, scenario: Path = SCENARIO) -> int:
     story.say(
         "  story: 0:00 leak 0.45 kg/day in the PrK, hatch open; 1:00 it doubles; 2:00 the hatch closes; 3:00 a hole"
     )
+    if port:
+        story.say(f"  watch it live from another terminal: hullwatch watch --port {port} --prefix hullwatch/prk-demo")
     daemon = Daemon(config.load(str(cfg_path)), pin_factory=factory)
     daemon.outputs.append(story.event)
     shown = daemon.desk.show
@@ -175,9 +230,11 @@ def run(speed: float = SPEED, scenario: Path = SCENARIO) -> int:
     finished = not stop.is_set()
     stop.set()
     runner.join(10)
-    if broker is not None:
-        broker.terminate()
-        broker.wait(5)
+    counts = _influx_counts(influx_port) if influx_port else ""
+    for proc in (broker, influxd):
+        if proc is not None:
+            proc.terminate()
+            proc.wait(10)
     factory.reset()
     story.say("")
     story.say(f"the demo {'ended' if finished else 'was stopped'}: {story.alarms} alarm activations.")
@@ -190,5 +247,14 @@ def run(speed: float = SPEED, scenario: Path = SCENARIO) -> int:
             "with: mosquitto_sub -h HOST -t 'hullwatch/#' -v"
         )
     else:
-        story.say("  MQTT: mosquitto is not installed, so nothing was published (scripts/setup.sh --test installs it)")
+        story.say("  MQTT: mosquitto is not installed, so nothing was published (scripts/setup.sh installs it)")
+    if influx_port:
+        story.say(f"  InfluxDB (a private influxd, stopped now; data in {workdir / 'influxdb'}): {counts} points")
+        story.say(
+            f"    look again: influxd run -config {workdir / 'influxdb.conf'} &  then  "
+            f"influx -port {influx_port} -database hullwatch -execute 'SELECT * FROM alarm'"
+        )
+        story.say("    dashboards for Grafana: deploy/grafana/")
+    else:
+        story.say("  InfluxDB: influxd is not installed, so nothing was written (scripts/setup.sh installs it)")
     return 0

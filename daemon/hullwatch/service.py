@@ -3,13 +3,16 @@
 Data flows one way. Driver threads put samples on a queue; the main loop takes them in
 arrival order (timestamps made non-decreasing), records them, feeds the core, lets the
 core's clock tick when no sample comes, and hands every event to the outputs. The main
-loop never waits on a device or the network for longer than one tick.
+loop never waits on a device or the network for longer than one tick: samples, estimates,
+alarm transitions and self-metrics go into the spool, whose forwarder threads deliver them
+to MQTT and InfluxDB; the annunciator is driven directly, before anything else.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import os
 import queue
 import threading
 import time
@@ -20,7 +23,18 @@ from typing import Any
 from hullwatch import present
 from hullwatch.config import Config, ConfigError
 from hullwatch.core.lifecycle import AlarmBook, LifecycleChange
-from hullwatch.core.model import AlarmState, AlarmTransition, Estimate, Event, HatchChange, Notice, Quality, Sample
+from hullwatch.core.model import (
+    AlarmState,
+    AlarmTransition,
+    Estimate,
+    Event,
+    HatchChange,
+    Notice,
+    Quality,
+    Quantity,
+    Sample,
+    Severity,
+)
 from hullwatch.core.monitor import Monitor
 from hullwatch.desk import AlarmDesk
 from hullwatch.recorder import Recorder
@@ -31,6 +45,8 @@ log = logging.getLogger("hullwatch")
 
 TICK_S = 0.25  # the core's clock advances at least this often without samples
 STATUS_EVERY_S = 5.0
+METRICS_EVERY_S = 10.0
+SPOOL_ADVISORY_CLEAR_S = 60.0  # the spool advisory clears after this long without dropping
 
 
 @dataclass
@@ -120,6 +136,15 @@ class Daemon:
         self.mqtt = _mqtt(cfg, self.drivers, self.desk.command) if cfg.mqtt else None
         if self.mqtt is not None:
             self.desk.outputs.append(self._publish_alarm)
+        self.influx = _influx(cfg) if cfg.influxdb else None
+        sinks = [s for s in (self.mqtt, self.influx) if s is not None]
+        self.spool = _spool(cfg) if sinks else None
+        if self.spool is not None:
+            self.spool.start(sinks)
+        self._sensor_health: dict[str, list] = {s.name: [0, "good"] for s in cfg.sensors}  # errors, quality
+        self._next_metrics = time.monotonic() + METRICS_EVERY_S
+        self._spool_dropped = self.spool.counters.get("dropped", 0) if self.spool else 0
+        self._spool_drop_at: float | None = None  # monotonic time of the last drop while the advisory is on
         self._threads: list[threading.Thread] = []
         self._driver_stop = threading.Event()
         self._last_time = 0.0
@@ -201,10 +226,15 @@ class Daemon:
         for event in events:
             if isinstance(event, Estimate):
                 self._latest[event.volume] = event
-                if self.mqtt is not None:
-                    self.mqtt.estimate(event)
+                if self.spool is not None:
+                    self.spool.append("estimate", event.time, event.to_dict())
+            elif isinstance(event, AlarmTransition) and self.spool is not None:
+                self.spool.append("alarm", event.time, event.to_dict())
             for output in self.outputs:
                 output(event)
+        if self.spool is not None and time.monotonic() >= self._next_metrics:
+            self._next_metrics = time.monotonic() + METRICS_EVERY_S
+            self._self_metrics(max(now, self._last_time))
         return events
 
     def _feed(self, sample: Sample) -> list[Event]:
@@ -215,9 +245,66 @@ class Daemon:
         self._last_time = sample.time
         if self.recorder is not None:
             self.recorder.write(sample)
-        if self.mqtt is not None:
-            self.mqtt.sample(sample)
+        if sample.quantity is Quantity.HATCH:
+            if self.mqtt is not None:
+                self.mqtt.hatch(sample.sensor, sample.value >= 0.5)
+            if self.spool is not None:
+                self.spool.append("hatch", sample.time, {"hatch": sample.sensor, "open": sample.value >= 0.5})
+        else:
+            health = self._sensor_health.setdefault(sample.sensor, [0, "good"])
+            health[1] = sample.quality.value
+            if sample.quality is not Quality.GOOD:
+                health[0] += 1
+            if self.spool is not None:
+                from hullwatch.sinks.mqtt import sample_payload
+
+                self.spool.append("sample", sample.time, {"sensor": sample.sensor, **sample_payload(sample)})
         return self.monitor.feed(sample)
+
+    def _self_metrics(self, now: float) -> None:
+        """Spool and sink health and sensor error counts: to the spool (InfluxDB) and to `P/metrics` (retained)."""
+        stats = self.spool.stats()
+        dropped = stats["dropped"]
+        spool = {k: stats[k] for k in ("depth", "oldest_unsent_s", "dropped", "size_bytes")}
+        sinks = {}
+        for sink in (self.mqtt, self.influx):
+            if sink is not None:
+                sinks[sink.name] = {
+                    "sent": self.spool.sent(sink.name),
+                    "rejected": self.spool.counters.get(f"rejected.{sink.name}", 0),
+                    "backlog": stats[f"backlog.{sink.name}"],
+                    "connected": sink.connected,
+                }
+        self.spool.append("metric", now, {"measurement": "spool", "fields": spool})
+        for name, fields in sinks.items():
+            self.spool.append("metric", now, {"measurement": "sink", "tags": {"sink": name}, "fields": fields})
+        for name, (errors, quality) in self._sensor_health.items():
+            fields = {"errors": errors, "quality": quality}
+            record = {"measurement": "sensor_health", "tags": {"sensor": name}, "fields": fields}
+            self.spool.append("metric", now, record)
+        if self.mqtt is not None:
+            sensors = {n: {"errors": e, "quality": q} for n, (e, q) in self._sensor_health.items()}
+            self.mqtt.publish_json("metrics", {"time": now, "spool": spool, "sinks": sinks, "sensors": sensors}, True)
+        self._spool_advisory(now, dropped)
+
+    def _spool_advisory(self, now: float, dropped: int) -> None:
+        """An advisory while the spool is dropping its oldest records to stay within its budget."""
+        mono = time.monotonic()
+        if dropped > self._spool_dropped:
+            if self._spool_drop_at is None:
+                self._spool_transition(now, AlarmState.ACTIVE, dropped, "spool full: oldest records dropped")
+            self._spool_drop_at = mono
+        elif self._spool_drop_at is not None and mono - self._spool_drop_at > SPOOL_ADVISORY_CLEAR_S:
+            self._spool_drop_at = None
+            self._spool_transition(now, AlarmState.CLEARED, dropped, "")
+        self._spool_dropped = dropped
+
+    def _spool_transition(self, now: float, state: AlarmState, dropped: int, reason: str) -> None:
+        t = AlarmTransition(now, "spool_full", "spool", Severity.ADVISORY, state, float(dropped), None, reason)
+        self.desk.transitions([t])
+        self.spool.append("alarm", now, t.to_dict())
+        for output in self.outputs:
+            output(t)
 
     def close(self) -> None:
         """Stop reading, flush what was read, close the outputs."""
@@ -233,6 +320,10 @@ class Daemon:
             self.recorder.close()
         if self.annunciator is not None:
             self.annunciator.close()
+        if self.spool is not None:
+            self.spool.close(drain_s=1.0)
+        if self.influx is not None:
+            self.influx.close()
         if self.mqtt is not None:
             self.mqtt.stop()
         log.info("stopped")
@@ -268,6 +359,35 @@ def _mqtt(cfg: Config, drivers: list[Driver], on_command: Callable[[str, dict, s
     except MqttSetupError as exc:
         raise ConfigError([f"{cfg.path}: mqtt: {exc}"]) from None
     return sink
+
+
+def _influx(cfg: Config) -> Any:
+    """The InfluxDB sink (it sends nothing until the spool's forwarder runs)."""
+    from hullwatch.sinks.influx import InfluxSetupError, InfluxSink
+
+    try:
+        return InfluxSink(cfg.influxdb, cfg.station)
+    except InfluxSetupError as exc:
+        raise ConfigError([f"{cfg.path}: {exc}"]) from None
+
+
+def _spool(cfg: Config) -> Any:
+    """The spool: at [spool] path; without that section, in systemd's $STATE_DIRECTORY, else in memory."""
+    from hullwatch.sinks.spool import Spool, SpoolInUse
+
+    s = cfg.spool
+    path = s.path
+    if not s.configured:
+        state = os.environ.get("STATE_DIRECTORY", "").split(":")[0]
+        if not state:
+            log.warning("spool: no [spool] section and no $STATE_DIRECTORY: records are kept in memory only")
+        path = os.path.join(state, os.path.basename(s.path)) if state else ":memory:"
+    try:
+        return Spool(path, s.max_mb, s.commit_interval_s, s.replay_per_s)
+    except SpoolInUse as exc:
+        raise ConfigError([f"{cfg.path}: spool.path: {exc}"]) from None
+    except Exception as exc:  # sqlite3.Error, OSError
+        raise ConfigError([f"{cfg.path}: spool.path: cannot open {path}: {exc}"]) from None
 
 
 def _annunciator(cfg: Config, pin_factory: Any, on_ack: Callable[[], None]) -> Any:

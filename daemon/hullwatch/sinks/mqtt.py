@@ -25,11 +25,14 @@ so the snapshot (the newest values) is what the broker keeps. While disconnected
 messages only update the snapshot (and deletions are remembered as tombstones) instead of
 filling paho's queue with stale values.
 
-Queueing. Samples are live data: published at `min(qos, 1)` while connected and dropped while
-disconnected (durability across outages is the spool's job, not paho's). Other non-retained
-messages (estimates, command results, extras) at QoS >= 1 wait in paho's in-memory queue,
-bounded by `max_queued_messages_set`. If that queue is ever full when a retained message is
-due, the snapshot is re-sent once there is room again.
+Queueing. Samples and estimates reach the broker through the spool (`send`, the spool's
+SpoolSink): published in order at QoS `min(qos, 1)` for samples and `qos` for estimates, and
+confirmed to the spool only once the broker's PUBACK is in, so a broker outage only grows the
+spool; a replayed backlog carries `"replay": true`. The direct `sample` and `estimate` methods
+publish live only (dropped while disconnected). Other non-retained messages (command results,
+extras) at QoS >= 1 wait in paho's in-memory queue, bounded by `max_queued_messages_set`. If
+that queue is ever full when a retained message is due, the snapshot is re-sent once there is
+room again.
 
 Commands. `P/cmd/<name>` messages are validated (UTF-8, JSON object, at most 64 KiB, field
 types) and passed to `on_command(name, payload, "mqtt")`; its result, or the reason for a
@@ -49,7 +52,7 @@ import re
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import combinations
 from types import MappingProxyType
@@ -61,6 +64,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from hullwatch import __version__
 from hullwatch.core.model import Estimate, Quantity, Sample
 from hullwatch.core.topology import form_volumes
+from hullwatch.sinks.spool import Record, SendResult, SinkUnavailable
 
 if TYPE_CHECKING:
     from hullwatch.config import Config, MqttConfig
@@ -76,6 +80,8 @@ RECONNECT_MIN_S = 1
 RECONNECT_MAX_S = 2
 LOG_INTERVAL_S = 60.0
 RESYNC_INTERVAL_S = 1.0
+PUBACK_TIMEOUT_S = 10.0
+MAX_INFLIGHT = 100
 ORIGIN = "mqtt"
 
 OnCommand = Callable[[str, dict, str], Mapping[str, Any]]
@@ -215,6 +221,17 @@ def _guarded(kind: str) -> Callable[[F], F]:
         return guarded  # type: ignore[return-value]
 
     return wrap
+
+
+def sample_payload(s: Sample) -> dict:
+    """The ICD §5 sensor message of one sample (a spooled sample's body adds the sensor's name)."""
+    value = float(s.value)
+    return {
+        "time": s.time,
+        "quantity": getattr(s.quantity, "value", s.quantity),
+        "value": value if math.isfinite(value) else None,
+        "quality": getattr(s.quality, "value", s.quality),
+    }
 
 
 def _dumps(obj: Any) -> bytes:
@@ -373,6 +390,7 @@ class MqttSink:
         client.will_set(self.status_topic, b"offline", qos=self.qos, retain=True)
         client.reconnect_delay_set(RECONNECT_MIN_S, RECONNECT_MAX_S)
         client.max_queued_messages_set(self._max_queued)
+        client.max_inflight_messages_set(MAX_INFLIGHT)
         client.on_connect = self._on_connect
         client.on_connect_fail = self._on_connect_fail
         client.on_disconnect = self._on_disconnect
@@ -424,13 +442,7 @@ class MqttSink:
         if quantity == Quantity.HATCH.value:
             self.hatch(s.sensor, s.value >= 0.5)
             return
-        value = float(s.value)
-        payload = {
-            "time": s.time,
-            "quantity": quantity,
-            "value": value if math.isfinite(value) else None,
-            "quality": getattr(s.quality, "value", s.quality),
-        }
+        payload = sample_payload(s)
         self._publish_live(f"{self.prefix}/sensor/{s.sensor}", _dumps(payload), self.sample_qos, queue=False)
 
     @_guarded("hatch")
@@ -462,6 +474,49 @@ class MqttSink:
             self._publish_retained(topic, _dumps(obj))
         else:
             self._publish_live(topic, _dumps(obj), self.qos, queue=True)
+
+    # -- spooled records: samples and estimates, confirmed by PUBACK (the spool's SpoolSink) ----
+
+    name = "mqtt"
+    kinds = frozenset({"sample", "estimate"})
+
+    def ready(self) -> bool:
+        """Whether the broker connection is up."""
+        return self.connected
+
+    def send(self, records: Sequence[Record], replay: bool) -> SendResult:
+        """Publish records in order and wait for the broker to take them (PUBACK at QoS >= 1).
+
+        Replayed records carry `"replay": true` so that live consumers can tell them apart.
+        """
+        client = self._client
+        if client is None or not client.is_connected():
+            raise SinkUnavailable("not connected")
+        infos = []
+        for r in records:
+            body = dict(r.body)
+            if replay:
+                body["replay"] = True
+            if r.kind == "sample":
+                topic, qos = f"{self.prefix}/sensor/{body.pop('sensor')}", self.sample_qos
+            else:
+                topic, qos = f"{self.prefix}/volume/{body['volume']}", self.qos
+            info = client.publish(topic, _dumps(body), qos=qos)
+            if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                break
+            infos.append(info)
+        confirmed = 0
+        deadline = time.monotonic() + PUBACK_TIMEOUT_S
+        for info in infos:
+            with contextlib.suppress(ValueError, RuntimeError):
+                info.wait_for_publish(max(0.0, deadline - time.monotonic()))
+            if not info.is_published():
+                break
+            confirmed += 1
+        self._counts["published"] += confirmed
+        if records and not confirmed:
+            raise SinkUnavailable("the broker took none of the messages")
+        return SendResult(confirmed)
 
     # -- the plumbing -------------------------------------------------------------------------
 

@@ -1,0 +1,249 @@
+"""The InfluxDB sink (ICD §6): spooled records to line protocol, written with the samples' own timestamps.
+
+Both APIs take the same line protocol, nanosecond precision, encoded here by the rules of
+influxdb-client's `Point` (the tests check that the two agree), so that the v1 path does
+without importing influxdb-client (about 28 MB of memory on a Pi). `api = "v2"` writes
+through influxdb-client's synchronous write API (InfluxDB 2.x, 3.x, and 1.8+ through its
+compatibility endpoint); `api = "v1"` POSTs to `/write` of InfluxDB 1.x, which is what
+Debian and Raspberry Pi OS ship. Neither retries by itself:
+a failed batch stays in the spool and is sent again, so nothing is lost when a client's
+in-memory retries would have run out.
+
+A 400 means some line in the batch is bad (InfluxDB then writes none or only part of it):
+the batch is split in halves until the bad records stand alone; they are set aside as
+rejected and the rest is written, so one poison record never blocks the queue. Any other
+failure (connection, timeout, 401/403/404, 5xx) raises SinkUnavailable and the spool
+tries again later.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import math
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from hullwatch.sinks.spool import Record, SendResult, SinkUnavailable
+
+if TYPE_CHECKING:
+    from hullwatch.config import InfluxConfig
+
+log = logging.getLogger(__name__)
+
+TIMEOUT_S = 10.0
+BATCH_LINES = 5000
+KINDS = frozenset({"sample", "hatch", "estimate", "alarm", "metric"})
+
+
+class InfluxSetupError(Exception):
+    """The [influxdb] settings cannot work (e.g. an unreadable token file)."""
+
+
+class _Rejected(Exception):
+    """The server refused the batch as malformed (HTTP 400)."""
+
+
+def _read_secret(path: str | None, key: str) -> str | None:
+    if not path:
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read().strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InfluxSetupError(f"influxdb.{key}: cannot read {path}: {exc}") from None
+
+
+def _finite(x: Any) -> bool:
+    return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
+
+
+ESTIMATE_FIELDS = (
+    ("kg_per_day", "leak_kg_per_day"),
+    ("kg_per_day_sigma", "leak_kg_per_day_sigma"),
+    ("pressure_pa", "pressure_pa"),
+    ("mass_kg", "mass_kg"),
+    ("reserve_time_s", "reserve_time_s"),
+    ("window_s", "window_s"),
+)
+
+
+def _point_parts(kind: str, b: dict) -> tuple[str, dict[str, str], dict[str, Any]] | None:
+    """Measurement, tags and fields of one record (non-finite numbers left out)."""
+    if kind == "sample":
+        fields = {"value": float(b["value"])} if _finite(b.get("value")) else {}
+        fields["quality"] = str(b.get("quality", "good"))
+        return "sensor", {"sensor": b["sensor"], "quantity": b["quantity"]}, fields
+    if kind == "hatch":
+        return "hatch", {"hatch": b["hatch"]}, {"open": bool(b["open"])}
+    if kind == "estimate":
+        fields = {out: float(b[key]) for out, key in ESTIMATE_FIELDS if _finite(b.get(key))}
+        return "leak", {"volume": b["volume"]}, fields
+    if kind == "alarm":
+        fields = {"state": str(b["state"])}
+        fields |= {k: float(b[k]) for k in ("value", "threshold") if _finite(b.get(k))}
+        if b.get("reason"):
+            fields["reason"] = str(b["reason"])
+        return "alarm", {"alarm": b["alarm"], "source": b["source"], "severity": b["severity"]}, fields
+    if kind == "metric":
+        fields = {k: v for k, v in b.get("fields", {}).items() if isinstance(v, bool | str) or _finite(v)}
+        return b["measurement"], {k: str(v) for k, v in b.get("tags", {}).items()}, fields
+    return None
+
+
+_ESCAPE_MEASUREMENT = str.maketrans({",": r"\,", " ": r"\ ", "\n": r"\n", "\t": r"\t", "\r": r"\r"})
+_ESCAPE_KEY = str.maketrans({",": r"\,", "=": r"\=", " ": r"\ ", "\n": r"\n", "\t": r"\t", "\r": r"\r"})
+_ESCAPE_STRING = str.maketrans({'"': r"\"", "\\": r"\\"})
+
+
+def _field(key: str, value: bool | int | float | str) -> str:
+    if isinstance(value, bool):
+        text = "true" if value else "false"
+    elif isinstance(value, int):
+        text = f"{value}i"
+    elif isinstance(value, float):
+        text = str(value)
+        text = text[:-2] if text.endswith(".0") else text
+    else:
+        text = '"' + value.translate(_ESCAPE_STRING) + '"'
+    return f"{key.translate(_ESCAPE_KEY)}={text}"
+
+
+def line_protocol(measurement: str, tags: dict[str, str], fields: dict[str, Any], time_ns: int) -> str:
+    """One line: tags and fields sorted by key, empty tags and non-finite floats left out."""
+    tag_text = "".join(f",{k.translate(_ESCAPE_KEY)}={_tag_value(v)}" for k, v in sorted(tags.items()) if k and v)
+    field_text = ",".join(
+        _field(k, v) for k, v in sorted(fields.items()) if not (isinstance(v, float) and not math.isfinite(v))
+    )
+    return f"{measurement.translate(_ESCAPE_MEASUREMENT)}{tag_text} {field_text} {time_ns}"
+
+
+def _tag_value(value: str) -> str:
+    text = value.translate(_ESCAPE_KEY)
+    return text + " " if text.endswith("\\") else text
+
+
+def to_line(record: Record, station: str) -> str | None:
+    """The record as an ICD §6 line (tagged with its station), or None when it has nothing to write."""
+    parts = _point_parts(record.kind, record.body)
+    if parts is None or not parts[2]:
+        return None
+    measurement, tags, fields = parts
+    return line_protocol(measurement, {"station": record.body.get("station", station), **tags}, fields, record.time_ns)
+
+
+class InfluxSink:
+    """Writes spooled records to InfluxDB; `send` confirms a batch only on a 2xx."""
+
+    name = "influxdb"
+    kinds = KINDS
+
+    def __init__(self, cfg: InfluxConfig, station: str) -> None:
+        self.cfg = cfg
+        self.station = station
+        self.api = cfg.api
+        self._client = None
+        self._reachable = True
+        if cfg.api == "v2":
+            from influxdb_client import InfluxDBClient
+            from influxdb_client.client.write_api import SYNCHRONOUS
+
+            token = _read_secret(cfg.token_file, "token_file")
+            self._client = InfluxDBClient(
+                url=cfg.url, token=token or "", org=cfg.org or "", timeout=int(TIMEOUT_S * 1000), retries=False
+            )
+            self._write_api = self._client.write_api(write_options=SYNCHRONOUS)
+        else:
+            password = _read_secret(cfg.password_file, "password_file")
+            query = {"db": cfg.database or "hullwatch", "precision": "ns"}
+            self._v1_url = cfg.url.rstrip("/") + "/write?" + urllib.parse.urlencode(query)
+            self._v1_headers = {"Content-Type": "text/plain; charset=utf-8"}
+            if cfg.username:
+                token = base64.b64encode(f"{cfg.username}:{password or ''}".encode()).decode()
+                self._v1_headers["Authorization"] = f"Basic {token}"
+
+    def ready(self) -> bool:
+        """HTTP needs no connection: a failed write says when the server is away."""
+        return True
+
+    @property
+    def connected(self) -> bool:
+        """Whether the last write reached the server."""
+        return self._reachable
+
+    def send(self, records: Sequence[Record], replay: bool) -> SendResult:
+        """Write records as points; poison records are found by halving and set aside."""
+        lines: list[tuple[Record, bytes]] = []
+        rejected: dict[int, str] = {}
+        for r in records:
+            try:
+                line = to_line(r, self.station)
+            except (KeyError, TypeError, ValueError, AttributeError) as exc:
+                rejected[r.id] = f"cannot encode: {exc!r}"
+                continue
+            if line is not None:
+                lines.append((r, line.encode()))
+        for i in range(0, len(lines), BATCH_LINES):
+            self._write_isolating(lines[i : i + BATCH_LINES], rejected)
+        return SendResult(len(records), rejected)
+
+    def _write_isolating(self, lines: list[tuple[Record, bytes]], rejected: dict[int, str]) -> None:
+        if not lines:
+            return
+        try:
+            self._write(b"\n".join(line for _, line in lines))
+        except _Rejected as exc:
+            if len(lines) == 1:
+                rejected[lines[0][0].id] = str(exc)
+                return
+            half = len(lines) // 2
+            self._write_isolating(lines[:half], rejected)
+            self._write_isolating(lines[half:], rejected)
+
+    def _write(self, body: bytes) -> None:
+        try:
+            if self.api == "v2":
+                self._write_v2(body)
+            else:
+                self._write_v1(body)
+        except SinkUnavailable:
+            self._reachable = False
+            raise
+        self._reachable = True
+
+    def _write_v1(self, body: bytes) -> None:
+        req = urllib.request.Request(self._v1_url, data=body, headers=self._v1_headers, method="POST")
+        try:
+            with urllib.request.urlopen(req, timeout=TIMEOUT_S) as resp:
+                resp.read()
+        except urllib.error.HTTPError as exc:
+            detail = exc.read()[:300].decode("utf-8", "replace").strip()
+            if exc.code == 400:
+                raise _Rejected(f"HTTP 400: {detail}") from None
+            raise SinkUnavailable(f"HTTP {exc.code}: {detail}") from None
+        except (OSError, ValueError) as exc:  # URLError, timeouts, resets
+            raise SinkUnavailable(str(getattr(exc, "reason", exc))) from None
+
+    def _write_v2(self, body: bytes) -> None:
+        from influxdb_client import WritePrecision
+        from influxdb_client.rest import ApiException
+
+        try:
+            self._write_api.write(
+                bucket=self.cfg.bucket, org=self.cfg.org or "", record=body, write_precision=WritePrecision.NS
+            )
+        except ApiException as exc:
+            detail = (exc.body or exc.reason or "")[:300] if isinstance(exc.body or "", str) else str(exc.reason)
+            if exc.status == 400:
+                raise _Rejected(f"HTTP 400: {detail}") from None
+            raise SinkUnavailable(f"HTTP {exc.status}: {detail}") from None
+        except Exception as exc:  # urllib3's connection and timeout errors
+            raise SinkUnavailable(f"{type(exc).__name__}: {exc}") from None
+
+    def close(self) -> None:
+        """Release the v2 client's connections."""
+        if self._client is not None:
+            self._client.close()
