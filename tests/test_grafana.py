@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -497,3 +498,48 @@ def test_dashboard_provider_points_where_the_readme_copies_to():
     assert provider["path"] in readme
     for path in ("provisioning/datasources/hullwatch.yaml", "provisioning/dashboards/hullwatch.yaml"):
         assert path in readme
+
+
+# --- filled by the daemon itself -----------------------------------------------------------------------------------
+
+
+def test_every_panel_has_data_when_the_daemon_fills_influxdb(tmp_path):
+    """The real writer: the daemon plays the demo's story (hatch closure, hole) at 1000x into a fresh influxd."""
+    if not HAVE_INFLUXD:
+        pytest.skip("influxd is not installed (Debian package influxdb)")
+    import threading
+
+    from gpiozero.pins.mock import MockFactory
+
+    from hullwatch import config, demo
+    from hullwatch.service import Daemon
+
+    server = Influxd(tmp_path / "influx")
+    try:
+        path = tmp_path / "hullwatch.toml"
+        path.write_text(demo._config_text(tmp_path, demo.SCENARIO, 1000.0, None, server.port))
+        daemon = Daemon(config.load(str(path)), pin_factory=MockFactory())
+        daemon.metrics_every_s = 2.0  # several self-metrics points within the short run
+        sim, stop = daemon.drivers[0], threading.Event()
+        runner = threading.Thread(target=daemon.run, args=(stop,), daemon=True)
+        runner.start()
+        while sim.clock() - sim.epoch0 < 3.2 * 3600 and runner.is_alive():
+            time.sleep(0.2)
+        stop.set()
+        runner.join(15)
+        first, last = (server.rows(f"SELECT {f}(value) FROM sensor")[0][1]["time"] // 10**6 for f in ("first", "last"))
+        found: dict[str, tuple[list[str], bool]] = {}
+        for var in VARIABLES:
+            series = run(server, render(var["query"], selection(found)))
+            found[var["name"]] = (sorted({str(r[s["columns"].index("value")]) for s in series for r in s["values"]}),
+                                  bool(var.get("multi")))  # fmt: skip
+        assert found["volume"][0] == ["prk", "prk-zvezda", "zvezda"]
+        empty = []
+        for panel, target in (param.values for param in TARGETS):
+            query = render(target["query"], selection(found))
+            query = query.replace(f"{RANGE_MS[0]}ms", f"{first}ms").replace(f"{RANGE_MS[1]}ms", f"{last + 60_000}ms")
+            if not has_value(run(server, query)):
+                empty.append(f"{panel.get('title')}: {query}")
+        assert not empty, "panels with no data:\n" + "\n".join(empty)
+    finally:
+        server.stop()

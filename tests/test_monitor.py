@@ -152,6 +152,15 @@ def test_out_of_range_and_unreadable_readings_fault_the_sensor_until_good_ones_r
     assert ("sensor_fault", "p", m.sensors["p"].fault.severity) in m.active_alarms()
 
 
+def test_a_vented_volume_at_zero_pressure_keeps_the_monitor_running():
+    m = Monitor(one_volume())
+    temps = [Sample(float(i), "t", Quantity.TEMPERATURE, 295.0) for i in range(0, 200, 10)]
+    falling = [Sample(float(i), "p", Quantity.PRESSURE, max(0.0, 1000.0 - 10.0 * i)) for i in range(200)]
+    events = feed_all(m, sorted(temps + falling, key=lambda s: s.time))
+    assert alarms(events, "low_pressure", "lab")
+    assert m.volumes["lab"].pressure == 0.0
+
+
 def test_tick_detects_staleness_without_samples():
     m = Monitor(one_volume())
     feed_all(m, [Sample(0.0, "p", Quantity.PRESSURE, 101325.0), Sample(0.0, "t", Quantity.TEMPERATURE, 295.0)])

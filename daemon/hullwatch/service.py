@@ -142,7 +142,8 @@ class Daemon:
         if self.spool is not None:
             self.spool.start(sinks)
         self._sensor_health: dict[str, list] = {s.name: [0, "good"] for s in cfg.sensors}  # errors, quality
-        self._next_metrics = time.monotonic() + METRICS_EVERY_S
+        self.metrics_every_s = METRICS_EVERY_S
+        self._next_metrics = time.monotonic()  # the first right away: the backlog found at start shows
         self._spool_dropped = self.spool.counters.get("dropped", 0) if self.spool else 0
         self._spool_drop_at: float | None = None  # monotonic time of the last drop while the advisory is on
         self._threads: list[threading.Thread] = []
@@ -233,7 +234,7 @@ class Daemon:
             for output in self.outputs:
                 output(event)
         if self.spool is not None and time.monotonic() >= self._next_metrics:
-            self._next_metrics = time.monotonic() + METRICS_EVERY_S
+            self._next_metrics = time.monotonic() + self.metrics_every_s
             self._self_metrics(max(now, self._last_time))
         return events
 

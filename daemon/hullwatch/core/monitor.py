@@ -335,7 +335,8 @@ class Monitor:
                 v.temperature_notice_given = True
                 events.append(Notice(t, f"volume {v.id}: no temperature reading; assuming {fallback} K"))
         mass = p * capacity / R_AIR
-        v.slope.add(t, math.log(mass))
+        if mass > 0.0 and math.isfinite(mass):  # a vented volume (0 Pa) has no ln m: rate and reserve pause
+            v.slope.add(t, math.log(mass))
         v.fall.add(t, p)
         v.pressure = p
         v.mass = mass

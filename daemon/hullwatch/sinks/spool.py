@@ -349,6 +349,7 @@ class Forwarder:
         self.live_done = self.done
         self._retry_s = RETRY_FIRST_S
         self._failing = False
+        self._down_logged = False
         self._budget = 0.0
         self._budget_at = time.monotonic()
         self.sent = 0
@@ -378,8 +379,6 @@ class Forwarder:
             return True
         if self._failing:
             self._failing = False
-            self._retry_s = RETRY_FIRST_S
-            log.info("spool: %s is back; %d record(s) waiting", self.sink.name, self.spool.last_id - self.done)
             self._split_if_backlog()
         busy = False
         live = self.spool.read(self.live_done, LIVE_BATCH)
@@ -400,6 +399,10 @@ class Forwarder:
         else:
             self.done = self.mark = self.live_done
         self.spool.set_cursor(self.sink.name, self.done)
+        if self._down_logged and busy:
+            self._down_logged = False
+            self._retry_s = RETRY_FIRST_S
+            log.info("spool: %s is back; %d record(s) to catch up", self.sink.name, self.spool.last_id - self.done)
         return busy
 
     def _deliver(self, records: list[Record], replay: bool) -> int:
@@ -434,8 +437,9 @@ class Forwarder:
         return n
 
     def _fail(self, reason: str, wait: bool = True) -> None:
-        if not self._failing:
+        if not self._down_logged:  # once per outage, not once per retry
             log.warning("spool: %s unavailable (%s); keeping records", self.sink.name, reason)
+            self._down_logged = True
         self._failing = True
         self.mark = self.live_done = self.done  # what the live lane confirmed past `done` goes again
         if wait:
