@@ -23,11 +23,10 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from influxd_fixture import Influxd  # noqa: E402
-
 from hullwatch.config import InfluxConfig  # noqa: E402
 from hullwatch.sinks.influx import InfluxSink  # noqa: E402
 from hullwatch.sinks.spool import Spool  # noqa: E402
+from influxd_fixture import Influxd  # noqa: E402
 
 SENSORS = 8
 RATE_HZ = 10.0

@@ -12,7 +12,7 @@ import threading
 from collections.abc import Sequence
 from contextlib import ExitStack
 
-from hullwatch import __version__, config, present
+from hullwatch import __version__, config, present, progress
 from hullwatch.core.model import AlarmState, AlarmTransition, Estimate, Notice
 from hullwatch.core.monitor import Monitor
 from hullwatch.samples import SamplesError, read_samples
@@ -128,7 +128,13 @@ def cmd_analyze(args: argparse.Namespace) -> int:
             out = stack.enter_context(open(args.output, "w", encoding="utf-8")) if args.output else sys.stdout
             write = out.write
             latest: dict[str, Estimate] = {}
-            for sample in read_samples(args.samples, cfg.sample_names()):
+            stream, position = stack.enter_context(progress.open_positioned(args.samples))
+            bar = stack.enter_context(progress.Progress(f"analyze {args.samples}", progress.file_size(args.samples)))
+            bar.enabled &= out is not sys.stdout or not sys.stdout.isatty()  # not across text on the same screen
+            rows = 0
+            for rows, sample in enumerate(read_samples(args.samples, cfg.sample_names(), stream), 1):
+                if not rows & 0xFFF:
+                    bar.update(position(), rows)
                 for event in monitor.feed(sample):
                     if isinstance(event, Notice):
                         print(present.describe(event), file=sys.stderr)
@@ -141,6 +147,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
                     elif isinstance(event, AlarmTransition) and event.state is AlarmState.ACTIVE:
                         counts["activations"] += 1
                     write(present.describe(event) + "\n" if args.summary else json.dumps(event.to_dict()) + "\n")
+            bar.update(position(), rows)
             if args.summary:
                 write(_final_state(monitor, latest))
     except SamplesError as exc:
