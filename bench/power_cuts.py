@@ -7,7 +7,8 @@ Each round starts `hullwatch run` on 8 pty transducers at 10 Hz with a spool and
 InfluxDB that does not answer (so every record stays in the file), kills it with SIGKILL
 after 1.5-4 s, then opens the spool: `PRAGMA integrity_check` must say ok, and the newest
 committed sample must be younger than `commit_interval_s` (plus scheduling slack) at the
-moment of the kill. Prints the worst loss window seen and how many rounds passed.
+moment of the kill (counting only the time this run was up: a kill before its first commit
+loses what it read since it started). Prints the worst loss window and the rounds passed.
 """
 
 from __future__ import annotations
@@ -62,6 +63,7 @@ def main() -> None:
     threading.Thread(target=stream, daemon=True).start()
     bad, windows = [], []
     for cut in range(args.cuts):
+        started = time.time()
         proc = subprocess.Popen([sys.executable, "-m", "hullwatch", "run", "-c", str(cfg)],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
         time.sleep(rng.uniform(1.5, 4.0))
@@ -74,8 +76,8 @@ def main() -> None:
         db.close()
         if check != "ok":
             bad.append((cut, check))
-        if row:
-            windows.append(killed - json.loads(row[0])["time"])
+        newest = json.loads(row[0])["time"] if row else started
+        windows.append(killed - max(newest, started))  # what this run read and did not commit
     stop.set()
     worst = max(windows, default=float("nan"))
     print(f"{args.cuts} kill -9s: {args.cuts - len(bad)} integrity checks ok"

@@ -9,8 +9,9 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import ExitStack
+from typing import Any
 
 from hullwatch import __version__, config, present, progress
 from hullwatch.core.model import AlarmState, AlarmTransition, Estimate, Notice
@@ -30,11 +31,11 @@ class _Parser(argparse.ArgumentParser):
         sys.exit(EX_USAGE)
 
 
-def _load_config(path: str | None) -> config.Config | int:
-    """The config, or an exit code after printing what is wrong."""
+def _load_config(path: str | None, load: Callable[[str], Any] = config.load) -> Any:
+    """The config (as `load` reads it), or an exit code after printing what is wrong."""
     path = config.config_path(path)
     try:
-        return config.load(path)
+        return load(path)
     except FileNotFoundError:
         print(f"{path}: configuration file not found", file=sys.stderr)
         return EX_CONFIG
@@ -319,16 +320,9 @@ def cmd_bridge(args: argparse.Namespace) -> int:
     """Stations' telemetry from a broker into InfluxDB, until SIGTERM/SIGINT."""
     from hullwatch import bridge
 
-    path = config.config_path(args.config)
-    try:
-        cfg = config.load_bridge(path)
-    except FileNotFoundError:
-        print(f"{path}: configuration file not found", file=sys.stderr)
-        return EX_CONFIG
-    except config.ConfigError as exc:
-        for line in exc.problems:
-            print(line, file=sys.stderr)
-        return EX_CONFIG
+    cfg = _load_config(args.config, config.load_bridge)
+    if isinstance(cfg, int):
+        return cfg
     _setup_logging(args.verbose)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
