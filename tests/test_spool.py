@@ -196,9 +196,11 @@ def test_kill_9_during_a_commit_storm_never_corrupts_and_loses_at_most_the_last_
     path = str(tmp_path / "s.sqlite")
     for k in range(5):
         proc = subprocess.Popen([sys.executable, "-c", STORM, path], stdout=subprocess.PIPE, text=True)
-        time.sleep(0.5 + 0.3 * k)
-        os.kill(proc.pid, signal.SIGKILL)
         appended_before_kill = 0
+        while appended_before_kill < 20_000:  # running, and past its first commits
+            appended_before_kill = int(proc.stdout.readline())
+        time.sleep(0.1 + 0.2 * k)
+        os.kill(proc.pid, signal.SIGKILL)
         for line in proc.stdout:
             appended_before_kill = int(line)
         proc.wait()

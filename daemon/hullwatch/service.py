@@ -373,7 +373,7 @@ def _influx(cfg: Config) -> Any:
 
 
 def _spool(cfg: Config) -> Any:
-    """The spool: at [spool] path; without that section, in systemd's $STATE_DIRECTORY, else in memory."""
+    """The spool: at [spool] path; without that section, in systemd's $STATE_DIRECTORY, else a temporary file."""
     from hullwatch.sinks.spool import Spool, SpoolInUse
 
     s = cfg.spool
@@ -381,8 +381,8 @@ def _spool(cfg: Config) -> Any:
     if not s.configured:
         state = os.environ.get("STATE_DIRECTORY", "").split(":")[0]
         if not state:
-            log.warning("spool: no [spool] section and no $STATE_DIRECTORY: records are kept in memory only")
-        path = os.path.join(state, os.path.basename(s.path)) if state else ":memory:"
+            log.warning("spool: no [spool] section and no $STATE_DIRECTORY: a temporary file, lost at exit")
+        path = os.path.join(state, os.path.basename(s.path)) if state else None
     try:
         return Spool(path, s.max_mb, s.commit_interval_s, s.replay_per_s)
     except SpoolInUse as exc:

@@ -36,6 +36,7 @@ import json
 import logging
 import os
 import sqlite3
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -107,39 +108,49 @@ def time_ns(t: float) -> int:
 
 
 class Spool:
-    """The SQLite store-and-forward log. Thread-safe; `start()` runs the committer."""
+    """The SQLite store-and-forward log. Thread-safe; `start()` runs the committer.
+
+    `append` only takes a short in-memory lock, never one held across disk I/O: the commit
+    writes through a connection of its own while readers use theirs (WAL lets both go on),
+    so a slow fsync on an SD card never holds up the main loop or a forwarder.
+    """
 
     def __init__(
         self,
-        path: str,
+        path: str | None,
         max_mb: float = 512.0,
         commit_interval_s: float = 1.0,
         replay_per_s: float = 10_000.0,
         on_dropped: Callable[[int], None] | None = None,
     ) -> None:
+        self.temporary = path is None  # no file asked for: a private temp file, removed at close
+        if path is None:
+            fd, path = tempfile.mkstemp(prefix="hullwatch-spool-", suffix=".sqlite")
+            os.close(fd)
         self.path = path
         self.max_bytes = int(max_mb * 1024 * 1024)
         self.commit_interval_s = commit_interval_s
         self.replay_per_s = replay_per_s
         self.on_dropped = on_dropped or (lambda _n: None)
         self.on_commit: Callable[[int], None] | None = None  # told the newest id now in the file
-        self._lock_file = None
-        if path != ":memory:":
-            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-            self._lock_file = open(path + ".lock", "a")  # noqa: SIM115 - held until close()
-            try:
-                fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                self._lock_file.close()
-                raise SpoolInUse(f"{path} is in use by another hullwatch") from None
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        self._lock_file = open(path + ".lock", "a")  # noqa: SIM115 - held until close()
+        try:
+            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self._lock_file.close()
+            raise SpoolInUse(f"{path} is in use by another hullwatch") from None
+        self._db = self._connect()  # the writer's connection, used under _write_lock
         self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA journal_size_limit=8388608")
         self._db.executescript(SCHEMA)
-        self._lock = threading.Lock()  # guards the connection, _pending, cursors and counters
+        self._write_lock = threading.Lock()
+        self._readers = threading.local()
+        self._reader_connections: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()  # guards the in-memory state below; never held across disk I/O
         self._appended = threading.Condition(self._lock)
-        self._pending: list[Record] = []
+        self._pending: list[Record] = []  # appended, not yet being committed
+        self._committing: list[Record] = []  # being written right now: still readable from memory
         self.cursors: dict[str, int] = dict(self._db.execute("SELECT sink, done FROM cursor").fetchall())
         last = self._db.execute("SELECT max(id) FROM record").fetchone()[0]
         self._next_id = max([last or 0, *self.cursors.values()]) + 1  # ids never go back, even on an empty file
@@ -149,6 +160,20 @@ class Spool:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self.commits = 0
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30.0)
+        db.execute("PRAGMA synchronous=FULL")  # WAL + FULL: a commit survives a power cut once it returns
+        return db
+
+    def _reader(self) -> sqlite3.Connection:
+        """This thread's own read connection."""
+        db = getattr(self._readers, "db", None)
+        if db is None:
+            db = self._readers.db = self._connect()
+            with self._lock:
+                self._reader_connections.append(db)
+        return db
 
     # -- writing --------------------------------------------------------------------------------
 
@@ -166,27 +191,35 @@ class Spool:
 
     def commit(self) -> None:
         """Write what was appended, save the cursors, delete what every sink has, keep the budget."""
-        with self._lock:
-            pending, self._pending = self._pending, []
-            committed_id = self._next_id - 1
+        with self._write_lock:
+            with self._lock:
+                batch = self._committing = self._pending
+                self._pending = []
+                committed_id = self._next_id - 1
+                cursors = list(self.cursors.items())
+                counters = list(self.counters.items())
+                floor = min((self.cursors.get(s, 0) for s in self._sinks), default=None)
+            rows = [(r.id, r.kind, r.time_ns, json.dumps(r.body, separators=(",", ":"))) for r in batch]
             try:
                 self._db.execute("BEGIN")
                 self._db.executemany(
-                    "INSERT OR REPLACE INTO record (id, kind, time_ns, body) VALUES (?, ?, ?, ?)",
-                    [(r.id, r.kind, r.time_ns, json.dumps(r.body, separators=(",", ":"))) for r in pending],
+                    "INSERT OR REPLACE INTO record (id, kind, time_ns, body) VALUES (?, ?, ?, ?)", rows
                 )
-                self._db.executemany("INSERT OR REPLACE INTO cursor VALUES (?, ?)", self.cursors.items())
-                self._db.executemany("INSERT OR REPLACE INTO counter VALUES (?, ?)", self.counters.items())
-                if self._sinks:
-                    floor = min(self.cursors.get(s, 0) for s in self._sinks)
+                self._db.executemany("INSERT OR REPLACE INTO cursor VALUES (?, ?)", cursors)
+                self._db.executemany("INSERT OR REPLACE INTO counter VALUES (?, ?)", counters)
+                if floor is not None:
                     self._db.execute("DELETE FROM record WHERE id <= ?", (floor,))
                 self._db.execute("COMMIT")
-                self.commits += 1
             except sqlite3.Error:
                 with contextlib.suppress(sqlite3.Error):
                     self._db.execute("ROLLBACK")
-                self._pending = pending + self._pending  # keep them for the next try
+                with self._lock:
+                    self._pending = batch + self._pending  # keep them for the next try
+                    self._committing = []
                 raise
+            with self._lock:
+                self._committing = []
+                self.commits += 1
             dropped = self._enforce_budget()
         if dropped:
             self.on_dropped(dropped)
@@ -204,13 +237,15 @@ class Spool:
         excess = used - int(self.max_bytes * 0.9)  # make room for a while, not one record at a time
         n = min(count, max(1, int(count * excess / used) + 1))
         self._db.execute("DELETE FROM record WHERE id < ?", (first + n,))
-        self._count("dropped", n)
-        self._db.execute("INSERT OR REPLACE INTO counter VALUES ('dropped', ?)", (self.counters["dropped"],))
+        with self._lock:
+            self._count("dropped", n)
+            dropped = self.counters["dropped"]
+        self._db.execute("INSERT OR REPLACE INTO counter VALUES ('dropped', ?)", (dropped,))
         log.warning("spool: over its budget of %.0f MB, dropped the %d oldest records", self.max_bytes / 2**20, n)
         return n
 
-    def _pragma(self, name: str) -> int:
-        return self._db.execute(f"PRAGMA {name}").fetchone()[0]
+    def _pragma(self, name: str, db: sqlite3.Connection | None = None) -> int:
+        return (db or self._db).execute(f"PRAGMA {name}").fetchone()[0]
 
     def _count(self, name: str, n: int) -> None:
         self.counters[name] = self.counters.get(name, 0) + n
@@ -224,25 +259,35 @@ class Spool:
         ]
         if not rows:
             return
-        with self._lock:
+        with self._write_lock:
             self._db.executemany("INSERT INTO rejected VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+        with self._lock:
             self._count(f"rejected.{sink}", len(rows))
         log.error("spool: %s rejected %d record(s), set aside: %s", sink, len(rows), next(iter(reasons.values())))
 
     # -- reading --------------------------------------------------------------------------------
 
+    def _in_memory(self) -> list[Record]:
+        """The records not yet known to be in the file (taken before reading the file)."""
+        with self._lock:
+            return self._committing + self._pending
+
     def read(self, after: int, limit: int, upto: int | None = None) -> list[Record]:
         """Up to `limit` records with after < id (<= upto), oldest first, committed or not."""
+        memory = self._in_memory()  # first: a record is then in this list or already in the file
         hi = self._next_id if upto is None else upto
-        with self._lock:
-            rows = self._db.execute(
+        rows = (
+            self._reader()
+            .execute(
                 "SELECT id, kind, time_ns, body FROM record WHERE id > ? AND id <= ? ORDER BY id LIMIT ?",
                 (after, hi, limit),
-            ).fetchall()
-            out = [Record(i, k, t, json.loads(b)) for i, k, t, b in rows]
-            if len(out) < limit:
-                start = out[-1].id if out else after
-                out += [r for r in self._pending if start < r.id <= hi][: limit - len(out)]
+            )
+            .fetchall()
+        )
+        out = [Record(i, k, t, json.loads(b)) for i, k, t, b in rows]
+        if len(out) < limit:
+            start = out[-1].id if out else after
+            out += [r for r in memory if start < r.id <= hi][: limit - len(out)]
         return out
 
     def sent(self, sink: str) -> int:
@@ -269,22 +314,27 @@ class Spool:
 
     def stats(self) -> dict[str, Any]:
         """Depth (records some sink still needs), the oldest such record's age, sizes and counters."""
+        memory = self._in_memory()
         with self._lock:
             floor = min((self.cursors.get(s, 0) for s in self._sinks), default=self._next_id - 1)
-            first = self._db.execute("SELECT min(time_ns) FROM record WHERE id > ?", (floor,)).fetchone()[0]
-            if first is None:
-                first = min((r.time_ns for r in self._pending if r.id > floor), default=None)
-            size = self._pragma("page_count") * self._pragma("page_size")
-            depth = self._db.execute("SELECT count(*) FROM record WHERE id > ?", (floor,)).fetchone()[0]
-            depth += sum(1 for r in self._pending if r.id > floor)
-            return {
-                "depth": depth,
-                "oldest_unsent_s": 0.0 if first is None else max(0.0, time.time() - first / 1e9),
-                "size_bytes": size,
-                "dropped": self.counters.get("dropped", 0),
-                "commits": self.commits,
-                **{f"backlog.{s}": max(0, self._next_id - 1 - self.cursors.get(s, 0)) for s in self._sinks},
-            }
+            backlog = {f"backlog.{s}": max(0, self._next_id - 1 - self.cursors.get(s, 0)) for s in self._sinks}
+            dropped = self.counters.get("dropped", 0)
+        db = self._reader()
+        depth, first, newest = db.execute(
+            "SELECT count(*), min(time_ns), max(id) FROM record WHERE id > ?", (floor,)
+        ).fetchone()
+        unsent = [r for r in memory if r.id > max(floor, newest or 0)]  # not in the file yet
+        depth += len(unsent)
+        if first is None:
+            first = min((r.time_ns for r in unsent), default=None)
+        return {
+            "depth": depth,
+            "oldest_unsent_s": 0.0 if first is None else max(0.0, time.time() - first / 1e9),
+            "size_bytes": self._pragma("page_count", db) * self._pragma("page_size", db),
+            "dropped": dropped,
+            "commits": self.commits,
+            **backlog,
+        }
 
     # -- threads --------------------------------------------------------------------------------
 
@@ -332,9 +382,14 @@ class Spool:
         except sqlite3.Error as exc:
             log.error("spool: final commit failed: %s", exc)
         with self._lock:
-            self._db.close()
-        if self._lock_file is not None:
-            self._lock_file.close()
+            readers, self._reader_connections = self._reader_connections, []
+        for db in [*readers, self._db]:
+            db.close()
+        self._lock_file.close()
+        if self.temporary:
+            for suffix in ("", "-wal", "-shm", ".lock"):
+                with contextlib.suppress(OSError):
+                    os.unlink(self.path + suffix)
 
 
 class Forwarder:
