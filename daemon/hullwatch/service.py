@@ -149,6 +149,7 @@ class Daemon:
         self._threads: list[threading.Thread] = []
         self._driver_stop = threading.Event()
         self._last_time = 0.0
+        self._sensor_time: dict[str, float] = {}
         self._last_good = -math.inf  # monotonic time of the last good sample
         self._latest: dict[str, Estimate] = {}
 
@@ -243,6 +244,12 @@ class Daemon:
             self._last_good = time.monotonic()
         if sample.time < self._last_time:  # threads race by microseconds; the samples file must not go back
             sample = sample._replace(time=self._last_time)
+        previous = self._sensor_time.get(sample.sensor)
+        if previous is not None and sample.time < previous + 1e-6:
+            # two readings of one sensor in the same microsecond (a burst of buffered lines) would be one
+            # point in InfluxDB, whose key is series + timestamp: keep them a microsecond apart
+            sample = sample._replace(time=previous + 1e-6)
+        self._sensor_time[sample.sensor] = sample.time
         self._last_time = sample.time
         if self.recorder is not None:
             self.recorder.write(sample)

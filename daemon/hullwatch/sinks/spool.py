@@ -477,7 +477,7 @@ class Forwarder:
         waiting = self.spool.last_id - self.done
         if waiting > BACKLOG_MIN:
             self.mark = self.live_done = self.spool.last_id
-            log.info("spool: %d record(s) of backlog for %s; live data goes first", waiting, self.sink.name)
+            log.debug("spool: %d record(s) of backlog for %s; live data goes first", waiting, self.sink.name)
         else:
             self.mark = self.live_done = self.done
 
