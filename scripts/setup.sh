@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 
 target=".[tools]"
 # mosquitto and influxdb: the demo starts private instances of both when they are there
-packages="python3 python3-venv python3-dev gcc mosquitto mosquitto-clients influxdb"
+packages="python3 python3-venv python3-dev gcc mosquitto mosquitto-clients influxdb influxdb-client"
 venv_flags=""
 if [ "${1:-}" = "--test" ]; then
     target=".[tools,test]"

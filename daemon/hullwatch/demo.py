@@ -241,6 +241,7 @@ def run(speed: float = SPEED, scenario: Path = SCENARIO) -> int:
     story.say(f"  every sample read:  {workdir / 'samples.csv'}")
     story.say(f"  replay it:          hullwatch analyze --summary -c {cfg_path} {workdir / 'samples.csv'}")
     story.say(f"  the configuration:  {cfg_path}")
+    story.say(f"  a test report:      hullwatch report -c {cfg_path} {workdir / 'samples.csv'} -o {workdir / 'report'}")
     if port:
         story.say(
             f"  MQTT went to a private mosquitto on 127.0.0.1:{port} (stopped now); on a real station watch it "
