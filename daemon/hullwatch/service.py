@@ -39,6 +39,7 @@ from hullwatch.core.monitor import Monitor
 from hullwatch.desk import AlarmDesk
 from hullwatch.recorder import Recorder
 from hullwatch.sensors.base import Driver, OptionError
+from hullwatch.sinks.mqtt import sample_payload
 from hullwatch.systemd import Notifier
 
 log = logging.getLogger("hullwatch")
@@ -264,8 +265,6 @@ class Daemon:
             if sample.quality is not Quality.GOOD:
                 health[0] += 1
             if self.spool is not None:
-                from hullwatch.sinks.mqtt import sample_payload
-
                 self.spool.append("sample", sample.time, {"sensor": sample.sensor, **sample_payload(sample)})
         return self.monitor.feed(sample)
 
