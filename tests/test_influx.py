@@ -6,7 +6,7 @@ import http.server
 import threading
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 from influxdb_client import Point, WritePrecision
 
@@ -64,6 +64,7 @@ values = st.one_of(
 )
 
 
+@example(measurement="m", tags={}, fields={"f": float("inf")}, t=0)  # nothing finite left: no line
 @given(
     measurement=names.filter(lambda s: not s.startswith("#")),
     tags=st.dictionaries(names, st.text(max_size=8), max_size=4),

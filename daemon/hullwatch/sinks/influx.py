@@ -113,11 +113,13 @@ def _field(key: str, value: bool | int | float | str) -> str:
 
 
 def line_protocol(measurement: str, tags: dict[str, str], fields: dict[str, Any], time_ns: int) -> str:
-    """One line: tags and fields sorted by key, empty tags and non-finite floats left out."""
+    """One line: tags and fields sorted by key, empty tags and non-finite floats left out ("" if no field is left)."""
     tag_text = "".join(f",{k.translate(_ESCAPE_KEY)}={_tag_value(v)}" for k, v in sorted(tags.items()) if k and v)
     field_text = ",".join(
         _field(k, v) for k, v in sorted(fields.items()) if not (isinstance(v, float) and not math.isfinite(v))
     )
+    if not field_text:
+        return ""  # a point without fields is no point (as influxdb-client's Point has it)
     return f"{measurement.translate(_ESCAPE_MEASUREMENT)}{tag_text} {field_text} {time_ns}"
 
 
@@ -132,7 +134,8 @@ def to_line(record: Record, station: str) -> str | None:
     if parts is None or not parts[2]:
         return None
     measurement, tags, fields = parts
-    return line_protocol(measurement, {"station": record.body.get("station", station), **tags}, fields, record.time_ns)
+    line = line_protocol(measurement, {"station": record.body.get("station", station), **tags}, fields, record.time_ns)
+    return line or None
 
 
 class InfluxSink:
