@@ -90,7 +90,13 @@ class SendResult:
 
 
 class SpoolSink(Protocol):
-    """What a forwarder needs from a sink."""
+    """What a forwarder needs from a sink.
+
+    Optional attributes: `live_batch` (most live records per send, default LIVE_BATCH) and
+    `live_interval_s` (least time between live sends, default 0): MQTT sends one message at a
+    time, so that a broker's Nagle delay never holds one behind another; InfluxDB gathers a
+    second of records per HTTP request.
+    """
 
     name: str
     kinds: frozenset[str]
@@ -276,6 +282,9 @@ class Spool:
         """Up to `limit` records with after < id (<= upto), oldest first, committed or not."""
         memory = self._in_memory()  # first: a record is then in this list or already in the file
         hi = self._next_id if upto is None else upto
+        if memory and memory[0].id <= after + 1 or not memory and after >= self._next_id - 1:
+            # the live case: everything after `after` is still in memory (ids ascend), no disk read
+            return [r for r in memory if after < r.id <= hi][:limit]
         rows = (
             self._reader()
             .execute(
@@ -407,6 +416,9 @@ class Forwarder:
         self._down_logged = False
         self._budget = 0.0
         self._budget_at = time.monotonic()
+        self.live_batch = getattr(sink, "live_batch", LIVE_BATCH)
+        self.live_interval_s = getattr(sink, "live_interval_s", 0.0)
+        self._next_live = 0.0
         self.sent = 0
 
     def run(self) -> None:
@@ -423,7 +435,11 @@ class Forwarder:
                 self._fail("internal error")
                 continue
             if not busy:
-                self.spool.wait_for_append(self.live_done, IDLE_WAIT_S)
+                delay = self._next_live - time.monotonic()
+                if delay > 0:
+                    self.stop.wait(delay)
+                else:
+                    self.spool.wait_for_append(self.live_done, IDLE_WAIT_S)
 
     def step(self) -> bool:
         """One round: the live lane, then a chunk of backlog; whether anything was sent."""
@@ -436,10 +452,13 @@ class Forwarder:
             self._failing = False
             self._split_if_backlog()
         busy = False
-        live = self.spool.read(self.live_done, LIVE_BATCH)
-        if live:
-            self.live_done = self._deliver(live, replay=False)
-            busy = True
+        if time.monotonic() >= self._next_live:
+            live = self.spool.read(self.live_done, self.live_batch)
+            if live:
+                if len(live) < self.live_batch:  # caught up: let the next ones gather for an interval
+                    self._next_live = time.monotonic() + self.live_interval_s
+                self.live_done = self._deliver(live, replay=False)
+                busy = True
         if self.mark > self.done:
             chunk = self._allowance()
             if chunk:
