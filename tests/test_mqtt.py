@@ -177,6 +177,7 @@ def test_topics_and_payloads(broker, make_sink, listener):
     live = listener(broker.port, f"{P}/#")
     sink, _ = make_sink(broker.port, qos=1)
     assert live.wait_topic(f"{P}/status", payload=b"online")
+    assert sink.synced.wait(5), "the snapshot after connecting is out: what follows is published once"
 
     sink.sample(Sample(1780000000.0, "p_prk", Quantity.PRESSURE, 101324.49))
     sink.sample(Sample(1780000000.5, "t_prk", Quantity.TEMPERATURE, 295.001, Quality.SUSPECT))

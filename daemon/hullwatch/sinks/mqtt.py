@@ -342,6 +342,7 @@ class MqttSink:
         # It is never taken by on_publish (which paho calls holding its own message mutex).
         self._lock = threading.Lock()
         self._retained: dict[str, bytes] = {}
+        self.synced = threading.Event()  # set once the retained snapshot went out after the latest connect
         self._tombstones: set[str] = set()
         self._resync = False
         self._resync_at = 0.0
@@ -702,6 +703,7 @@ class MqttSink:
                 ", ".join(refused),
             )
         self._republish(client)
+        self.synced.set()
 
     @_guarded("on_connect_fail")
     def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
@@ -719,6 +721,7 @@ class MqttSink:
     @_guarded("on_disconnect")
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
         was_up, self._up = self._up, False
+        self.synced.clear()
         refused, self._refused = self._refused, False
         if was_up:
             self._down_since = time.monotonic()
