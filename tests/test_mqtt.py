@@ -252,7 +252,7 @@ def test_ack_reaches_on_command_and_the_result_is_published(broker, make_sink, l
     live = listener(broker.port, f"{P}/#")
     sink, commands = make_sink(broker.port)
     assert live.wait_topic(f"{P}/status", payload=b"online")
-    time.sleep(0.1)  # the sink's SUBACK
+    assert sink.synced.wait(5)  # subscribed to cmd/#
 
     key = {"alarm": "leak_rate", "source": "lab", "severity": "warning", "id": "req-1"}
     publish(broker.port, f"{P}/cmd/ack", json.dumps(key))
@@ -320,7 +320,7 @@ def test_malformed_commands_are_answered_and_never_reach_on_command(broker, make
     live = listener(broker.port, f"{P}/#")
     sink, commands = make_sink(broker.port)
     assert live.wait_topic(f"{P}/status", payload=b"online")
-    time.sleep(0.1)
+    assert sink.synced.wait(5)  # subscribed to cmd/#
 
     for name, payload, _ in MALFORMED:
         publish(broker.port, f"{P}/cmd/{name}", payload)
