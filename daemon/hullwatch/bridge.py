@@ -33,6 +33,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from hullwatch.config import BridgeConfig
 from hullwatch.sinks.influx import InfluxSink
+from hullwatch.sinks.mqtt import apply_credentials
 from hullwatch.sinks.spool import Spool
 
 log = logging.getLogger(__name__)
@@ -101,15 +102,7 @@ class Bridge:
         self.client.on_connect = self._on_connect
         self.client.on_message = self._on_message
         self.client.reconnect_delay_set(1, 2)
-        m = cfg.mqtt
-        if m.username:
-            password = None
-            if m.password_file:
-                with open(m.password_file, encoding="utf-8") as f:
-                    password = f.read().rstrip("\r\n")
-            self.client.username_pw_set(m.username, password)
-        if m.tls is not None:
-            self.client.tls_set(ca_certs=m.tls.ca_file, certfile=m.tls.cert_file, keyfile=m.tls.key_file)
+        apply_credentials(self.client, cfg.mqtt)  # MqttSetupError names the key
 
     def subscriptions(self) -> list[str]:
         """The topic filters, shared when a group is set."""

@@ -327,7 +327,13 @@ def cmd_bridge(args: argparse.Namespace) -> int:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    bridge.run(cfg, stop)
+    from hullwatch.sinks.mqtt import MqttSetupError
+
+    try:
+        bridge.run(cfg, stop)
+    except MqttSetupError as exc:
+        print(f"{cfg.path}: {exc}", file=sys.stderr)
+        return EX_CONFIG
     return EX_OK
 
 

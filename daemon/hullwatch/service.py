@@ -285,12 +285,11 @@ class Daemon:
         self.spool.append("metric", now, {"measurement": "spool", "fields": spool})
         for name, fields in sinks.items():
             self.spool.append("metric", now, {"measurement": "sink", "tags": {"sink": name}, "fields": fields})
-        for name, (errors, quality) in self._sensor_health.items():
-            fields = {"errors": errors, "quality": quality}
+        sensors = {n: {"errors": e, "quality": q} for n, (e, q) in self._sensor_health.items()}
+        for name, fields in sensors.items():
             record = {"measurement": "sensor_health", "tags": {"sensor": name}, "fields": fields}
             self.spool.append("metric", now, record)
         if self.mqtt is not None:
-            sensors = {n: {"errors": e, "quality": q} for n, (e, q) in self._sensor_health.items()}
             self.mqtt.publish_json("metrics", {"time": now, "spool": spool, "sinks": sinks, "sensors": sensors}, True)
         self._spool_advisory(now, dropped)
 

@@ -224,6 +224,26 @@ def _guarded(kind: str) -> Callable[[F], F]:
     return wrap
 
 
+def apply_credentials(client: mqtt.Client, cfg: MqttConfig) -> None:
+    """[mqtt] username, password (read from its file) and TLS onto a paho client; MqttSetupError naming the key."""
+    password = None
+    if cfg.password_file:
+        try:
+            with open(cfg.password_file, encoding="utf-8") as f:
+                password = f.read().rstrip("\r\n")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise MqttSetupError(f"mqtt.password_file: cannot read {cfg.password_file}: {exc}") from None
+    if password is not None and not cfg.username:
+        raise MqttSetupError("mqtt.password_file: given without mqtt.username")
+    if cfg.username:
+        client.username_pw_set(cfg.username, password)
+    if cfg.tls is not None:
+        try:
+            client.tls_set(ca_certs=cfg.tls.ca_file, certfile=cfg.tls.cert_file, keyfile=cfg.tls.key_file)
+        except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+            raise MqttSetupError(f"mqtt.tls: {exc}") from None
+
+
 def sample_payload(s: Sample) -> dict:
     """The ICD §5 sensor message of one sample (a spooled sample's body adds the sensor's name)."""
     value = float(s.value)
@@ -368,27 +388,12 @@ class MqttSink:
         if self._client is not None:
             return
         cfg = self.cfg
-        password = None
-        if cfg.password_file:
-            try:
-                with open(cfg.password_file, encoding="utf-8") as f:
-                    password = f.read().rstrip("\r\n")
-            except (OSError, UnicodeDecodeError) as exc:
-                raise MqttSetupError(f"mqtt.password_file: cannot read {cfg.password_file}: {exc}") from None
-        if password is not None and not cfg.username:
-            raise MqttSetupError("mqtt.password_file: given without mqtt.username")
         client = mqtt.Client(
             CallbackAPIVersion.VERSION2, client_id=self._client_id, protocol=mqtt.MQTTv311, clean_session=True
         )
         client.suppress_exceptions = True  # belt and braces: our callbacks catch everything themselves
         client.enable_logger(_paho_log)
-        if cfg.username:
-            client.username_pw_set(cfg.username, password)
-        if cfg.tls is not None:
-            try:
-                client.tls_set(ca_certs=cfg.tls.ca_file, certfile=cfg.tls.cert_file, keyfile=cfg.tls.key_file)
-            except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
-                raise MqttSetupError(f"mqtt.tls: {exc}") from None
+        apply_credentials(client, cfg)
         client.will_set(self.status_topic, b"offline", qos=self.qos, retain=True)
         client.reconnect_delay_set(RECONNECT_MIN_S, RECONNECT_MAX_S)
         client.max_queued_messages_set(self._max_queued)
