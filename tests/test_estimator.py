@@ -128,3 +128,60 @@ def test_fall_rate_needs_enough_points():
     for i in range(4):
         fr.add(float(i), 1e5)
     assert fr.bounds(3.0) is None
+
+
+def ar1(rng, sigma, tau):
+    """A generator of AR(1) noise with standard deviation sigma and correlation time tau (points)."""
+    a = math.exp(-1.0 / tau)
+    x = 0.0
+    while True:
+        x = a * x + math.sqrt(1.0 - a * a) * rng.gauss(0.0, sigma)
+        yield x
+
+
+def test_coloured_noise_widens_sigma_honestly_and_cuts_no_window():
+    """White noise plus a slow wander: σ must cover the real scatter, and the wander is no change of rate."""
+    slope = -2.3e-6
+    z = []
+    for seed in range(3):
+        rng = random.Random(200 + seed)
+        wander = ar1(rng, 1.2 * SIGMA, 180.0)
+        est = AdaptiveSlope()
+        for i in range(8 * 3600):
+            est.add(float(i), 90.0 + slope * i + rng.gauss(0.0, SIGMA) + next(wander))
+            if i % 10 == 9 and i >= 3600:
+                e = est.estimate()
+                z.append((e.slope - slope) / e.sigma)
+        assert est.restarts <= 1
+    inside = sum(abs(x) < 2 for x in z) / len(z)
+    assert 0.85 <= inside <= 0.995, inside
+
+
+def test_white_noise_is_not_taken_for_correlated():
+    est = AdaptiveSlope()
+    history = feed(est, random.Random(21), lambda t: -1e-5, 4 * 3600)
+    assert sum(e.inflation > 1.0 for e in history) / len(history) < 0.02
+
+
+def test_a_level_shift_is_absorbed_reported_and_leaves_the_rate_alone():
+    rate = -0.45 / 86400
+    est = AdaptiveSlope()
+    rng = random.Random(31)
+    history = feed(est, rng, lambda t: rate, 5000)
+    history += feed(est, rng, lambda t: rate, 3000, t0=5000, start_y=90.0 + rate * 5000 - 15 * SIGMA)
+    steps = est.take_steps()
+    assert len(steps) == 1
+    assert abs(steps[0].time - 5000) <= 3
+    assert abs(steps[0].size + 15 * SIGMA) < 2 * SIGMA
+    assert est.restarts == 0
+    after = [e for e in history if e.time > 5000]
+    assert all(abs(e.slope - rate) < 4 * e.sigma for e in after)
+    assert est.take_steps() == []
+
+
+def test_a_rate_change_is_not_taken_for_a_level_shift():
+    before, after = 0.45 / 86400, 1.0 / 86400
+    est = AdaptiveSlope()
+    feed(est, random.Random(41), lambda t: -(before if t < 7200 else after), 7200 + 3600)
+    assert est.take_steps() == []
+    assert est.restarts >= 1

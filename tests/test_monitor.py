@@ -10,6 +10,7 @@ from hullwatch.core.model import (
     AlarmTransition,
     Estimate,
     HatchChange,
+    LevelStep,
     Notice,
     Quality,
     Quantity,
@@ -224,3 +225,30 @@ def test_same_samples_same_events():
 )
 def test_reserve_time(mass, loss, p, pmin, expected):
     assert reserve_time_s(mass, loss, p, pmin) == pytest.approx(expected)
+
+
+def test_an_offset_step_is_a_step_event_not_a_leak_alarm():
+    """A transducer re-zeroed by -30 Pa: one "step" event, no leak-rate or reserve-time alarm."""
+    story = stories.leak_step(volume_m3=75.0, duration_s=4 * 3600.0, step_s=10 * 3600.0)  # steady 0.45 kg/day
+    samples = list(story.samples)
+    shifted = [
+        s._replace(value=s.value - 30.0) if s.quantity is Quantity.PRESSURE and s.time - samples[0].time >= 7200 else s
+        for s in samples
+    ]
+    events = list(run(Monitor(story.settings), shifted))
+    assert not alarms(events, "leak_rate") and not alarms(events, "reserve_time")
+    steps = [e for e in events if isinstance(e, LevelStep)]
+    assert len(steps) == 1
+    assert abs(steps[0].size_pa + 30.0) < 3.0
+    assert steps[0].to_dict()["type"] == "step"
+
+
+def test_leak_alarms_wait_for_the_volume_to_settle():
+    """A large leak from the very start: the rate is shown at once, its alarm only after settle_s."""
+    story = stories.leak_step(volume_m3=10.0, duration_s=1800.0, step_s=10.0, before=5.0, after=5.0)
+    samples = list(story.samples)
+    events = list(run(Monitor(story.settings), samples))
+    t0 = samples[0].time
+    assert [e for e in estimates(events) if e.time - t0 < 600]
+    first = alarms(events, "leak_rate")
+    assert first and first[0].time - t0 >= story.settings.leak.settle_s

@@ -439,12 +439,13 @@ class _Parser:
 
     def leak(self, data: Mapping) -> LeakSettings:
         d = LeakSettings()
-        t = self.table(data, "leak", "leak", {"confidence_sigma", "report_interval_s"})
+        t = self.table(data, "leak", "leak", {"confidence_sigma", "report_interval_s", "settle_s"})
         if t is None:
             return d
         return LeakSettings(
             self.value(t, "confidence_sigma", "leak", "float", d.confidence_sigma, _positive),
             self.value(t, "report_interval_s", "leak", "float", d.report_interval_s, _positive),
+            self.value(t, "settle_s", "leak", "float", d.settle_s, _non_negative),
         )
 
     def alarms(self, data: Mapping) -> AlarmLimits:

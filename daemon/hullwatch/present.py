@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from hullwatch.core.model import AlarmTransition, Estimate, Event, HatchChange, Notice
+from hullwatch.core.model import AlarmTransition, Estimate, Event, HatchChange, LevelStep, Notice
 
 UNITS = {"leak_rate": "kg/day", "rapid_depress": "Pa/s", "low_pressure": "Pa", "reserve_time": "s"}
 
@@ -52,6 +52,9 @@ def describe(event: Event) -> str:
         return f"{when} hatch {event.hatch} {'opened' if event.open else 'closed'}; volumes: {', '.join(event.volumes)}"
     if isinstance(event, Estimate):
         return f"{when} {estimate_text(event)}"
+    if isinstance(event, LevelStep):
+        who = f"sensor {event.sensor}" if event.sensor else "the readings"
+        return f"{when} {event.volume}: {who} stepped by {event.size_pa:+.1f} Pa; taken as an offset, not a leak"
     if isinstance(event, Notice):
         return f"{when} notice: {event.message}"
     raise TypeError(f"not an event: {event!r}")

@@ -23,6 +23,23 @@ the window adapts by itself:
   after a restart few points are left, so their noise estimate is pooled with the one
   measured over the last long window (a prior worth PRIOR_DOF degrees of freedom).
 
+* Real residuals are not independent: a transducer's slow wander, a thermometer that
+  lags the air through an HVAC cycle. Their dependence is measured over the window: the
+  window is cut into BLOCKS blocks, a line is fitted to the block means, and the block
+  residuals' variance, widened by their own lag-1 correlation (AR(1)), gives the slope's
+  variance as the data really scatter it. When that exceeds the independent-point
+  variance by more than WHITE_RATIO, the ratio (the *inflation*) widens σ, lowers the
+  degrees of freedom behind Student's widening, and divides the change detector's z²;
+  below it the noise counts as white and nothing changes. The inflation measured over
+  the last long window is remembered, so a fresh short window (too short to see slow
+  noise) inherits it.
+* A level shift is not a rate. A sensor re-zeroed or a fitting bumped moves the series by
+  a constant; two lines with one slope and a jump between them (parallel lines) then
+  explain the data as well as two free lines, and far better than a bent (continuous)
+  line. Such a split, confirmed like a change and sharp (the parallel fit's scatter no
+  more than the noise), is absorbed: the points after it are moved back by the jump, the
+  window is kept, and the step is reported (`take_steps`).
+
 The estimate is the mean rate over the window it used, reported with that window's σ
 and length. Everything here is a pure function of the points given: no clocks.
 """
@@ -43,6 +60,19 @@ LADDER_RATIO = 1.25
 PRIOR_DOF = 30
 RELOCATE_GROWTH = 4.0  # after a restart, the change is re-located until the window is this much longer
 _COMPACT_AFTER = 4096  # points dropped before the sums are rebuilt
+BLOCKS = 32  # block means behind the correlated-noise estimate
+MIN_BLOCKS = 12
+POINTS_PER_BLOCK = 8
+WHITE_RATIO = 3.0  # block-to-point variance ratio below which the residuals count as independent
+MAX_BLOCK_RHO = 0.9
+RATIO_REUSE = 1 / 16  # the inflation is measured again once the window has grown by this share
+LEARN_FRACTION = 0.8  # windows at least this share of the longest teach the remembered inflation
+STEP_SHARPNESS = 4.0  # a level shift's parallel fit may scatter at most this many standard errors above the noise
+BREAK_F = 16.0  # how much better a bent or shifted fit of the block means must be to count as a break
+INFLATION_MEMORY = 0.2  # weight of each long window's inflation in the remembered one
+Z2_MEMORY = 1 / 360  # weight of each estimate in a split's usual z² (about an hour of estimates)
+Z2_CLIP = 9.0  # one estimate moves the usual z² at most this many times its value (a real change is rare)
+CORRELATED_CHANGE_MARGIN = 2.0  # the change detector doubts a measured inflation this much more
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +85,16 @@ class SlopeEstimate:
     level: float  # the fitted y at `time`
     window_s: float
     n: int
+    inflation: float = 1.0  # slope variance over its independent-noise value (1: white residuals)
+    noise: float = 0.0  # standard deviation of one point about the line
+
+
+@dataclass(frozen=True, slots=True)
+class LevelShift:
+    """A step in the series at `time`, absorbed rather than taken for a rate."""
+
+    time: float
+    size: float  # in units of y
 
 
 def _ladder(first: int, limit: int = 10_000_000) -> list[int]:
@@ -82,19 +122,33 @@ class AdaptiveSlope:
         self.series = LineSeries()
         self.start = 0  # index of the window's first point
         self.restarts = 0  # windows cut by a detected change
-        self._change_pending = False
+        self._pending: str | None = None  # "slope" or "step": seen once, awaiting confirmation
         self._noise_var: float | None = None  # residual variance over the last long window
+        self._inflation = 1.0  # measured over the last long windows
+        self._warming_up = True  # until a long window has measured the inflation
+        self._ratio_cache: tuple[float, float, float, float] | None = None  # window start, end, ratio, dof
+        self._offset = 0.0  # level shifts absorbed so far, taken off every new point
+        self._steps: list[LevelShift] = []
+        self._shift_at: list[int] = []  # indices of absorbed level shifts: the fit's pieces start there
         self._anchor: int | None = None  # window start before the last restart, while re-locating it
         self._anchor_span = 0  # points after the change when it was detected
         self._ladder = _ladder(min_points)
+        self._z2_typical = [1.0] * len(self._ladder)  # each split's usual z², remembered across windows
+        self._z2_seen = [0] * len(self._ladder)
+        self._shift_rungs = sorted({1, 2, 3, 5, 8, 12, 18} | {r for r in self._ladder if r <= 2 * min_points})
 
     def add(self, t: float, y: float) -> None:
         """Add a point; t must not decrease."""
-        self.series.append(t, y)
+        self.series.append(t, y - self._offset)
 
     def reset(self) -> None:
         """Forget everything (the quantity measured is no longer the same)."""
         self.__init__(self.max_window_s, self.min_points)
+
+    def take_steps(self) -> list[LevelShift]:
+        """The level shifts absorbed since the last call."""
+        steps, self._steps = self._steps, []
+        return steps
 
     def estimate(self) -> SlopeEstimate | None:
         """The slope over the current window, or None while there are too few points."""
@@ -113,26 +167,43 @@ class AdaptiveSlope:
                 hi = min(end - self.min_points, self.start + span)
                 if lo < hi:
                     self.start = self._locate_knot(self._anchor, end, lo, hi)
-        split = self._find_change(self.start, end)
-        if split is not None and self._change_pending:
-            self._anchor, self._anchor_span = self.start, end - split
-            self.start = split
-            self.restarts += 1
-        self._change_pending = split is not None and not self._change_pending
+        inflation = self._window_inflation(self.start, end)
+        found = self._find_change(self.start, end, inflation)
+        kind = found[0] if found else None
+        hold = found[1] if kind in ("hold", "step") else None  # while a shift is in doubt, later points wait
+        if kind == "hold":
+            kind = None
+        elif kind is not None and self._pending == kind:
+            if kind == "step":
+                self._absorb(found[1], found[2])
+                hold = None
+            else:
+                self._anchor, self._anchor_span = self.start, end - found[1]
+                self.start = found[1]
+                self.restarts += 1
+            self._pending = None
+        else:
+            self._pending = kind
         keep = self.start if self._anchor is None else self._anchor
         if keep > _COMPACT_AFTER and keep > end // 2:
+            if hold is not None:
+                hold -= keep
+            self._shift_at = [i - keep for i in self._shift_at if i > keep]
             s.drop_before(keep)
             end -= keep
             self.start -= keep
             if self._anchor is not None:
                 self._anchor -= keep
+        if hold is not None:
+            end = hold  # while a shift is in doubt, the points after it wait
         n = end - self.start
         if n < self.min_points:
             return None
-        line = s.fit(self.start, end)
+        cuts = [self.start, *(i for i in self._shift_at if self.start < i < end), end]
+        line = s.fit_pieces(cuts)
         if line is None:
             return None
-        dof = n - 2
+        dof = n - len(cuts) + 1
         if self._noise_var is None:
             if n < COLD_START_POINTS:
                 return None
@@ -141,23 +212,109 @@ class AdaptiveSlope:
             var = (line.sse + PRIOR_DOF * self._noise_var) / (dof + PRIOR_DOF)
             dof += PRIOR_DOF
         if n - 2 >= 100:
-            self._noise_var = line.sse / (n - 2)
-        sigma = math.sqrt(var / line.sxx) * student_widening(dof)
-        level = line.y_mean + line.slope * (t_end - line.x_mean)
-        return SlopeEstimate(t_end, line.slope, sigma, level, t_end - s.x(self.start), n)
+            self._noise_var = line.sse / (n - len(cuts) + 1)
+        ratio, block_dof = self._block_ratio(self.start, end, var / line.sxx)
+        window_s = t_end - s.x(self.start)
+        if window_s >= LEARN_FRACTION * self.max_window_s:
+            learned = self._inflation + INFLATION_MEMORY * (ratio - self._inflation)
+            self._inflation = learned if learned >= WHITE_RATIO else 1.0
+            self._warming_up = False
+        elif self._warming_up:  # no long window seen yet: keep the worst dependence shown so far
+            self._inflation = max(self._inflation, ratio)
+        inflation = max(ratio, self._inflation)
+        if inflation > 1.0:
+            dof = min(dof, block_dof)
+        sigma = math.sqrt(var / line.sxx * inflation) * student_widening(dof)
+        level = line.y_mean + line.slope * (t_end - line.x_mean) + self._offset
+        return SlopeEstimate(t_end, line.slope, sigma, level, window_s, n, inflation, math.sqrt(var))
 
-    def _find_change(self, first: int, end: int) -> int | None:
-        """The index where the slope changed significantly within first..end-1, or None."""
+    # -- correlated residuals ----------------------------------------------------------------
+
+    def _window_inflation(self, first: int, end: int) -> float:
+        """The inflation that applies to the window first..end-1 (its own, or the remembered one)."""
+        n = end - first
+        line = self.series.fit(first, end) if n >= MIN_BLOCKS * POINTS_PER_BLOCK else None
+        if line is None or line.sse <= 0.0:
+            return self._inflation
+        return max(self._inflation, self._block_ratio(first, end, line.sse / (n - 2) / line.sxx)[0])
+
+    def _block_ratio(self, first: int, end: int, white_var: float) -> tuple[float, float]:
+        """(inflation, its degrees of freedom) from the block means of first..end-1.
+
+        The block means are fitted with the best of a line, a bent line and two parallel
+        lines, so that a change of rate or a level shift inside the window (which the
+        change detector is about to find) is not mistaken for correlated noise. The
+        inflation is 1 when the block residuals scatter no more than independent points
+        would (by less than WHITE_RATIO).
+        """
+        n = end - first
+        k = min(BLOCKS, n // POINTS_PER_BLOCK)
+        if k < MIN_BLOCKS or white_var <= 0.0:
+            return 1.0, math.inf
+        s = self.series
+        t_first, t_end = s.x(first), s.x(end - 1)
+        cached = self._ratio_cache
+        if cached is not None and cached[0] == t_first and t_end - cached[1] < (t_end - t_first) * RATIO_REUSE:
+            return cached[2], cached[3]  # the noise's dependence changes slowly: measured again as the window grows
+        ratio, dof = self._measure_ratio(first, end, k, white_var)
+        self._ratio_cache = (t_first, t_end, ratio, dof)
+        return ratio, dof
+
+    def _measure_ratio(self, first: int, end: int, k: int, white_var: float) -> tuple[float, float]:
+        """_block_ratio, measured with k blocks."""
+        n = end - first
+        b = n // k
+        lo = end - k * b
+        sx, sy = self.series.sx, self.series.sy
+        blocks = LineSeries()
+        for i in range(lo, end, b):
+            blocks.append((sx[i + b] - sx[i]) / b, (sy[i + b] - sy[i]) / b)
+        line = blocks.fit(0, k)
+        if line is None:
+            return 1.0, math.inf
+        best, kind, knot = math.inf, "line", 0
+        for j in range(3, k - 2):
+            bend = hinge_sse(blocks, 0, k, j)
+            if bend < best:
+                best, kind, knot = bend, "bend", j
+            shift = parallel_fit(blocks, 0, k, j)[0]
+            if shift < best:
+                best, kind, knot = shift, "shift", j
+        if (line.sse - best) * (k - 3) < BREAK_F * best:
+            kind = "line"  # a break that explains little is the noise's own wander
+        res = _residuals(blocks, kind, knot)
+        ss = sum(r * r for r in res)
+        if ss <= 0.0:
+            return 1.0, math.inf
+        rho = sum(res[j] * res[j + 1] for j in range(k - 1)) / ss
+        rho = min(max(rho + (1.0 + 3.0 * rho) / k, 0.0), MAX_BLOCK_RHO)  # less the lag-1 estimate's bias
+        widen = (1.0 + rho) / (1.0 - rho)
+        params = 2 if kind == "line" else 3
+        ratio = ss / (k - params) * widen / line.sxx / white_var
+        if ratio < WHITE_RATIO:
+            return 1.0, math.inf
+        return ratio, max(4.0, (k - params) / widen)
+
+    # -- changes and level shifts ------------------------------------------------------------
+
+    def _find_change(self, first: int, end: int, inflation: float) -> tuple | None:
+        """A significant change within first..end-1, or None.
+
+        ("slope", index): the rate changed there; ("step", index, size): a level shift, clear
+        enough to absorb; ("hold", index): the newest points look shifted, but too few of
+        them have come to tell a shift from a change of rate.
+        """
         m = self.min_points
         n = end - first
         if n < 2 * m:
             return None
         s = self.series
         sx, sy, sxx, sxy, syy = s.sx, s.sy, s.sxx, s.sxy, s.syy
-        z2_bar = CHANGE_Z * CHANGE_Z
+        z2_bar = CHANGE_Z * CHANGE_Z * (inflation * CORRELATED_CHANGE_MARGIN if inflation > 1.0 else 1.0)
         dof = n - 4
         best_k, best_sse, best_r = -1, math.inf, 0  # the two-line split that explains most
-        for r in self._ladder:
+        z2_typical, seen = self._z2_typical, self._z2_seen
+        for rung, r in enumerate(self._ladder):
             if r > n - m:
                 break
             k = end - r
@@ -180,13 +337,76 @@ class AdaptiveSlope:
                 sse = (ayy - slope_a * axy) + (byy - slope_b * bxy)
                 var = max(sse, 1e-300) / dof
                 z2 = (slope_a - slope_b) ** 2 / (var * (1.0 / axx + 1.0 / bxx))
-                if z2 > z2_bar and sse < best_sse:
+                typical = z2_typical[rung]
+                if z2 > z2_bar * (typical if typical > WHITE_RATIO else 1.0) and sse < best_sse:
                     best_k, best_sse, best_r = k, sse, r
+                seen[rung] += 1  # a plain mean at first, then an hour's memory
+                weight = max(Z2_MEMORY, 1.0 / seen[rung])
+                z2_typical[rung] = typical + weight * (min(z2, Z2_CLIP * typical + 1.0) - typical)
+        shift = self._recent_shift(first, end, z2_bar)
+        if shift is not None:
+            shift_k, shift_sse = shift
+            if best_k < 0 or shift_sse <= best_sse + z2_bar * shift_sse / (n - 3):
+                r = end - shift_k
+                if r < m:
+                    return ("hold", shift_k)
+                step = self._level_shift(first, end, r)
+                if step is not None:
+                    return step
         if best_k < 0:
             return None
         lo = max(first + m, end - 2 * best_r)
         hi = min(end - m, end - best_r // 3)
-        return self._locate_knot(first, end, lo, hi) if lo < hi else best_k
+        return ("slope", self._locate_knot(first, end, lo, hi) if lo < hi else best_k)
+
+    def _recent_shift(self, first: int, end: int, z2_bar: float) -> tuple[int, float] | None:
+        """(index, squared error) of the most significant level shift among the newest points, or None."""
+        s = self.series
+        whole = s.fit(first, end)
+        if whole is None:
+            return None
+        n = end - first
+        best: tuple[int, float] | None = None
+        for r in self._shift_rungs:
+            if r > n - self.min_points:
+                break
+            k = end - r
+            sse = parallel_fit(s, first, end, k)[0]
+            if (whole.sse - sse) * (n - 3) > z2_bar * max(sse, 1e-300) and (best is None or sse < best[1]):
+                best = (k, sse)
+        if best is None:
+            return None
+        r = end - best[0]  # refine between the neighbouring rungs
+        lo = max(first + self.min_points, end - (r * 3) // 2 - 1)
+        hi = min(end - 1, end - (r * 2) // 3 + 1)
+        k = min(range(lo, hi + 1), key=lambda i: parallel_fit(s, first, end, i)[0], default=best[0])
+        return k, parallel_fit(s, first, end, k)[0]
+
+    def _level_shift(self, first: int, end: int, r: int) -> tuple | None:
+        """("step", index, size) for a sharp level shift near end - r, or None if a bend explains it as well."""
+        m = self.min_points
+        lo = max(first + m, end - 2 * r)
+        hi = min(end - m, end - r // 3)
+        if lo >= hi:
+            return None
+        k = min(range(lo, hi + 1), key=lambda i: parallel_fit(self.series, first, end, i)[0])
+        sse, jump, _ = parallel_fit(self.series, first, end, k)
+        dof = end - first - 3
+        noise = self._noise_var if self._noise_var is not None else sse / dof
+        if sse > dof * noise * (1.0 + STEP_SHARPNESS * math.sqrt(2.0 / dof)):
+            return None  # the jump does not explain the data down to the noise: not a clean step
+        bend = hinge_sse(self.series, first, end, self._locate_knot(first, end, lo, hi))
+        if bend - sse < CHANGE_Z * CHANGE_Z * noise:
+            return None  # a change of rate explains it about as well
+        return ("step", k, jump)
+
+    def _absorb(self, k: int, jump: float) -> None:
+        """Take a level shift of `jump` at point k out of the series from there on."""
+        s = self.series
+        self._steps.append(LevelShift(s.x(k), jump))
+        self._shift_at.append(k)
+        s.shift_from(k, -jump)
+        self._offset += jump
 
     def _locate_knot(self, first: int, end: int, lo: int, hi: int) -> int:
         """The knot in lo..hi of the continuous two-piece line over first..end-1 that fits best.
@@ -195,35 +415,76 @@ class AdaptiveSlope:
         continuous fit locates the change far better than two independent lines would.
         """
         step = max(1, (hi - lo) // 64)
-        best = min(range(lo, hi + 1, step), key=lambda k: self._hinge_sse(first, end, k))
+        best = min(range(lo, hi + 1, step), key=lambda k: hinge_sse(self.series, first, end, k))
         if step > 1:
             best = min(
                 range(max(lo, best - step), min(hi, best + step) + 1),
-                key=lambda k: self._hinge_sse(first, end, k),
+                key=lambda k: hinge_sse(self.series, first, end, k),
             )
         return best
 
-    def _hinge_sse(self, first: int, end: int, k: int) -> float:
-        """Squared error of y = a + b₁·min(x−x_k, 0) + b₂·max(x−x_k, 0) over first..end-1."""
-        s = self.series
-        sx, sy, sxx, sxy = s.sx, s.sy, s.sxx, s.sxy
-        xk = s.xs[k]
-        nl, nr = k - first, end - k
-        lx, ly = sx[k] - sx[first], sy[k] - sy[first]
-        rx, ry = sx[end] - sx[k], sy[end] - sy[k]
-        ul = lx - nl * xk  # Σu over the left piece, u = x − x_k
-        ur = rx - nr * xk
-        uul = sxx[k] - sxx[first] - 2.0 * xk * lx + nl * xk * xk
-        uur = sxx[end] - sxx[k] - 2.0 * xk * rx + nr * xk * xk
-        if uul <= 0.0 or uur <= 0.0:
-            return math.inf
-        uyl = sxy[k] - sxy[first] - xk * ly
-        uyr = sxy[end] - sxy[k] - xk * ry
-        y_total = ly + ry
-        a = (y_total - ul * uyl / uul - ur * uyr / uur) / ((end - first) - ul * ul / uul - ur * ur / uur)
-        bl = (uyl - ul * a) / uul
-        br = (uyr - ur * a) / uur
-        return s.syy[end] - s.syy[first] - a * y_total - bl * uyl - br * uyr
+
+def hinge_sse(s: LineSeries, first: int, end: int, k: int) -> float:
+    """Squared error of y = a + b₁·min(x−x_k, 0) + b₂·max(x−x_k, 0) over first..end-1."""
+    return _hinge(s, first, end, k)[0]
+
+
+def _hinge(s: LineSeries, first: int, end: int, k: int) -> tuple[float, float, float, float]:
+    """(squared error, a, b₁, b₂) of the continuous two-piece line with its knot at point k."""
+    sx, sy, sxx, sxy = s.sx, s.sy, s.sxx, s.sxy
+    xk = s.xs[k]
+    nl, nr = k - first, end - k
+    lx, ly = sx[k] - sx[first], sy[k] - sy[first]
+    rx, ry = sx[end] - sx[k], sy[end] - sy[k]
+    ul = lx - nl * xk  # Σu over the left piece, u = x − x_k
+    ur = rx - nr * xk
+    uul = sxx[k] - sxx[first] - 2.0 * xk * lx + nl * xk * xk
+    uur = sxx[end] - sxx[k] - 2.0 * xk * rx + nr * xk * xk
+    if uul <= 0.0 or uur <= 0.0:
+        return math.inf, 0.0, 0.0, 0.0
+    uyl = sxy[k] - sxy[first] - xk * ly
+    uyr = sxy[end] - sxy[k] - xk * ry
+    y_total = ly + ry
+    a = (y_total - ul * uyl / uul - ur * uyr / uur) / ((end - first) - ul * ul / uul - ur * ur / uur)
+    bl = (uyl - ul * a) / uul
+    br = (uyr - ur * a) / uur
+    return s.syy[end] - s.syy[first] - a * y_total - bl * uyl - br * uyr, a, bl, br
+
+
+def parallel_fit(s: LineSeries, first: int, end: int, k: int) -> tuple[float, float, float]:
+    """(squared error, jump, slope) of two parallel lines over first..k-1 and k..end-1."""
+    sx, sy, sxx, sxy, syy = s.sx, s.sy, s.sxx, s.sxy, s.syy
+    na, nb = k - first, end - k
+    ax, ay = sx[k] - sx[first], sy[k] - sy[first]
+    bx, by = sx[end] - sx[k], sy[end] - sy[k]
+    axx = sxx[k] - sxx[first] - ax * ax / na
+    axy = sxy[k] - sxy[first] - ax * ay / na
+    ayy = syy[k] - syy[first] - ay * ay / na
+    bxx = sxx[end] - sxx[k] - bx * bx / nb
+    bxy = sxy[end] - sxy[k] - bx * by / nb
+    byy = syy[end] - syy[k] - by * by / nb
+    if axx + bxx <= 0.0:
+        return math.inf, 0.0, 0.0
+    slope = (axy + bxy) / (axx + bxx)
+    sse = ayy + byy - slope * (axy + bxy)
+    jump = (by / nb - ay / na) - slope * (bx / nb - ax / na)
+    return sse, jump, slope
+
+
+def _residuals(s: LineSeries, kind: str, k: int) -> list[float]:
+    """Residuals of every point of s about a line, a bent line (knot k) or parallel lines (split k)."""
+    xs, ys, n = s.xs, s.ys, len(s)
+    if kind == "bend":
+        _, a, bl, br = _hinge(s, 0, n, k)
+        xk = xs[k]
+        return [y - a - (bl if x < xk else br) * (x - xk) for x, y in zip(xs, ys, strict=True)]
+    if kind == "shift":
+        _, jump, slope = parallel_fit(s, 0, n, k)
+        ma = (s.sy[k] - slope * s.sx[k]) / k
+        return [y - ma - slope * x - (jump if i >= k else 0.0) for i, (x, y) in enumerate(zip(xs, ys, strict=True))]
+    line = s.fit(0, n)
+    mx, my = line.x_mean - s.x0, line.y_mean - s.y0
+    return [y - my - line.slope * (x - mx) for x, y in zip(xs, ys, strict=True)]
 
 
 class FallRate:

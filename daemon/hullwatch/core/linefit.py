@@ -100,3 +100,46 @@ class LineSeries:
         self.sxx = list(accumulate((x * x for x in xs), initial=0.0))
         self.sxy = list(accumulate((x * y for x, y in zip(xs, ys, strict=True)), initial=0.0))
         self.syy = list(accumulate((y * y for y in ys), initial=0.0))
+
+    def shift_from(self, i: int, dy: float) -> None:
+        """Add dy to the y of every point from index i on (absorbing a level shift) and mend the sums."""
+        n = len(self.xs)
+        if i >= n or dy == 0.0:
+            return
+        xs, ys = self.xs, self.ys
+        for j in range(i, n):
+            ys[j] += dy
+        sy, sxy, syy = self.sy, self.sxy, self.syy
+        for j in range(i, n):
+            x, y = xs[j], ys[j]
+            sy[j + 1] = sy[j] + y
+            sxy[j + 1] = sxy[j] + x * y
+            syy[j + 1] = syy[j] + y * y
+
+    def fit_pieces(self, cuts: list[int]) -> Line | None:
+        """One slope over the pieces cuts[0]..cuts[1]-1, cuts[1]..cuts[2]-1, …, each with its own level.
+
+        The levels are free, so a constant error in any piece cannot bias the slope. The
+        returned line's sxx is the pooled within-piece spread (the slope's precision) and
+        its means are those of the last piece, so it extrapolates from there.
+        """
+        if len(cuts) == 2:
+            return self.fit(cuts[0], cuts[1])
+        sxy_total = sxx_total = syy_total = 0.0
+        x_mean = y_mean = 0.0
+        for i, j in zip(cuts, cuts[1:], strict=False):
+            n = j - i
+            if n <= 0:
+                continue
+            sx = self.sx[j] - self.sx[i]
+            sy = self.sy[j] - self.sy[i]
+            sxx_total += self.sxx[j] - self.sxx[i] - sx * sx / n
+            sxy_total += self.sxy[j] - self.sxy[i] - sx * sy / n
+            syy_total += self.syy[j] - self.syy[i] - sy * sy / n
+            x_mean, y_mean = sx / n, sy / n
+        n = cuts[-1] - cuts[0]
+        if n < len(cuts) + 1 or sxx_total <= 0.0:
+            return None
+        slope = sxy_total / sxx_total
+        sse = syy_total - slope * sxy_total
+        return Line(n, slope, sse if sse > 0.0 else 0.0, sxx_total, x_mean + self.x0, y_mean + self.y0)

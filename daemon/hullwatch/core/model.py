@@ -70,6 +70,7 @@ class Estimate:
     mass_kg: float
     reserve_time_s: float | None
     window_s: float | None = None
+    detectable_kg_per_day: float | None = None  # the smallest loss this window confirms at k σ
 
     def to_dict(self) -> dict:
         """The ICD §4 estimate object."""
@@ -83,6 +84,7 @@ class Estimate:
             "mass_kg": _round(self.mass_kg, 6),
             "reserve_time_s": _round(self.reserve_time_s, 1),
             "window_s": _round(self.window_s, 1),
+            "detectable_kg_per_day": _round(self.detectable_kg_per_day, 6),
         }
 
 
@@ -142,6 +144,23 @@ class HatchChange:
 
 
 @dataclass(frozen=True, slots=True)
+class LevelStep:
+    """A sudden offset in a volume's readings (a re-zeroed or bumped transducer), not a leak."""
+
+    time: float
+    volume: str
+    size_pa: float  # the pressure-equivalent jump of the volume's air mass
+    sensor: str | None = None  # the transducer that stepped, when the others tell which
+
+    def to_dict(self) -> dict:
+        """A JSON Lines object of type "step" (an extension of ICD §4)."""
+        d = {"type": "step", "time": self.time, "volume": self.volume, "size_pa": round(self.size_pa, 3)}
+        if self.sensor is not None:
+            d["sensor"] = self.sensor
+        return d
+
+
+@dataclass(frozen=True, slots=True)
 class Notice:
     """Something an operator should read that is not an alarm (e.g. a missing temperature)."""
 
@@ -149,7 +168,7 @@ class Notice:
     message: str
 
 
-Event = Estimate | AlarmTransition | HatchChange | Notice
+Event = Estimate | AlarmTransition | HatchChange | LevelStep | Notice
 
 
 def _round(x: float | None, digits: int) -> float | None:

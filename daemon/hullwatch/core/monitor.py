@@ -46,6 +46,7 @@ from hullwatch.core.model import (
     Estimate,
     Event,
     HatchChange,
+    LevelStep,
     Notice,
     Quality,
     Quantity,
@@ -357,6 +358,8 @@ class Monitor:
 
     def _estimate(self, v: _Volume, t: float, events: list[Event]) -> Estimate:
         fit = v.slope.estimate()
+        for step in v.slope.take_steps():
+            events.append(LevelStep(step.time, v.id, step.size * v.pressure))
         if fit is None:
             return Estimate(t, v.id, None, None, v.pressure, v.mass, None)
         mass = math.exp(fit.level)
@@ -364,6 +367,20 @@ class Monitor:
         sigma = fit.sigma * mass * SECONDS_PER_DAY
         k = self.k
         lim = self.settings.alarms
+        reserve = reserve_time_s(mass, rate, v.pressure, lim.reserve_time.minimum_pa)
+        estimate = Estimate(
+            t,
+            v.id,
+            rate,
+            sigma,
+            v.pressure,
+            v.mass,
+            reserve if math.isfinite(reserve) else None,
+            fit.window_s,
+            k * sigma,
+        )
+        if t - v.formed_at < self.settings.leak.settle_s:
+            return estimate  # the air and the sensors are still settling: the rate is shown, not judged
         for sev in (Severity.CAUTION, Severity.WARNING):
             cond = v.conditions.get((LEAK_RATE, sev))
             if cond is not None:
@@ -377,17 +394,7 @@ class Monitor:
             if cond is not None:
                 rule = (longest < cond.threshold, shortest > cond.threshold * (1.0 + rt.hysteresis_fraction))
                 _append(events, cond.update(t, rule, longest if math.isfinite(longest) else None))
-        reserve = reserve_time_s(mass, rate, v.pressure, rt.minimum_pa)
-        return Estimate(
-            t,
-            v.id,
-            rate,
-            sigma,
-            v.pressure,
-            v.mass,
-            reserve if math.isfinite(reserve) else None,
-            fit.window_s,
-        )
+        return estimate
 
 
 def reserve_time_s(mass_kg: float, loss_kg_per_day: float, pressure_pa: float, minimum_pa: float) -> float:

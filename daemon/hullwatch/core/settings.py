@@ -42,6 +42,7 @@ class LeakSettings:
 
     confidence_sigma: float = 3.0
     report_interval_s: float = 10.0
+    settle_s: float = 600.0  # a volume's leak-rate and reserve-time alarms wait this long after it forms
 
 
 @dataclass(frozen=True, slots=True)
