@@ -40,7 +40,7 @@ DEVICE_NAME = re.compile(r"[A-Za-z0-9_-]+")
 
 # Drivers a [[sensor]] may name; each validates its own keys (hullwatch.sensors).
 DRIVERS = ("simulated", "serial", "modbus", "mcp3008")
-SENSOR_KEYS = frozenset({"name", "segment", "driver", "range_pa", "range_k"})
+SENSOR_KEYS = frozenset({"name", "segment", "driver", "range_pa", "range_k", "time_constant_s"})
 
 
 class ConfigError(Exception):
@@ -418,8 +418,9 @@ class _Parser:
             prange = self.range(t, "range_pa", where, d.pressure_range_pa)
             trange = self.range(t, "range_k", where, d.temperature_range_k)
             options = {k: v for k, v in t.items() if k not in SENSOR_KEYS}
+            tau = self.value(t, "time_constant_s", where, "float", d.time_constant_s, _non_negative)
             if None not in (name, segment, driver) and segment in seg_names:
-                spec = SensorSpec(name, segment, prange, trange)
+                spec = SensorSpec(name, segment, prange, trange, tau)
                 out.append(SensorConfig(spec, driver, MappingProxyType(options)))
         return out
 
@@ -439,13 +440,16 @@ class _Parser:
 
     def leak(self, data: Mapping) -> LeakSettings:
         d = LeakSettings()
-        t = self.table(data, "leak", "leak", {"confidence_sigma", "report_interval_s", "settle_s"})
+        t = self.table(
+            data, "leak", "leak", {"confidence_sigma", "report_interval_s", "settle_s", "thermometer_lag_sigma_s"}
+        )
         if t is None:
             return d
         return LeakSettings(
             self.value(t, "confidence_sigma", "leak", "float", d.confidence_sigma, _positive),
             self.value(t, "report_interval_s", "leak", "float", d.report_interval_s, _positive),
             self.value(t, "settle_s", "leak", "float", d.settle_s, _non_negative),
+            self.value(t, "thermometer_lag_sigma_s", "leak", "float", d.thermometer_lag_sigma_s, _non_negative),
         )
 
     def alarms(self, data: Mapping) -> AlarmLimits:

@@ -65,11 +65,11 @@ MIN_BLOCKS = 12
 POINTS_PER_BLOCK = 8
 WHITE_RATIO = 3.0  # block-to-point variance ratio below which the residuals count as independent
 MAX_BLOCK_RHO = 0.9
-RATIO_REUSE = 1 / 16  # the inflation is measured again once the window has grown by this share
+RATIO_REUSE = 1 / 16  # the inflation is measured again once the window has moved by this share of its length
 LEARN_FRACTION = 0.8  # windows at least this share of the longest teach the remembered inflation
 STEP_SHARPNESS = 4.0  # a level shift's parallel fit may scatter at most this many standard errors above the noise
 BREAK_F = 16.0  # how much better a bent or shifted fit of the block means must be to count as a break
-INFLATION_MEMORY = 0.2  # weight of each long window's inflation in the remembered one
+INFLATION_MEMORY_S = 3 * 3600.0  # the remembered inflation averages the long windows of about this long
 Z2_MEMORY = 1 / 360  # weight of each estimate in a split's usual z² (about an hour of estimates)
 Z2_CLIP = 9.0  # one estimate moves the usual z² at most this many times its value (a real change is rare)
 CORRELATED_CHANGE_MARGIN = 2.0  # the change detector doubts a measured inflation this much more
@@ -126,6 +126,8 @@ class AdaptiveSlope:
         self._noise_var: float | None = None  # residual variance over the last long window
         self._inflation = 1.0  # measured over the last long windows
         self._warming_up = True  # until a long window has measured the inflation
+        self._inflation_mean = 1.0  # the long windows' inflation, averaged over INFLATION_MEMORY_S
+        self._learned_at = 0.0
         self._ratio_cache: tuple[float, float, float, float] | None = None  # window start, end, ratio, dof
         self._offset = 0.0  # level shifts absorbed so far, taken off every new point
         self._steps: list[LevelShift] = []
@@ -157,13 +159,14 @@ class AdaptiveSlope:
         if end == 0:
             return None
         t_end = s.x(end - 1)
-        self.start = max(self.start, s.index_at(t_end - self.max_window_s))
+        oldest = s.index_at(t_end - self.max_window_s)
+        self.start = max(self.start, oldest)
         if self._anchor is not None:
             if end - self.start > RELOCATE_GROWTH * self._anchor_span:
                 self._anchor = None
             else:
                 span = self._anchor_span
-                lo = max(self._anchor + self.min_points, self.start - span)
+                lo = max(self._anchor + self.min_points, self.start - span, oldest)
                 hi = min(end - self.min_points, self.start + span)
                 if lo < hi:
                     self.start = self._locate_knot(self._anchor, end, lo, hi)
@@ -213,16 +216,21 @@ class AdaptiveSlope:
             dof += PRIOR_DOF
         if n - 2 >= 100:
             self._noise_var = line.sse / (n - len(cuts) + 1)
-        ratio, block_dof = self._block_ratio(self.start, end, var / line.sxx)
+        ratio, block_dof, plain = self._block_ratio(self.start, end, var / line.sxx)
         window_s = t_end - s.x(self.start)
         if window_s >= LEARN_FRACTION * self.max_window_s:
-            learned = self._inflation + INFLATION_MEMORY * (ratio - self._inflation)
-            self._inflation = learned if learned >= WHITE_RATIO else 1.0
+            # a property of the sensors, measured over hours: one window's measure is noisy
+            weight = 1.0 if self._warming_up else min(1.0, (t_end - self._learned_at) / INFLATION_MEMORY_S)
+            self._inflation_mean += weight * (plain - self._inflation_mean)
+            self._inflation = self._inflation_mean if self._inflation_mean >= WHITE_RATIO else 1.0
+            self._learned_at = t_end
             self._warming_up = False
         elif self._warming_up:  # no long window seen yet: keep the worst dependence shown so far
             self._inflation = max(self._inflation, ratio)
         inflation = max(ratio, self._inflation)
-        if inflation > 1.0:
+        if inflation > ratio:  # the remembered inflation: hours of windows behind it
+            dof = min(dof, block_dof * INFLATION_MEMORY_S / self.max_window_s)
+        elif inflation > 1.0:
             dof = min(dof, block_dof)
         sigma = math.sqrt(var / line.sxx * inflation) * student_widening(dof)
         level = line.y_mean + line.slope * (t_end - line.x_mean) + self._offset
@@ -238,29 +246,33 @@ class AdaptiveSlope:
             return self._inflation
         return max(self._inflation, self._block_ratio(first, end, line.sse / (n - 2) / line.sxx)[0])
 
-    def _block_ratio(self, first: int, end: int, white_var: float) -> tuple[float, float]:
-        """(inflation, its degrees of freedom) from the block means of first..end-1.
+    def _block_ratio(self, first: int, end: int, white_var: float) -> tuple[float, float, float]:
+        """(inflation, its degrees of freedom, inflation about one line) from the block means of first..end-1.
 
         The block means are fitted with the best of a line, a bent line and two parallel
         lines, so that a change of rate or a level shift inside the window (which the
-        change detector is about to find) is not mistaken for correlated noise. The
+        change detector is about to find) is not mistaken for correlated noise. The third
+        value takes the plain line whatever the fit: slow noise looks like breaks, and the
+        long-run memory (whose hours dilute a real change) should not explain it away. An
         inflation is 1 when the block residuals scatter no more than independent points
         would (by less than WHITE_RATIO).
         """
         n = end - first
         k = min(BLOCKS, n // POINTS_PER_BLOCK)
         if k < MIN_BLOCKS or white_var <= 0.0:
-            return 1.0, math.inf
+            return 1.0, math.inf, 1.0
         s = self.series
         t_first, t_end = s.x(first), s.x(end - 1)
         cached = self._ratio_cache
-        if cached is not None and cached[0] == t_first and t_end - cached[1] < (t_end - t_first) * RATIO_REUSE:
-            return cached[2], cached[3]  # the noise's dependence changes slowly: measured again as the window grows
-        ratio, dof = self._measure_ratio(first, end, k, white_var)
-        self._ratio_cache = (t_first, t_end, ratio, dof)
-        return ratio, dof
+        if cached is not None:
+            moved = abs(t_first - cached[0]) + (t_end - cached[1])
+            if t_end - cached[1] >= 0.0 and moved < (t_end - t_first) * RATIO_REUSE:
+                return cached[2]  # the noise's dependence changes slowly: measured again as the window moves
+        measured = self._measure_ratio(first, end, k, white_var)
+        self._ratio_cache = (t_first, t_end, measured)
+        return measured
 
-    def _measure_ratio(self, first: int, end: int, k: int, white_var: float) -> tuple[float, float]:
+    def _measure_ratio(self, first: int, end: int, k: int, white_var: float) -> tuple[float, float, float]:
         """_block_ratio, measured with k blocks."""
         n = end - first
         b = n // k
@@ -271,7 +283,7 @@ class AdaptiveSlope:
             blocks.append((sx[i + b] - sx[i]) / b, (sy[i + b] - sy[i]) / b)
         line = blocks.fit(0, k)
         if line is None:
-            return 1.0, math.inf
+            return 1.0, math.inf, 1.0
         best, kind, knot = math.inf, "line", 0
         for j in range(3, k - 2):
             bend = hinge_sse(blocks, 0, k, j)
@@ -280,20 +292,11 @@ class AdaptiveSlope:
             shift = parallel_fit(blocks, 0, k, j)[0]
             if shift < best:
                 best, kind, knot = shift, "shift", j
+        white = line.sxx * white_var
+        smooth = _inflation(_quadratic_residuals(blocks), 3, white, detrended=True)[0]
         if (line.sse - best) * (k - 3) < BREAK_F * best:
             kind = "line"  # a break that explains little is the noise's own wander
-        res = _residuals(blocks, kind, knot)
-        ss = sum(r * r for r in res)
-        if ss <= 0.0:
-            return 1.0, math.inf
-        rho = sum(res[j] * res[j + 1] for j in range(k - 1)) / ss
-        rho = min(max(rho + (1.0 + 3.0 * rho) / k, 0.0), MAX_BLOCK_RHO)  # less the lag-1 estimate's bias
-        widen = (1.0 + rho) / (1.0 - rho)
-        params = 2 if kind == "line" else 3
-        ratio = ss / (k - params) * widen / line.sxx / white_var
-        if ratio < WHITE_RATIO:
-            return 1.0, math.inf
-        return ratio, max(4.0, (k - params) / widen)
+        return (*_inflation(_residuals(blocks, kind, knot), 2 if kind == "line" else 3, white), smooth)
 
     # -- changes and level shifts ------------------------------------------------------------
 
@@ -471,6 +474,52 @@ def parallel_fit(s: LineSeries, first: int, end: int, k: int) -> tuple[float, fl
     return sse, jump, slope
 
 
+def _inflation(res: list[float], params: int, white: float, detrended: bool = False) -> tuple[float, float]:
+    """(variance ratio, degrees of freedom) of block residuals with AR(1) dependence, against `white`.
+
+    `white` is what the residuals' variance over Σ(x − x̄)² would be for independent
+    points; the ratio is 1 below WHITE_RATIO. With `detrended`, the variance is corrected
+    for what the fit took out of correlated residuals (k/g independent blocks, g the AR(1)
+    widening, lose about g of their spread to each fitted parameter beyond the mean).
+    """
+    k = len(res)
+    ss = sum(r * r for r in res)
+    if ss <= 0.0 or white <= 0.0:
+        return 1.0, math.inf
+    rho = sum(res[j] * res[j + 1] for j in range(k - 1)) / ss
+    rho = min(max(rho + (1.0 + 3.0 * rho) / k, 0.0), MAX_BLOCK_RHO)  # less the lag-1 estimate's bias
+    widen = (1.0 + rho) / (1.0 - rho)
+    ratio = ss / (k - params) * widen / white
+    if detrended:
+        ratio /= max(0.4, 1.0 - widen / k)
+    if ratio < WHITE_RATIO:
+        return 1.0, math.inf
+    return ratio, max(4.0, (k - params) / widen)
+
+
+def _quadratic_residuals(s: LineSeries) -> list[float]:
+    """Residuals of the points of s about their least-squares parabola (a steadily changing rate)."""
+    n = len(s)
+    xm = s.sx[n] / n
+    us = [x - xm for x in s.xs]
+    ys = s.ys
+    # normal equations for y = a + b·u + c·(u² − mean u²), whose columns are orthogonal to 1
+    u2m = sum(u * u for u in us) / n
+    vs = [u * u - u2m for u in us]
+    suu = sum(u * u for u in us)
+    suv = sum(u * v for u, v in zip(us, vs, strict=True))
+    svv = sum(v * v for v in vs)
+    suy = sum(u * y for u, y in zip(us, ys, strict=True))
+    svy = sum(v * y for v, y in zip(vs, ys, strict=True))
+    det = suu * svv - suv * suv
+    if det <= 0.0:
+        return [0.0] * n
+    b = (suy * svv - svy * suv) / det
+    c = (svy * suu - suy * suv) / det
+    a = s.sy[n] / n
+    return [y - a - b * u - c * v for u, v, y in zip(us, vs, ys, strict=True)]
+
+
 def _residuals(s: LineSeries, kind: str, k: int) -> list[float]:
     """Residuals of every point of s about a line, a bent line (knot k) or parallel lines (split k)."""
     xs, ys, n = s.xs, s.ys, len(s)
@@ -505,7 +554,7 @@ class FallRate:
         s = self.series
         s.append(t, p)
         if len(s) > 2 * _COMPACT_AFTER:
-            s.drop_before(s.index_at(t - self.WINDOWS_S[-1]))
+            s.trim_before(t - self.WINDOWS_S[-1])
 
     def bounds(self, k: float) -> tuple[float, float, float] | None:
         """(fall rate, its lower bound, the highest upper bound) in Pa/s at k sigma; None if too few points."""
@@ -538,3 +587,47 @@ class FallRate:
         if best_lower == -math.inf:
             return None
         return best_fall, best_lower, upper
+
+
+class Delag:
+    """Undoes a thermometer's first-order lag: T_air ≈ T + τ·dT/dt.
+
+    The derivative is the slope of a line fitted to the last τ/2 of readings (at least
+    MIN_POINTS), evaluated at the newest one: smooth enough that the sensor's noise is
+    not multiplied by τ, short enough to follow an HVAC cycle.
+    """
+
+    MIN_POINTS = 5
+
+    def __init__(self, time_constant_s: float) -> None:
+        self.tau = time_constant_s
+        self.series = LineSeries()
+
+    def correct(self, t: float, value: float) -> float:
+        """The air temperature that a reading `value` at time t lags behind."""
+        s = self.series
+        s.append(t, value)
+        if len(s) > 2 * _COMPACT_AFTER:
+            s.trim_before(t - self.tau)
+        end = len(s)
+        first = min(s.index_at(t - 0.5 * self.tau), end - self.MIN_POINTS)
+        line = s.fit(first, end) if first >= 0 else None
+        if line is None:
+            return value
+        return line.y_mean + line.slope * (t - line.x_mean + self.tau)
+
+
+def curvature_bound(s: LineSeries, t_start: float, t_end: float, k: float = 2.0) -> float:
+    """How much the slope of s changed over [t_start, t_end], per second, beyond k of its noise (never negative).
+
+    The slopes of the two halves are compared; their difference less k standard errors,
+    over half the span. Zero when the series is straight as far as its noise can tell.
+    """
+    mid = 0.5 * (t_start + t_end)
+    a, b, c = s.index_at(t_start), s.index_at(mid), len(s)
+    first, second = s.fit(a, b), s.fit(b, c)
+    if first is None or second is None or t_end <= t_start:
+        return 0.0
+    noise = first.sse / max(first.n - 2, 1) / first.sxx + second.sse / max(second.n - 2, 1) / second.sxx
+    change = abs(second.slope - first.slope) - k * math.sqrt(noise)
+    return max(change, 0.0) / (mid - t_start)

@@ -62,6 +62,10 @@ class LineSeries:
         """The absolute x of point i."""
         return self.xs[i] + self.x0
 
+    def y(self, i: int) -> float:
+        """The absolute y of point i."""
+        return self.ys[i] + self.y0
+
     def index_at(self, x: float) -> int:
         """Index of the first point with x at or after the given absolute x."""
         return bisect_left(self.xs, x - self.x0)
@@ -81,6 +85,12 @@ class LineSeries:
         slope = sxy / sxx
         sse = syy - slope * sxy
         return Line(n, slope, sse if sse > 0.0 else 0.0, sxx, sx / n + self.x0, sy / n + self.y0)
+
+    def trim_before(self, x: float) -> None:
+        """Forget the points before absolute x once they are most of the series (O(1) amortised per point)."""
+        i = self.index_at(x)
+        if i > len(self.xs) // 2:
+            self.drop_before(i)
 
     def drop_before(self, i: int) -> None:
         """Forget points before index i (indices shift down by i) and rebuild the sums."""

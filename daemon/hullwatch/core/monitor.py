@@ -38,7 +38,8 @@ import math
 from collections.abc import Iterable
 
 from hullwatch.core.conditions import Condition, below, confidently_above
-from hullwatch.core.estimator import AdaptiveSlope, FallRate
+from hullwatch.core.estimator import AdaptiveSlope, Delag, FallRate, curvature_bound
+from hullwatch.core.linefit import LineSeries
 from hullwatch.core.model import (
     R_AIR,
     SECONDS_PER_DAY,
@@ -80,6 +81,7 @@ class _Sensor:
         "temperature",
         "faults",
         "fault",
+        "delag",
     )
 
     def __init__(self, spec: SensorSpec, severity: Severity) -> None:
@@ -93,6 +95,7 @@ class _Sensor:
         self.temperature: float | None = None
         self.faults: dict[str, str] = {}  # reason -> detail
         self.fault = Condition(SENSOR_FAULT, spec.name, severity, None)
+        self.delag = Delag(spec.time_constant_s) if spec.time_constant_s > 0.0 else None
 
 
 class _Volume:
@@ -106,9 +109,11 @@ class _Volume:
             for seg in segments
         ]
         self.sensors = [s for _, members in self.parts for s in members]
+        self.size_m3 = sum(vol for vol, _ in self.parts)
         self.formed_at = time
         self.slope = AdaptiveSlope()
         self.fall = FallRate()
+        self.air_temperature = LineSeries()  # the volume's mean temperature at each point
         self.fresh: dict[str, float] = {}  # this round's pressure readings
         # The plan: which sensors make the mass now; rebuilt when any sensor's health changes.
         self.plan_version = -1
@@ -190,7 +195,7 @@ class Monitor:
         else:
             if sensor.temperature is None:
                 self._health_version += 1
-            sensor.temperature = value
+            sensor.temperature = value if sensor.delag is None else sensor.delag.correct(t, value)
         return events
 
     def tick(self, now: float) -> list[Event]:
@@ -312,6 +317,7 @@ class Monitor:
         v.signature = signature
         v.slope.reset()
         v.fall = FallRate()
+        v.air_temperature = LineSeries()
 
     def _point(self, v: _Volume, t: float, events: list[Event]) -> None:
         fresh = v.fresh
@@ -338,6 +344,8 @@ class Monitor:
         mass = p * capacity / R_AIR
         if mass > 0.0 and math.isfinite(mass):  # a vented volume (0 Pa) has no ln m: rate and reserve pause
             v.slope.add(t, math.log(mass))
+            v.air_temperature.append(t, v.size_m3 / capacity)
+            v.air_temperature.trim_before(t - v.slope.max_window_s)
         v.fall.add(t, p)
         v.pressure = p
         v.mass = mass
@@ -364,7 +372,11 @@ class Monitor:
             return Estimate(t, v.id, None, None, v.pressure, v.mass, None)
         mass = math.exp(fit.level)
         rate = -fit.slope * mass * SECONDS_PER_DAY  # kg/day lost, now
-        sigma = fit.sigma * mass * SECONDS_PER_DAY
+        # A thermometer lagging the air by τ bends the mass by τ·(dT/dt)/T: while dT/dt changes,
+        # the fitted rate is off by up to τ·(change of dT/dt)/T of the mass, which noise cannot show.
+        bend = curvature_bound(v.air_temperature, t - fit.window_s, t)
+        lag = self.settings.leak.thermometer_lag_sigma_s * bend / v.air_temperature.y(-1)
+        sigma = math.hypot(fit.sigma, lag) * mass * SECONDS_PER_DAY
         k = self.k
         lim = self.settings.alarms
         reserve = reserve_time_s(mass, rate, v.pressure, lim.reserve_time.minimum_pa)

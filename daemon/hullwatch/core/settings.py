@@ -34,6 +34,7 @@ class SensorSpec:
     segment: str
     pressure_range_pa: tuple[float, float] = (0.0, 500_000.0)
     temperature_range_k: tuple[float, float] = (200.0, 350.0)
+    time_constant_s: float = 0.0  # a thermometer's first-order lag behind the air (datasheet τ); 0: none
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +44,7 @@ class LeakSettings:
     confidence_sigma: float = 3.0
     report_interval_s: float = 10.0
     settle_s: float = 600.0  # a volume's leak-rate and reserve-time alarms wait this long after it forms
+    thermometer_lag_sigma_s: float = 60.0  # how far (1 σ) thermometers may still lag the air
 
 
 @dataclass(frozen=True, slots=True)
