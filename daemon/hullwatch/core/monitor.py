@@ -39,6 +39,7 @@ from collections.abc import Iterable
 
 from hullwatch.core.conditions import Condition, below, confidently_above
 from hullwatch.core.estimator import AdaptiveSlope, Delag, FallRate, curvature_bound
+from hullwatch.core.fusion import PressureTrack, combine
 from hullwatch.core.linefit import LineSeries
 from hullwatch.core.model import (
     R_AIR,
@@ -82,6 +83,7 @@ class _Sensor:
         "faults",
         "fault",
         "delag",
+        "track",
     )
 
     def __init__(self, spec: SensorSpec, severity: Severity) -> None:
@@ -96,6 +98,7 @@ class _Sensor:
         self.faults: dict[str, str] = {}  # reason -> detail
         self.fault = Condition(SENSOR_FAULT, spec.name, severity, None)
         self.delag = Delag(spec.time_constant_s) if spec.time_constant_s > 0.0 else None
+        self.track = PressureTrack(spec.name)
 
 
 class _Volume:
@@ -115,6 +118,7 @@ class _Volume:
         self.fall = FallRate()
         self.air_temperature = LineSeries()  # the volume's mean temperature at each point
         self.fresh: dict[str, float] = {}  # this round's pressure readings
+        self.pressure_sensors: dict[str, _Sensor] = {}  # those that make the pressure now
         # The plan: which sensors make the mass now; rebuilt when any sensor's health changes.
         self.plan_version = -1
         self.expected = 0  # healthy pressure sensors in a full round
@@ -180,7 +184,9 @@ class Monitor:
             return events
         sensor.last_seen = t
         if sensor.faults:
-            self._clear_faults(sensor, t, quantity.value, events)
+            self._clear_faults(sensor, t, quantity.value, value, events)
+            if sensor.faults:  # still set apart (it disagrees with the others)
+                return events
         if pressure:
             if sensor.pressure is None:
                 self._health_version += 1
@@ -261,11 +267,15 @@ class Monitor:
         if first:
             _append(events, sensor.fault.update(t, (True, False), None, f"{reason}: {detail}"))
 
-    def _clear_faults(self, sensor: _Sensor, t: float, quantity: str, events: list[Event]) -> None:
+    def _clear_faults(self, sensor: _Sensor, t: float, quantity: str, value: float, events: list[Event]) -> None:
         if "stale" in sensor.faults:
             self._stale_deadline = min(self._stale_deadline, t + self.stale_after)
         for reason in ("stale", "unreadable", "out_of_range_" + quantity):
             sensor.faults.pop(reason, None)
+        if "disagrees" in sensor.faults and quantity == _PRESSURE.value:
+            volume = self._volume_of_segment[sensor.segment]
+            if sensor.track.agrees(value, volume.pressure):
+                sensor.faults.pop("disagrees")
         if not sensor.faults:
             self._health_version += 1
             _append(events, sensor.fault.update(t, (False, True), None, "reading again"))
@@ -303,9 +313,15 @@ class Monitor:
         v.temperatures = [
             (vol, [s for s in members if s.temperature is not None and not s.faults]) for vol, members in v.parts
         ]
+        v.pressure_sensors = {s.name: s for s in v.sensors if s.name in pressures}
         signature = (pressures, tuple(s.spec.name for _, group in v.temperatures for s in group))
         if signature == v.signature:
             return
+        if v.signature is not None and signature[1] == v.signature[1]:
+            everyone = {*pressures, *v.signature[0]}
+            if all(self.sensors[name].track.offset_known for name in everyone):
+                v.signature = signature  # offsets known: a transducer leaving or returning moves nothing
+                return
         if v.signature is not None and len(v.slope.series) >= v.slope.min_points:
             events.append(
                 Notice(
@@ -321,8 +337,15 @@ class Monitor:
 
     def _point(self, v: _Volume, t: float, events: list[Event]) -> None:
         fresh = v.fresh
-        p = sum(fresh.values()) / len(fresh)
+        sensors = v.pressure_sensors
+        outcome = combine([(sensors[name].track, value) for name, value in fresh.items()])
         fresh.clear()
+        p = outcome.pressure
+        for name, size in outcome.steps:
+            events.append(LevelStep(t, v.id, size, name))
+        for name in outcome.disagreeing:
+            others = ", ".join(n for n in sensors if n != name)
+            self._set_fault(sensors[name], t, "disagrees", f"with {others}, beyond its noise", events)
         capacity = 0.0  # Σ Vᵢ/Tᵢ
         missing = 0.0  # Σ Vᵢ of segments without a temperature
         t_sum = 0.0
