@@ -1,5 +1,6 @@
 """The `hullwatch` command (ICD §1): exit codes, messages, and `analyze` output (ICD §4)."""
 
+import gzip
 import json
 import math
 import random
@@ -9,6 +10,8 @@ from collections import defaultdict
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from hullwatch.cli import main
 
@@ -327,3 +330,245 @@ def test_console_entry_points(write_file, minimal_toml, tmp_path):
         assert "sensor[0].segment" in ko.stderr and "Traceback" not in ko.stderr
         usage = subprocess.run([*cmd, "frobnicate"], capture_output=True, text=True, timeout=60)
         assert usage.returncode == EX_USAGE, (cmd, usage.stderr)
+
+
+# -- garbage in: a one-line error and the right exit code, never a traceback --------------------
+
+EX_SOFTWARE, EX_CANTCREAT, EX_IOERR = 70, 73, 74
+
+
+def one_line(err: str) -> str:
+    """The single line of stderr (progress or notices aside), checked to be no traceback."""
+    assert "Traceback" not in err and "internal error" not in err, err
+    lines = [x for x in err.splitlines() if x.strip() and " notice: " not in x]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    ("rows", "line", "fragment"),
+    [
+        ("1e300,p_prk,pressure,101325\n", 3, "'1e300'"),
+        ("inf,p_prk,pressure,101325\n", 3, "'inf'"),
+        ("nan,p_prk,pressure,101325\n", 3, "'nan'"),
+        ("1780000001,p_prk,pressure,10", 3, "no line end"),  # a write cut short
+        ("1780000001,p_prk,pres", 3, "no line end"),
+    ],
+    ids=["time 1e300", "time inf", "time nan", "half a number at the end", "half a row at the end"],
+)
+def test_analyze_bad_row_is_exit_65_naming_the_line(capsys, write_file, tmp_path, rows, line, fragment):
+    cfg = write_file(ANALYZE_TOML)
+    samples = tmp_path / "s.csv"
+    samples.write_text("time,sensor,quantity,value\n1780000000,p_prk,pressure,101325\n" + rows, newline="")
+    code, _, err = run(capsys, ["analyze", "-c", cfg, str(samples)])
+    assert code == EX_DATAERR
+    message = one_line(err)
+    assert message.startswith(f"{samples}:{line}: ") and fragment in message
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [lambda z: z[: len(z) // 2], lambda z: z[:300] + b"\xff" * 64 + z[364:], lambda z: b"plain text, not gzip\n"],
+    ids=["truncated", "corrupt", "not gzip"],
+)
+def test_analyze_damaged_gzip_is_bad_data_not_a_missing_file(capsys, write_file, tmp_path, damage):
+    cfg = write_file(ANALYZE_TOML)
+    good = write_samples(tmp_path / "s.csv", seconds=300)
+    samples = tmp_path / "s.csv.gz"
+    samples.write_bytes(damage(gzip.compress(good.read_bytes())))
+    code, out, err = run(capsys, ["analyze", "-c", cfg, str(samples)])
+    assert code == EX_DATAERR
+    message = one_line(err)
+    assert message.startswith(f"{samples}:") and "gzip" in message
+
+
+def test_analyze_refuses_to_overwrite_its_own_samples(capsys, write_file, tmp_path):
+    cfg = write_file(ANALYZE_TOML)
+    samples = write_samples(tmp_path / "s.csv", seconds=30)
+    before = samples.read_bytes()
+    link = tmp_path / "same.csv"
+    link.symlink_to(samples)
+    for out in (samples, link):
+        code, _, err = run(capsys, ["analyze", "-c", cfg, str(samples), "-o", str(out)])
+        assert code == EX_USAGE
+        assert "destroy" in one_line(err)
+    assert samples.read_bytes() == before
+
+
+@pytest.mark.parametrize("target", ["dir", "/dev/full"], ids=["a directory", "a full disk"])
+def test_analyze_output_that_cannot_be_written(capsys, write_file, tmp_path, target):
+    if target == "/dev/full" and not Path(target).exists():
+        pytest.skip("no /dev/full here")
+    out = str(tmp_path) if target == "dir" else target
+    cfg = write_file(ANALYZE_TOML)
+    samples = write_samples(tmp_path / "s.csv", seconds=30)
+    code, _, err = run(capsys, ["analyze", "-c", cfg, str(samples), "-o", out])
+    assert code == EX_CANTCREAT
+    assert one_line(err).startswith(f"{out}: cannot write: ")
+
+
+@pytest.mark.parametrize(
+    ("data", "fragment"),
+    [
+        (b"a = " + b"[" * 50_000 + b"]" * 50_000 + b"\n", "nested too deeply"),
+        (bytes(range(256)) * 16, "not UTF-8"),
+        (gzip.compress(b"[station]\nname = 'x'\n"), "UTF-8"),
+    ],
+    ids=["deeply nested", "binary", "gzipped"],
+)
+@pytest.mark.parametrize("command", ["check-config", "run", "bridge"])
+def test_a_file_that_is_no_config_is_one_line_and_exit_78(capsys, tmp_path, data, fragment, command):
+    path = tmp_path / "hullwatch.toml"
+    path.write_bytes(data)
+    code, out, err = run(capsys, [command, "-c", str(path)])
+    assert code == EX_CONFIG
+    message = one_line(err)
+    assert message.startswith(f"{path}: ") and fragment in message
+
+
+GPIO_CLASH = ANALYZE_TOML + "\n[annunciator]\nbuzzer_gpio = 18\nled_gpio = 18\n"
+SERIAL_URL = ANALYZE_TOML + '\n[[sensor]]\nname = "p3"\nsegment = "prk"\ndriver = "serial"\nport = "bogus://x"\n'
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        (GPIO_CLASH, "annunciator.led_gpio"),
+        (SERIAL_URL, "sensor[2].port"),
+        (ANALYZE_TOML + "\n[alarms.reserve_time]\nminimum_pa = 0\n", "alarms.reserve_time.minimum_pa"),
+        (ANALYZE_TOML + '\n[spool]\npath = ""\n', "spool.path"),
+        (ANALYZE_TOML + '\n[mqtt]\ntopic_prefix = "lab/#"\n', "mqtt.topic_prefix"),
+        (ANALYZE_TOML + "\n[mqtt]\nkeepalive_s = 70000\n", "mqtt.keepalive_s"),
+        (ANALYZE_TOML + '\n[influxdb]\nurl = "not a url"\nbucket = "b"\n', "influxdb.url"),
+    ],
+    ids=["gpio clash", "serial url", "minimum_pa 0", "spool path empty", "wildcard prefix", "keepalive", "url"],
+)
+def test_check_config_and_run_refuse_alike(capsys, write_file, text, key):
+    """What `run` would trip over later is a configuration error for both, before anything starts."""
+    path = write_file(text)
+    for command in ("check-config", "run"):
+        code, out, err = run(capsys, [command, "-c", path])
+        assert code == EX_CONFIG, (command, err)
+        assert one_line(err).startswith(f"{path}: {key}: "), (command, err)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["demo", "--speed", "0"],
+        ["demo", "--speed", "nan"],
+        ["demo", "--speed", "-3"],
+        ["simulate", "--scenario", "x.toml", "--speed", "inf"],
+    ],
+    ids=["demo 0", "demo nan", "demo negative", "simulate inf"],
+)
+def test_speed_must_be_a_positive_number(capsys, argv):
+    code, _, err = run(capsys, argv)
+    assert code == EX_USAGE
+    assert "--speed" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("data", "code"),
+    [(bytes(range(256)) * 8, EX_DATAERR), (b"a = " + b"[" * 50_000 + b"]" * 50_000, EX_DATAERR), (None, EX_NOINPUT)],
+    ids=["binary", "deeply nested", "a directory"],
+)
+def test_simulate_with_a_scenario_that_is_none(capsys, tmp_path, data, code):
+    path = tmp_path / "scenario.toml"
+    if data is None:
+        path.mkdir()
+    else:
+        path.write_bytes(data)
+    got, _, err = run(capsys, ["simulate", "--scenario", str(path)])
+    assert got == code
+    assert one_line(err).startswith(f"{path}: ")
+
+
+def test_an_internal_error_is_one_line_and_exit_70(capsys, monkeypatch, write_file, minimal_toml):
+    def broken(_args):
+        return {}["no such key"]
+
+    monkeypatch.setattr("hullwatch.cli.cmd_check_config", broken)
+    code, out, err = run(capsys, ["check-config", "-c", write_file(minimal_toml)])
+    assert code == EX_SOFTWARE
+    (line,) = err.splitlines()
+    assert line.startswith("hullwatch check-config: internal error: KeyError: 'no such key' (at test_cli.py:")
+
+
+def test_stdout_on_a_full_disk_is_an_io_error(write_file, minimal_toml):
+    if not Path("/dev/full").exists():
+        pytest.skip("no /dev/full here")
+    with open("/dev/full", "w") as full:
+        done = subprocess.run(
+            [sys.executable, "-m", "hullwatch", "check-config", "-c", write_file(minimal_toml)],
+            stdout=full,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+        )
+    assert done.returncode == EX_IOERR
+    assert "No space left on device" in one_line(done.stderr)
+
+
+# A sweep: garbage into the commands that read files; only their own exit codes come out.
+
+GOOD_SAMPLES = "time,sensor,quantity,value\n" + "".join(
+    f"{T0 + i},p_prk,pressure,{101325 - i}\n{T0 + i},p_zv,temperature,295\n{T0 + i},prk-hatch,hatch,{i % 2}\n"
+    for i in range(20)
+)
+SWEEP_TOML = ANALYZE_TOML.replace('initial = "closed"', 'initial = "closed"\ngpio = 17')
+
+
+@st.composite
+def damaged(draw, data: bytes) -> bytes:
+    """data with a few random cuts, flips and insertions."""
+    for _ in range(draw(st.integers(1, 4))):
+        at = draw(st.integers(0, len(data)))
+        kind = draw(st.sampled_from(["cut", "flip", "insert", "truncate"]))
+        if kind == "cut":
+            data = data[:at] + data[at + draw(st.integers(1, 40)) :]
+        elif kind == "flip" and at < len(data):
+            data = data[:at] + bytes([data[at] ^ draw(st.integers(1, 255))]) + data[at + 1 :]
+        elif kind == "insert":
+            data = data[:at] + draw(st.binary(min_size=1, max_size=20)) + data[at:]
+        else:
+            data = data[:at]
+    return data
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_sweep_garbage_configs(capsys, tmp_path, data):
+    text = data.draw(
+        st.one_of(
+            damaged(SWEEP_TOML.encode()),
+            st.binary(max_size=200),
+            st.text(max_size=200).map(str.encode),
+        )
+    )
+    path = tmp_path / "garbage.toml"
+    path.write_bytes(text)
+    samples = tmp_path / "s.csv"
+    samples.write_text(GOOD_SAMPLES)
+    for argv in (["check-config", "-c", str(path)], ["analyze", "-c", str(path), str(samples)]):
+        code, _, err = run(capsys, argv)
+        assert code in (EX_OK, EX_DATAERR, EX_CONFIG), (argv, err)
+        assert "Traceback" not in err and "internal error" not in err, err
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data(), gz=st.booleans())
+def test_sweep_garbage_samples(capsys, write_file, tmp_path, data, gz):
+    cfg = write_file(ANALYZE_TOML)
+    raw = GOOD_SAMPLES.encode()
+    if gz:
+        raw = gzip.compress(raw)
+    raw = data.draw(st.one_of(damaged(raw), st.binary(max_size=300)))
+    samples = tmp_path / ("s.csv.gz" if gz else "s.csv")
+    samples.write_bytes(raw)
+    for extra in ([], ["--summary"]):
+        code, _, err = run(capsys, ["analyze", "-c", cfg, str(samples), *extra])
+        assert code in (EX_OK, EX_DATAERR), err
+        assert "Traceback" not in err and "internal error" not in err, err
+        if code == EX_DATAERR:
+            assert one_line(err).startswith(f"{samples}:")

@@ -215,6 +215,109 @@ PROBLEMS = [
 ]
 
 
+def mqtt(**keys):
+    return "\n[mqtt]\n" + "".join(f"{k} = {v}\n" for k, v in keys.items())
+
+
+def mcp(name, **keys):
+    keys = {"channel": 0, "calibration": "{ volts = [0.5, 4.5], values = [0, 100000] }", **keys}
+    return sensor(name, driver='driver = "mcp3008"\n', extra="".join(f"{k} = {v}\n" for k, v in keys.items()))
+
+
+def influx(url):
+    return f'\n[influxdb]\nbucket = "b"\nurl = "{url}"\n'
+
+
+def serial(port, driver="serial"):
+    extra = f'port = "{port}"\n' + (
+        'slave = 1\nregisters = [{ quantity = "pressure", address = 0 }]\n' if driver == "modbus" else ""
+    )
+    return sensor("s", driver=f'driver = "{driver}"\n', extra=extra)
+
+
+ANNUNCIATOR = "\n[annunciator]\nbuzzer_gpio = 18\nled_gpio = 23\nack_button_gpio = 24\n"
+
+# Values a config used to accept that break `run` later (a crash, a dead MQTT thread, a backlog
+# that never drains): check-config refuses them, naming the key.
+LATER_BREAKAGE = [
+    ("topic prefix with #", doc(sensor(), mqtt(topic_prefix='"lab/#"')), "mqtt.topic_prefix", "'#'"),
+    ("topic prefix with +", doc(sensor(), mqtt(topic_prefix='"lab/+/x"')), "mqtt.topic_prefix", "'+'"),
+    ("empty topic prefix", doc(sensor(), mqtt(topic_prefix='""')), "mqtt.topic_prefix", "empty"),
+    ("topic prefix of slashes", doc(sensor(), mqtt(topic_prefix='"//"')), "mqtt.topic_prefix", "empty"),
+    ("topic prefix with leading /", doc(sensor(), mqtt(topic_prefix='"/lab"')), "mqtt.topic_prefix", "'/'"),
+    ("topic prefix with NUL", doc(sensor(), mqtt(topic_prefix='"lab\\u0000x"')), "mqtt.topic_prefix", "\\x00"),
+    ("topic prefix under $SYS", doc(sensor(), mqtt(topic_prefix='"$SYS/lab"')), "mqtt.topic_prefix", "'$'"),
+    ("wildcard discovery prefix", doc(sensor(), mqtt(discovery_prefix='"ha/#"')), "mqtt.discovery_prefix", "'#'"),
+    ("empty discovery prefix", doc(sensor(), mqtt(discovery_prefix='""')), "mqtt.discovery_prefix", "empty"),
+    ("keepalive 0", doc(sensor(), mqtt(keepalive_s=0)), "mqtt.keepalive_s", "1..65535"),
+    ("keepalive over 16 bits", doc(sensor(), mqtt(keepalive_s=65536)), "mqtt.keepalive_s", "65536"),
+    ("empty broker host", doc(sensor(), mqtt(host='""')), "mqtt.host", "''"),
+    ("empty password file", doc(sensor(), mqtt(password_file='""')), "mqtt.password_file", "empty"),
+    ("replay_per_s 0", doc(sensor(), "\n[spool]\nreplay_per_s = 0\n"), "spool.replay_per_s", "positive"),
+    ("spool path empty", doc(sensor(), '\n[spool]\npath = ""\n'), "spool.path", "empty"),
+    ("spool budget huge", doc(sensor(), "\n[spool]\nmax_mb = 1e308\n"), "spool.max_mb", "1e+308"),
+    ("spool budget tiny", doc(sensor(), "\n[spool]\nmax_mb = 0.001\n"), "spool.max_mb", "0.001"),
+    (
+        "commit interval huge",
+        doc(sensor(), "\n[spool]\ncommit_interval_s = 1e300\n"),
+        "spool.commit_interval_s",
+        "1e+300",
+    ),
+    ("recorder path empty", doc(sensor(), '\n[recorder]\npath = ""\n'), "recorder.path", "empty"),
+    ("influxdb url not a url", doc(sensor(), influx("not a url")), "influxdb.url", "http"),
+    ("influxdb url of another scheme", doc(sensor(), influx("ftp://db:8086")), "influxdb.url", "http"),
+    ("influxdb url without host", doc(sensor(), influx("http://")), "influxdb.url", "no host"),
+    ("influxdb url with a bad port", doc(sensor(), influx("http://db:99999")), "influxdb.url", "not a URL"),
+    ("influxdb url with a query", doc(sensor(), influx("http://db:8086/?db=x")), "influxdb.url", "?query"),
+    ("serial port of an unknown scheme", doc(serial("bogus://x")), "sensor[0].port", "bogus://"),
+    ("modbus port of an unknown scheme", doc(serial("bogus://x", "modbus")), "sensor[0].port", "bogus://"),
+    ("socket port without host:port", doc(serial("socket://localhost")), "sensor[0].port", "HOST:PORT"),
+    (
+        "buzzer and LED on one pin",
+        doc(sensor(), ANNUNCIATOR.replace("led_gpio = 23", "led_gpio = 18")),
+        "annunciator.led_gpio",
+        "annunciator.buzzer_gpio",
+    ),
+    (
+        "hatch reed switch on the buzzer's pin",
+        doc(HATCH + "gpio = 18\n", sensor(), ANNUNCIATOR),
+        "annunciator.buzzer_gpio",
+        "hatch[0].gpio",
+    ),
+    (
+        "MCP3008 chip select on a hatch pin",
+        doc(HATCH + "gpio = 8\n", mcp("a1")),
+        "sensor[0].device",
+        "hatch[0].gpio",
+    ),
+    (
+        "software SPI clock on the LED's pin",
+        doc(mcp("a1", select_pin=5, clock_pin=23, mosi_pin=13, miso_pin=19), ANNUNCIATOR),
+        "annunciator.led_gpio",
+        "sensor[0].clock_pin",
+    ),
+    (
+        "one MCP3008's select is another's clock",
+        doc(
+            mcp("a1", select_pin=5, clock_pin=6, mosi_pin=13, miso_pin=19),
+            mcp("a2", select_pin=6, clock_pin=16, mosi_pin=20, miso_pin=21),
+        ),
+        "sensor[1].select_pin",
+        "sensor[0].clock_pin",
+    ),
+    ("temperature range from 0 K", doc(sensor(extra="range_k = [0, 350]\n")), "sensor[0].range_k", "0 K"),
+    ("temperature range below 0 K", doc(sensor(extra="range_k = [-10, 350]\n")), "sensor[0].range_k", "-10"),
+    ("negative pressure range", doc(sensor(extra="range_pa = [-1, 2e5]\n")), "sensor[0].range_pa", "-1"),
+    (
+        "reserve time down to 0 Pa",
+        doc(sensor(), "\n[alarms.reserve_time]\nminimum_pa = 0\n"),
+        "alarms.reserve_time.minimum_pa",
+        "positive",
+    ),
+]
+PROBLEMS += LATER_BREAKAGE
+
+
 @pytest.mark.parametrize(("text", "key", "fragment"), [c[1:] for c in PROBLEMS], ids=[c[0] for c in PROBLEMS])
 def test_problem_names_file_key_and_value(write_file, text, key, fragment):
     path = write_file(text)
@@ -223,6 +326,106 @@ def test_problem_names_file_key_and_value(write_file, text, key, fragment):
     assert mine, problems
     assert any(fragment in p for p in mine), problems
     assert all("\n" not in p for p in problems)
+
+
+# ... and the valid neighbours of those values still load.
+STILL_VALID = [
+    ("serial port on loop://", doc(serial("loop://"))),
+    ("serial port on a TCP socket", doc(serial("socket://127.0.0.1:5000"))),
+    ("serial port on rfc2217", doc(serial("rfc2217://10.0.0.5:2217"))),
+    ("serial port spied on", doc(serial("spy://loop://?file=/dev/null"))),
+    ("serial port found by hwgrep", doc(serial("hwgrep://FTDI"))),
+    ("modbus port on a device path", doc(serial("/dev/serial/by-id/usb-FTDI-if00", "modbus"))),
+    ("influxdb over https with a path", doc(sensor(), influx("https://influx.example:8443/db"))),
+    ("influxdb on IPv6", doc(sensor(), influx("http://[::1]:8086"))),
+    ("keepalive at both ends", doc(sensor(), mqtt(keepalive_s=1, topic_prefix='"lab/one/"'))),
+    ("keepalive 65535", doc(sensor(), mqtt(keepalive_s=65535, discovery_prefix='"ha"'))),
+    ("replay slower than one a second", doc(sensor(), "\n[spool]\nreplay_per_s = 0.25\n")),
+    ("pressure range from vacuum", doc(sensor(extra="range_pa = [0, 2e5]\nrange_k = [0.001, 400]\n"))),
+    ("two MCP3008 channels on one SPI0 chip", doc(mcp("a1"), mcp("a2", channel=1), ANNUNCIATOR)),
+    (
+        "two software-SPI chips on one bus",
+        doc(
+            mcp("a1", select_pin=5, clock_pin=6, mosi_pin=13, miso_pin=19),
+            mcp("a2", select_pin=26, clock_pin=6, mosi_pin=13, miso_pin=19),
+            ANNUNCIATOR,
+        ),
+    ),
+]
+
+
+@pytest.mark.parametrize("text", [c[1] for c in STILL_VALID], ids=[c[0] for c in STILL_VALID])
+def test_valid_neighbours_of_refused_values_still_load(write_file, text):
+    cfg = config.load(write_file(text))
+    build_drivers(cfg, for_run=False)
+
+
+def test_a_hatch_pin_conflict_names_both_users_once(write_file):
+    path = write_file(doc(HATCH + "gpio = 24\n", sensor(), ANNUNCIATOR))
+    assert problems_of(path) == [
+        f"{path}: annunciator.ack_button_gpio: GPIO24 is also used by hatch[0].gpio: one pin, one device"
+    ]
+
+
+def test_an_unknown_serial_scheme_lists_the_known_ones(write_file):
+    (problem,) = problems_of(write_file(doc(serial("bogus://x"))))
+    assert "loop://" in problem and "socket://" in problem and "/dev/tty" in problem
+
+
+BRIDGE = '[mqtt]\nhost = "127.0.0.1"\n[influxdb]\napi = "v1"\ndatabase = "hw"\n'
+
+
+@pytest.mark.parametrize(
+    ("bridge", "key"),
+    [
+        ('topic_root = "hullwatch/#"', "bridge.topic_root"),
+        ('topic_root = ""', "bridge.topic_root"),
+        ('share_group = "a/b"', "bridge.share_group"),
+        ('share_group = "a+"', "bridge.share_group"),
+        ('stations = ["prk", "lab/#"]', "bridge.stations[1]"),
+    ],
+)
+def test_bridge_topics_without_wildcards(write_file, bridge, key):
+    path = write_file(f"[bridge]\n{bridge}\n" + BRIDGE, "bridge.toml")
+    with pytest.raises(ConfigError) as info:
+        config.load_bridge(path)
+    assert [p.split(": ")[1] for p in info.value.problems] == [key]
+
+
+def test_bridge_takes_every_station_or_named_ones(write_file):
+    assert config.load_bridge(write_file('[bridge]\nstations = ["+"]\n' + BRIDGE, "b1.toml")).stations == ("+",)
+    named = config.load_bridge(write_file('[bridge]\nstations = ["prk", "lab-2"]\n' + BRIDGE, "b2.toml"))
+    assert named.stations == ("prk", "lab-2")
+
+
+# -- files that are no configuration at all: one line, no traceback --------------------------
+
+
+@pytest.mark.parametrize(
+    ("data", "fragment"),
+    [
+        (b"a = " + b"[" * 50_000 + b"]" * 50_000 + b"\n", "nested too deeply"),
+        (b"x = " + b"{ y = " * 20_000 + b"1" + b" }" * 20_000 + b"\n", "nested too deeply"),
+        (bytes(range(256)) * 8, "not UTF-8"),
+        (b"\x7fELF\x02\x01\x01\x00" + b"\x00" * 64, "TOML syntax"),
+    ],
+    ids=["deep arrays", "deep inline tables", "binary", "an executable"],
+)
+def test_garbage_file_is_one_config_problem(tmp_path, data, fragment):
+    path = tmp_path / "hullwatch.toml"
+    path.write_bytes(data)
+    with pytest.raises(ConfigError) as info:
+        config.load(str(path))
+    (problem,) = info.value.problems
+    assert problem.startswith(f"{path}: ") and fragment in problem and "\n" not in problem
+
+
+def test_an_endless_file_is_refused_after_a_bounded_read(tmp_path, monkeypatch):
+    monkeypatch.setattr(config, "MAX_CONFIG_BYTES", 1000)
+    path = tmp_path / "big.toml"
+    path.write_text("# padding\n" * 200)
+    with pytest.raises(ConfigError, match="larger than"):
+        config.load(str(path))
 
 
 def test_duplicate_hatch_names_are_a_problem(write_file):

@@ -156,6 +156,10 @@ BAD_ROWS = [
     ("nan time", "nan,p_prk,pressure,101325\n", 3, "'nan'"),
     ("inf time", "inf,p_prk,pressure,101325\n", 3, "'inf'"),
     ("garbage time", "yesterday,p_prk,pressure,101325\n", 3, "'yesterday'"),
+    ("time 1e300", "1e300,p_prk,pressure,101325\n", 3, "'1e300'"),
+    ("time past the year 9999", "253402300800,p_prk,pressure,101325\n", 3, "'253402300800'"),
+    ("negative time", "-1,p_prk,pressure,101325\n", 3, "'-1'"),
+    ("ISO time before 1970", "1969-12-31T23:59:59+00:00,p_prk,pressure,101325\n", 3, "1969"),
     ("empty value", "1780000001,p_prk,pressure,\n", 3, "''"),
     ("backwards after good rows", "1780000002,p_prk,pressure,1\n1780000001,p_prk,pressure,1\n", 4, "1780000001"),
 ]
@@ -166,6 +170,60 @@ def test_bad_row_names_its_line(tmp_path, rows, line, fragment):
     err = error_of(tmp_path, HEADER + GOOD + rows)
     assert err.line == line
     assert fragment in str(err)
+
+
+def test_times_up_to_the_end_of_year_9999_are_fine(tmp_path):
+    rows = "0,p_prk,pressure,1\n9999-12-31T23:59:59Z,p_prk,pressure,2\n"
+    assert [s.time for s in read_text(tmp_path, HEADER + rows)] == [0.0, 253402300799.0]
+
+
+@pytest.mark.parametrize(
+    "last",
+    ["1780000001,p_prk,pres", "1780000001,p_prk,pressure,10", "1780000001,p_prk,pressure,"],
+    ids=["fewer fields", "half a number", "no value yet"],
+)
+def test_a_last_row_without_its_line_end_is_truncated_not_data(tmp_path, last):
+    """A power cut mid-write leaves `...,10` of `...,101325`: read as data it would be a 10 Pa EMERGENCY."""
+    path = tmp_path / "samples.csv"
+    path.write_text(HEADER + GOOD + last, encoding="utf-8", newline="")
+    it = read_samples(str(path), NAMES)
+    assert next(it).value == 101325.0, "the whole rows before it are still read"
+    with pytest.raises(SamplesError) as info:
+        next(it)
+    assert info.value.line == 3
+    assert "no line end" in str(info.value)
+
+
+def test_a_last_row_with_its_line_end_is_data(tmp_path):
+    assert [s.value for s in read_text(tmp_path, HEADER + GOOD + "1780000001,p_prk,pressure,10\r\n")] == [
+        101325.0,
+        10.0,
+    ]
+
+
+def test_a_header_without_a_line_end_is_an_empty_recording(tmp_path):
+    assert read_text(tmp_path, HEADER.rstrip("\n")) == []
+
+
+def _gzipped_rows(n: int) -> bytes:
+    return gzip.compress((HEADER + "".join(f"{1780000000 + i},p_prk,pressure,101325\n" for i in range(n))).encode())
+
+
+@pytest.mark.parametrize(
+    ("damage", "fragment"),
+    [
+        (lambda z: z[: len(z) // 2], "ended before"),  # a copy cut short
+        (lambda z: z[:-8], "ended before"),  # the trailer (CRC, size) missing
+        (lambda z: z[:200] + b"\xff" * 64 + z[264:], "gzip"),  # bytes overwritten in the middle
+        (lambda z: b"not gzip at all\n" + z, "Not a gzipped file"),
+        (lambda z: z[:-8] + b"\0" * 8, "CRC"),  # a zeroed trailer
+    ],
+    ids=["truncated", "no trailer", "corrupt middle", "not gzip", "bad crc"],
+)
+def test_damaged_gzip_is_a_samples_error_naming_a_line(tmp_path, damage, fragment):
+    err = error_of(tmp_path, damage(_gzipped_rows(5000)), name="samples.csv.gz")
+    assert "damaged gzip data" in str(err) and fragment in str(err)
+    assert err.line >= 1
 
 
 def test_rows_before_a_bad_one_are_yielded(tmp_path):

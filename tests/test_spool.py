@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from hullwatch.sinks.spool import Record, SendResult, SinkUnavailable, Spool, SpoolInUse
+from hullwatch.sinks.spool import Forwarder, Record, SendResult, SinkUnavailable, Spool, SpoolInUse
 
 
 class FakeSink:
@@ -215,3 +215,52 @@ def test_kill_9_during_a_commit_storm_never_corrupts_and_loses_at_most_the_last_
     spool = Spool(path)  # reopens cleanly after the last cut
     assert spool.read(0, 1)
     spool.close()
+
+
+def test_a_symlink_to_the_spool_takes_the_same_lock(tmp_path):
+    """Two daemons on one spool, one through a symlink, would overwrite each other's records."""
+    real = tmp_path / "data" / "spool.sqlite"
+    first = Spool(str(real))
+    link = tmp_path / "spool-link.sqlite"
+    link.symlink_to(real)
+    linked_dir = tmp_path / "state"
+    linked_dir.symlink_to(tmp_path / "data", target_is_directory=True)
+    for other in (link, linked_dir / "spool.sqlite"):
+        with pytest.raises(SpoolInUse):
+            Spool(str(other))
+    first.close()
+    Spool(str(link)).close()  # free again once the first one is closed
+
+
+def test_replay_slower_than_one_record_a_second_earns_whole_records():
+    """The token bucket holds at least one record: at 0.5/s one record goes every 2 s (it used to cap at 0.5)."""
+    spool = Spool(None, replay_per_s=0.5)
+    try:
+        forwarder = Forwarder(spool, FakeSink(), threading.Event())
+        sent = 0
+        for _ in range(50):
+            forwarder._budget_at -= 2.0  # two seconds pass
+            sent += forwarder._allowance()
+        assert 49 <= sent <= 51
+        forwarder._budget_at -= 3600.0  # an hour idle earns a burst of one record, not 1800
+        assert forwarder._allowance() == 1
+    finally:
+        spool.close()
+
+
+def test_a_backlog_drains_at_a_replay_rate_below_one(tmp_path):
+    spool = Spool(str(tmp_path / "s.sqlite"), commit_interval_s=0.1, replay_per_s=0.8)
+    sink = FakeSink()
+    sink.up = False
+    spool.start([sink])
+    try:
+        for i in range(600):  # more than BACKLOG_MIN: the forwarder splits it off as a replay
+            spool.append("sample", float(i), {"v": i})
+        assert wait_until(lambda: spool.stats()["depth"] == 600 and spool._forwarders["fake"]._failing, 10)
+        sink.up = True
+        started = time.monotonic()
+        assert wait_until(lambda: sum(replay for _, replay in sink.got) >= 2, 30), "the backlog moves"
+        replayed = sum(replay for _, replay in sink.got)
+        assert replayed <= 1 + 0.8 * (time.monotonic() - started) + 1, "at about the configured rate, not faster"
+    finally:
+        spool.close()

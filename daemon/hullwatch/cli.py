@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
+import math
 import os
 import signal
 import sys
 import threading
-from collections.abc import Callable, Sequence
+import traceback
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack
 from typing import Any
 
@@ -19,7 +22,9 @@ from hullwatch.core.monitor import Monitor
 from hullwatch.samples import SamplesError, read_samples
 
 # sysexits
-EX_OK, EX_USAGE, EX_DATAERR, EX_NOINPUT, EX_UNAVAILABLE, EX_CONFIG = 0, 64, 65, 66, 69, 78
+EX_OK, EX_USAGE, EX_DATAERR, EX_NOINPUT, EX_UNAVAILABLE, EX_SOFTWARE, EX_CANTCREAT, EX_IOERR, EX_CONFIG = (
+    0, 64, 65, 66, 69, 70, 73, 74, 78
+)  # fmt: skip
 
 
 class _Parser(argparse.ArgumentParser):
@@ -44,6 +49,9 @@ def _load_config(path: str | None, load: Callable[[str], Any] = config.load) -> 
         return EX_CONFIG
     except PermissionError:
         print(f"{path}: permission denied", file=sys.stderr)
+        return EX_CONFIG
+    except OSError as exc:  # a path that is too long, a loop of links, an I/O error ...
+        print(f"{path}: cannot read: {exc.strerror or exc}", file=sys.stderr)
         return EX_CONFIG
     except config.ConfigError as exc:
         for line in exc.problems:
@@ -122,12 +130,23 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     if not os.path.isfile(args.samples):
         print(f"{args.samples}: samples file not found", file=sys.stderr)
         return EX_NOINPUT
+    if args.output and os.path.exists(args.output) and os.path.samefile(args.output, args.samples):
+        print(f"{args.output}: is the samples file itself: writing there would destroy it", file=sys.stderr)
+        return EX_USAGE
     monitor = Monitor(cfg.module)
     counts = {"estimates": 0, "activations": 0}
+    target = args.output or "<stdout>"
     try:
         with ExitStack() as stack:
-            out = stack.enter_context(open(args.output, "w", encoding="utf-8")) if args.output else sys.stdout
-            write = out.write
+            with _writing(target):
+                out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout  # noqa: SIM115
+            if args.output:  # closed quietly: the flush at the end has reported any write error already
+                stack.callback(_close_quietly, out)
+
+            def write(text: str) -> None:
+                with _writing(target):
+                    out.write(text)
+
             latest: dict[str, Estimate] = {}
             stream, position = stack.enter_context(progress.open_positioned(args.samples))
             bar = stack.enter_context(progress.Progress(f"analyze {args.samples}", progress.file_size(args.samples)))
@@ -151,9 +170,16 @@ def cmd_analyze(args: argparse.Namespace) -> int:
             bar.update(position(), rows)
             if args.summary:
                 write(_final_state(monitor, latest))
+            with _writing(target):
+                out.flush()
     except SamplesError as exc:
         print(exc, file=sys.stderr)
         return EX_DATAERR
+    except _CannotWrite as exc:
+        print(exc, file=sys.stderr)
+        return EX_CANTCREAT
+    except BrokenPipeError:  # stdout closed early (`| head`): main() ends quietly
+        raise
     except OSError as exc:
         print(f"{exc.filename or args.samples}: {exc.strerror or exc}", file=sys.stderr)
         return EX_NOINPUT
@@ -163,6 +189,26 @@ def cmd_analyze(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     return EX_OK
+
+
+def _close_quietly(f: Any) -> None:
+    with contextlib.suppress(OSError):
+        f.close()
+
+
+class _CannotWrite(Exception):
+    """The output of a command cannot be written (the message names it)."""
+
+
+@contextlib.contextmanager
+def _writing(target: str) -> Iterator[None]:
+    """An OSError while opening or writing `target` (a full disk, a directory) becomes _CannotWrite."""
+    try:
+        yield
+    except BrokenPipeError:
+        raise
+    except OSError as exc:
+        raise _CannotWrite(f"{target}: cannot write: {exc.strerror or exc}") from None
 
 
 def _final_state(monitor: Monitor, latest: dict[str, Estimate]) -> str:
@@ -266,6 +312,9 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     except FileNotFoundError:
         print(f"{args.scenario}: scenario file not found", file=sys.stderr)
         return EX_NOINPUT
+    except OSError as exc:
+        print(f"{args.scenario}: cannot read: {exc.strerror or exc}", file=sys.stderr)
+        return EX_NOINPUT
     except scenario.ScenarioError as exc:
         print(exc, file=sys.stderr)
         return EX_DATAERR
@@ -337,6 +386,17 @@ def cmd_bridge(args: argparse.Namespace) -> int:
     return EX_OK
 
 
+def _speed(text: str) -> float:
+    """A --speed: a positive, finite factor."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a positive number, not {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser for every subcommand."""
     p = _Parser(prog="hullwatch", description="Pressure-integrity monitor for spacecraft-module mock-ups.")
@@ -360,14 +420,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("simulate", help="the simulated mock-up's transducers on pseudo-terminals")
     sp.add_argument("--scenario", required=True, metavar="FILE", help="scenario file (config/scenarios/*.toml)")
-    sp.add_argument("--speed", type=float, default=1.0, help="how many times faster than real time (default 1)")
+    sp.add_argument("--speed", type=_speed, default=1.0, help="how many times faster than real time (default 1)")
     sp.add_argument("--seed", type=int, default=0, help="noise seed")
     sp.add_argument("--link-dir", metavar="DIR", help="also make DIR/<transducer> links to the ptys")
     sp.add_argument("--config-out", metavar="FILE", help="write the configuration here instead of stdout")
     sp.set_defaults(func=cmd_simulate)
 
     sp = sub.add_parser("demo", help="the monitor on a simulated PrK mock-up, no hardware needed")
-    sp.add_argument("--speed", type=float, default=100.0, help="times faster than real time (default 100)")
+    sp.add_argument("--speed", type=_speed, default=100.0, help="times faster than real time (default 100)")
     sp.set_defaults(func=cmd_demo)
 
     sp = sub.add_parser("check-config", help="validate a configuration and summarise it")
@@ -414,5 +474,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.func(args)
     except KeyboardInterrupt:
         return 130
-    except BrokenPipeError:
+    except BrokenPipeError:  # the reader went away (`| head`): done, and nothing more to flush there
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EX_OK
+    except OSError as exc:  # an I/O error no command expected (stdout on a full disk ...)
+        with contextlib.suppress(OSError):
+            print(f"hullwatch {args.command}: I/O error: {_where(exc)}", file=sys.stderr)
+        return EX_IOERR
+    except Exception as exc:  # a bug: one line that says where, never a traceback (but in `run -v`'s debug log)
+        logging.getLogger("hullwatch").debug("internal error", exc_info=True)
+        print(f"hullwatch {args.command}: internal error: {_where(exc)}", file=sys.stderr)
+        return EX_SOFTWARE
+
+
+def _where(exc: BaseException) -> str:
+    """`Type: message (at file.py:line in function)`, from the innermost frame."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    at = f" (at {os.path.basename(frames[-1].filename)}:{frames[-1].lineno} in {frames[-1].name})" if frames else ""
+    message = " ".join(str(exc).split())[:300]
+    return f"{type(exc).__name__}: {message}{at}"

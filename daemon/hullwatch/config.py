@@ -6,9 +6,12 @@ nothing half-valid is ever returned.
 
 from __future__ import annotations
 
+import importlib
 import os
+import pkgutil
 import re
 import tomllib
+import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -41,6 +44,12 @@ DEVICE_NAME = re.compile(r"[A-Za-z0-9_-]+")
 # Drivers a [[sensor]] may name; each validates its own keys (hullwatch.sensors).
 DRIVERS = ("simulated", "serial", "modbus", "mcp3008")
 SENSOR_KEYS = frozenset({"name", "segment", "driver", "range_pa", "range_k", "time_constant_s"})
+MAX_CONFIG_BYTES = 16 * 2**20  # a configuration file is a few kB: more is not one (/dev/zero, a wrong path)
+MAX_TOPIC_PREFIX_BYTES = 1024  # MQTT topics end at 65535 bytes; a prefix needs room for what follows it
+
+# GPIO pins of the Pi's hardware SPI0 (an MCP3008 without select_pin etc.): the bus, and CE0/CE1 per device.
+SPI0_BUS_PINS = {"clock_pin": 11, "mosi_pin": 10, "miso_pin": 9}
+SPI0_SELECT_PINS = {0: 8, 1: 7}
 
 
 class ConfigError(Exception):
@@ -182,13 +191,17 @@ def load(path: str) -> Config:
 
 def _read_toml(path: str) -> dict[str, Any]:
     with open(path, "rb") as f:
-        raw = f.read()
+        raw = f.read(MAX_CONFIG_BYTES + 1)
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError([f"{path}: larger than {MAX_CONFIG_BYTES // 2**20} MB: not a configuration file"])
     try:
         return tomllib.loads(raw.decode("utf-8"))
     except UnicodeDecodeError as exc:
-        raise ConfigError([f"{path}: not UTF-8 text ({exc.reason})"]) from None
+        raise ConfigError([f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})"]) from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([f"{path}: TOML syntax: {exc}"]) from None
+    except RecursionError:
+        raise ConfigError([f"{path}: TOML nested too deeply to read"]) from None
 
 
 def parse(data: Mapping[str, Any], path: str = "<config>") -> Config:
@@ -205,9 +218,16 @@ class _Parser:
     def __init__(self, path: str) -> None:
         self.path = path
         self.problems: list[str] = []
+        self.pins: dict[int, tuple[str, str]] = {}  # GPIO pin -> (key path, SPI role or "") of its first user
 
     def problem(self, key: str, message: str) -> None:
         self.problems.append(f"{self.path}: {key}: {message}")
+
+    def claim_pin(self, pin: int, key: str, spi_role: str = "", what: str = "") -> None:
+        """One GPIO pin, one device: a second user is a problem naming both (MCP3008s may share SPI lines)."""
+        first = self.pins.setdefault(pin, (key, spi_role))
+        if first[0] != key and not (spi_role and first[1] == spi_role):
+            self.problem(key, f"GPIO{pin}{what} is also used by {first[0]}: one pin, one device")
 
     # -- typed getters -----------------------------------------------------------------------
 
@@ -302,7 +322,7 @@ class _Parser:
         recorder = spool = annunciator = mqtt = influx = None
         t = self.table(data, "recorder", "recorder", {"path"})
         if t is not None:
-            recorder = RecorderConfig(self.value(t, "path", "recorder", "str"))
+            recorder = RecorderConfig(self.value(t, "path", "recorder", "str", check=_file_path))
         spool = self.spool(data)
         pins = ("buzzer_gpio", "led_gpio", "ack_button_gpio", "fault_led_gpio")
         t = self.table(data, "annunciator", "annunciator", set(pins))
@@ -311,6 +331,10 @@ class _Parser:
             annunciator = AnnunciatorConfig(
                 *(self.value(t, k, "annunciator", "int", getattr(a, k), _bcm_pin) for k in pins)
             )
+            for k in pins:
+                pin = getattr(annunciator, k)
+                if pin is not None:
+                    self.claim_pin(pin, f"annunciator.{k}")
         mqtt = self.mqtt(data, station)
         influx = self.influx(data)
         simulation = self.simulation(data)
@@ -390,6 +414,8 @@ class _Parser:
                     pair = (between[0], between[1])
             initial = self.value(t, "initial", where, "str", "open", _one_of(("open", "closed")))
             pin = self.value(t, "gpio", where, "int", None, _bcm_pin)
+            if pin is not None:
+                self.claim_pin(pin, f"{where}.gpio")
             if pin is None and any(k in t for k in ("closed_level", "debounce_s", "heartbeat_s")):
                 self.problem(f"{where}.gpio", "missing: closed_level and debounce_s describe a reed switch on a pin")
             if name is not None and pair is not None:
@@ -415,28 +441,67 @@ class _Parser:
             if driver == "simulated":
                 self.check_keys(t, where, SENSOR_KEYS)
             d = SensorSpec("", "")
-            prange = self.range(t, "range_pa", where, d.pressure_range_pa)
-            trange = self.range(t, "range_k", where, d.temperature_range_k)
+            prange = self.range(
+                t, "range_pa", where, d.pressure_range_pa, lambda lo: lo >= 0.0, "must not be negative (absolute Pa)"
+            )
+            trange = self.range(
+                t,
+                "range_k",
+                where,
+                d.temperature_range_k,
+                lambda lo: lo > 0.0,
+                "must be above 0 K (the mass divides by T)",
+            )
             options = {k: v for k, v in t.items() if k not in SENSOR_KEYS}
             tau = self.value(t, "time_constant_s", where, "float", d.time_constant_s, _non_negative)
+            port = options.get("port")
+            if driver in ("serial", "modbus") and isinstance(port, str) and port.strip():
+                msg = _serial_port(port)
+                if msg:
+                    self.problem(f"{where}.port", msg)
+            if driver == "mcp3008":
+                self.claim_spi_pins(options, where)
             if None not in (name, segment, driver) and segment in seg_names:
                 spec = SensorSpec(name, segment, prange, trange, tau)
                 out.append(SensorConfig(spec, driver, MappingProxyType(options)))
         return out
 
-    def range(self, t: Mapping, key: str, where: str, default: tuple[float, float]) -> tuple[float, float]:
+    def claim_spi_pins(self, options: Mapping, where: str) -> None:
+        """The pins an MCP3008 takes: its software-SPI pins, else SPI0's bus and chip-select (invalid ones aside)."""
+        soft = {k: options[k] for k in SPI0_BUS_PINS.keys() | {"select_pin"} if k in options}
+        if soft:
+            for k in ("select_pin", "clock_pin", "mosi_pin", "miso_pin"):
+                pin = soft.get(k)
+                if isinstance(pin, int) and not isinstance(pin, bool) and _bcm_pin(pin) is None:
+                    self.claim_pin(pin, f"{where}.{k}", k)
+            return
+        if options.get("port", 0) != 0:
+            return
+        device = options.get("device", 0)
+        if device in SPI0_SELECT_PINS and not isinstance(device, bool):
+            self.claim_pin(SPI0_SELECT_PINS[device], f"{where}.device", "select_pin", f" (SPI0 CE{device})")
+        for role, pin in SPI0_BUS_PINS.items():
+            self.claim_pin(pin, f"{where}.port", role, f" (SPI0 {role.removesuffix('_pin')})")
+
+    def range(
+        self, t: Mapping, key: str, where: str, default: tuple[float, float], low_ok: Callable[[float], bool], why: str
+    ) -> tuple[float, float]:
+        """A physical range [low, high], low < high, whose low end passes `low_ok` (else `why` says what is wrong)."""
         v = t.get(key, _MISSING)
         if v is _MISSING:
             return default
-        if (
+        if not (
             isinstance(v, list)
             and len(v) == 2
             and all(isinstance(x, int | float) and not isinstance(x, bool) for x in v)
             and v[0] < v[1]
         ):
-            return (float(v[0]), float(v[1]))
-        self.problem(f"{where}.{key}", f"must be [low, high] with low < high, not {v!r}")
-        return default
+            self.problem(f"{where}.{key}", f"must be [low, high] with low < high, not {v!r}")
+            return default
+        if not low_ok(float(v[0])):
+            self.problem(f"{where}.{key}", f"low end {v[0]!r}: {why}")
+            return default
+        return (float(v[0]), float(v[1]))
 
     def leak(self, data: Mapping) -> LeakSettings:
         d = LeakSettings()
@@ -499,6 +564,10 @@ class _Parser:
                 "hysteresis_fraction": False,
             },
         )
+        if reserve.minimum_pa == 0.0:
+            self.problem(
+                "alarms.reserve_time.minimum_pa", "must be positive, not 0.0 (reserve time is τ·ln(P/minimum_pa))"
+            )
         st = self.table(top, "sensor", "alarms.sensor", {"stale_after_s", "severity"}) or {}
         ds = SensorLimits()
         sensor = SensorLimits(
@@ -551,18 +620,20 @@ class _Parser:
         tls = None
         tt = self.table(t, "tls", "mqtt.tls", {"ca_file", "cert_file", "key_file"})
         if tt is not None:
-            tls = TlsConfig(*(self.value(tt, k, "mqtt.tls", "str", None) for k in ("ca_file", "cert_file", "key_file")))
+            tls = TlsConfig(
+                *(self.value(tt, k, "mqtt.tls", "str", None, _file_path) for k in ("ca_file", "cert_file", "key_file"))
+            )
         return MqttConfig(
-            self.value(t, "host", "mqtt", "str", d.host),
+            self.value(t, "host", "mqtt", "str", d.host, _host),
             self.value(t, "port", "mqtt", "int", d.port, _port),
             self.value(t, "username", "mqtt", "str", None),
-            self.value(t, "password_file", "mqtt", "str", None),
+            self.value(t, "password_file", "mqtt", "str", None, _file_path),
             tls,
             self.value(t, "qos", "mqtt", "int", d.qos, _one_of((0, 1, 2))),
-            self.value(t, "topic_prefix", "mqtt", "str", f"hullwatch/{station}"),
-            self.value(t, "keepalive_s", "mqtt", "int", d.keepalive_s, _positive),
+            self.value(t, "topic_prefix", "mqtt", "str", f"hullwatch/{station}", _topic_prefix),
+            self.value(t, "keepalive_s", "mqtt", "int", d.keepalive_s, _keepalive),
             self.value(t, "homeassistant", "mqtt", "bool", d.homeassistant),
-            self.value(t, "discovery_prefix", "mqtt", "str", d.discovery_prefix),
+            self.value(t, "discovery_prefix", "mqtt", "str", d.discovery_prefix, _topic_prefix),
         )
 
     def spool(self, data: Mapping) -> SpoolConfig | None:
@@ -571,9 +642,9 @@ class _Parser:
             return None
         d = SpoolConfig()
         return SpoolConfig(
-            self.value(t, "path", "spool", "str", d.path),
-            self.value(t, "max_mb", "spool", "float", d.max_mb, _positive),
-            self.value(t, "commit_interval_s", "spool", "float", d.commit_interval_s, _positive),
+            self.value(t, "path", "spool", "str", d.path, _file_path),
+            self.value(t, "max_mb", "spool", "float", d.max_mb, _between(0.1, 1e6, "MB")),
+            self.value(t, "commit_interval_s", "spool", "float", d.commit_interval_s, _positive_at_most(3600.0)),
             self.value(t, "replay_per_s", "spool", "float", d.replay_per_s, _positive),
             configured=True,
         )
@@ -588,6 +659,9 @@ class _Parser:
         if not isinstance(stations, list) or not stations or not all(isinstance(x, str) and x for x in stations):
             self.problem("bridge.stations", 'must be a non-empty list of station names, or ["+"] for every station')
             stations = list(d.stations)
+        for i, name in enumerate(stations):
+            if name != "+" and not STATION_NAME.fullmatch(name):
+                self.problem(f"bridge.stations[{i}]", f'{name!r} must be a station name ([a-z0-9_-]+) or "+"')
         mqtt = self.mqtt(data, "+") if "mqtt" in data else None
         influx = self.influx(data) if "influxdb" in data else None
         if mqtt is None:
@@ -601,8 +675,8 @@ class _Parser:
             influx or InfluxConfig(),
             spool or SpoolConfig(),
             tuple(stations),
-            self.value(t, "topic_root", "bridge", "str", d.topic_root),
-            self.value(t, "share_group", "bridge", "str", d.share_group),
+            self.value(t, "topic_root", "bridge", "str", d.topic_root, _topic_prefix),
+            self.value(t, "share_group", "bridge", "str", d.share_group, _share_group),
             self.value(t, "client_id", "bridge", "str", None),
         )
         if self.problems:
@@ -617,12 +691,12 @@ class _Parser:
         d = InfluxConfig()
         api = self.value(t, "api", "influxdb", "str", d.api, _one_of(("v1", "v2")))
         cfg = InfluxConfig(
-            self.value(t, "url", "influxdb", "str", d.url),
+            self.value(t, "url", "influxdb", "str", d.url, _http_url),
             api,
-            *(
-                self.value(t, k, "influxdb", "str", None)
-                for k in ("org", "bucket", "database", "token_file", "username", "password_file")
-            ),
+            *(self.value(t, k, "influxdb", "str", None) for k in ("org", "bucket", "database")),
+            self.value(t, "token_file", "influxdb", "str", None, _file_path),
+            self.value(t, "username", "influxdb", "str", None),
+            self.value(t, "password_file", "influxdb", "str", None, _file_path),
         )
         if api == "v2" and not cfg.bucket:
             self.problem("influxdb.bucket", 'missing (required with api = "v2")')
@@ -653,6 +727,118 @@ def _bcm_pin(v: int) -> str | None:
 
 def _port(v: int) -> str | None:
     return None if 0 < v < 65536 else f"must be a TCP port 1..65535, not {v!r}"
+
+
+def _keepalive(v: int) -> str | None:
+    # MQTT's field is 16 bits; 0 would switch off the broker's check, and with it the Last Will (`P/status`).
+    return (
+        None if 0 < v < 65536 else f"must be 1..65535 s (MQTT's range; 0 would keep a dead station online), not {v!r}"
+    )
+
+
+def _between(lo: float, hi: float, unit: str) -> Callable[[float], str | None]:
+    return lambda v: None if lo <= v <= hi else f"must be {lo:g}..{hi:g} {unit}, not {v!r}"
+
+
+def _positive_at_most(hi: float) -> Callable[[float], str | None]:
+    return lambda v: None if 0 < v <= hi else f"must be above 0 and at most {hi:g}, not {v!r}"
+
+
+def _file_path(v: str) -> str | None:
+    if not v:
+        return "must not be empty (a file path)"
+    return "must not contain a NUL character" if "\0" in v else None
+
+
+def _host(v: str) -> str | None:
+    if not v or v != v.strip() or "\0" in v or "/" in v:
+        return f"must be a host name or address, not {v!r}"
+    return None
+
+
+def _topic_prefix(v: str) -> str | None:
+    """An MQTT topic prefix: something to publish under, not a subscription filter."""
+    if not v.strip("/"):
+        return f"must not be empty, not {v!r}"
+    if v.startswith("/"):
+        return f"{v!r} must not start with '/' (an empty first topic level)"
+    if v.startswith("$"):
+        return f"{v!r} must not start with '$' (those topics are the broker's own)"
+    bad = [c for c in ("#", "+", "\0") if c in v]
+    if bad:
+        return f"{v!r} must not contain {' or '.join(map(repr, bad))} (wildcards are for subscribing, not topics)"
+    if len(v.encode("utf-8")) > MAX_TOPIC_PREFIX_BYTES:
+        return f"must be at most {MAX_TOPIC_PREFIX_BYTES} bytes long"
+    return None
+
+
+def _share_group(v: str) -> str | None:
+    bad = [c for c in ("/", "#", "+", "\0") if c in v]
+    return f"{v!r} must not contain {' or '.join(map(repr, bad))}" if bad else None
+
+
+def _http_url(v: str) -> str | None:
+    """An http(s) base URL with a host."""
+    try:
+        parts = urllib.parse.urlsplit(v)
+        port = parts.port  # raises ValueError when not a number in 0..65535
+    except ValueError as exc:
+        return f"{v!r} is not a URL ({exc})"
+    if parts.scheme not in ("http", "https"):
+        return f"{v!r} must be an http:// or https:// URL"
+    if not parts.hostname:
+        return f"{v!r} has no host"
+    if port == 0:
+        return f"{v!r} has port 0"
+    if parts.query or parts.fragment or any(c.isspace() or c == "\0" for c in v):
+        return f"{v!r} must be a plain base URL (no spaces, ?query or #fragment)"
+    return None
+
+
+def _serial_port(v: str) -> str | None:
+    """A device path, or a URL whose scheme pyserial has a handler for (loop://, socket://, rfc2217://, ...)."""
+    if "\0" in v:
+        return "must not contain a NUL character"
+    if "://" not in v:
+        return None
+    scheme = v.split("://", 1)[0].lower()
+    handlers = _serial_url_handlers()
+    module = handlers.get(scheme)
+    if module is None:
+        known = ", ".join(f"{h}://" for h in sorted(handlers))
+        return f"{v!r}: pyserial knows no {scheme}:// (a device path such as /dev/ttyUSB0, or one of {known})"
+    try:
+        importlib.import_module(module)
+    except ImportError as exc:
+        return f"{v!r}: pyserial's {scheme}:// handler cannot load ({exc})"
+    return _host_port(v) if scheme in ("socket", "rfc2217") else None
+
+
+def _serial_url_handlers() -> dict[str, str]:
+    """pyserial's URL schemes and their handler modules, found as serial_for_url() finds them."""
+    import serial
+
+    found: dict[str, str] = {}
+    for package in serial.protocol_handler_packages:
+        try:
+            path = importlib.import_module(package).__path__
+        except (ImportError, AttributeError):
+            continue
+        for m in pkgutil.iter_modules(path):
+            if m.name.startswith("protocol_"):
+                found.setdefault(m.name.removeprefix("protocol_"), f"{package}.{m.name}")
+    return found
+
+
+def _host_port(v: str) -> str | None:
+    try:
+        parts = urllib.parse.urlsplit(v)
+        port = parts.port
+    except ValueError as exc:
+        return f"{v!r} is not a valid URL ({exc})"
+    if not parts.hostname or not port:
+        return f"{v!r} must name a host and a port ({parts.scheme}://HOST:PORT)"
+    return None
 
 
 def _matches(pattern: re.Pattern, shape: str) -> Callable[[str], str | None]:

@@ -1,8 +1,10 @@
 """The samples file (ICD §3): CSV with a header `time,sensor,quantity,value`.
 
 Read by `hullwatch analyze`, written by the recorder. Every row is checked; the first
-bad one stops the reading with a SamplesError that names the file and line.
-A name ending in `.gz` is read and written gzip-compressed.
+bad one stops the reading with a SamplesError that names the file and line. A last row
+without its line end is a truncated write (the recorder ends every row), not data.
+A name ending in `.gz` is read and written gzip-compressed; damaged compressed data is a
+SamplesError too.
 """
 
 from __future__ import annotations
@@ -10,13 +12,16 @@ from __future__ import annotations
 import csv
 import gzip
 import math
-from collections.abc import Iterator, Mapping
+import zlib
+from collections.abc import Iterable, Iterator, Mapping
 from datetime import datetime
 from typing import IO, TextIO
 
 from hullwatch.core.model import Quantity, Sample
 
 HEADER = ("time", "sensor", "quantity", "value")
+# Epoch seconds a sample may carry: 1970 up to the end of year 9999 (what ISO 8601 and a date can show).
+LATEST_TIME = 253402300799.0
 _QUANTITIES = {q.value: q for q in Quantity}
 
 
@@ -51,13 +56,28 @@ def parse_time(text: str) -> float:
     return stamp.timestamp()
 
 
+class _Lines:
+    """The lines of a text stream, remembering whether the last one taken had its line end."""
+
+    def __init__(self, stream: Iterable[str]) -> None:
+        self.stream = stream
+        self.ended = True
+
+    def __iter__(self) -> Iterator[str]:
+        for text in self.stream:
+            if text[-1] not in "\r\n":  # only the very last line can lack its end
+                self.ended = False
+            yield text
+
+
 def read_samples(path: str, names: Mapping[str, frozenset[Quantity]], stream: TextIO | None = None) -> Iterator[Sample]:
     """Yield the samples of a file, checking every row against the known names and their quantities."""
     kinds = {(name, q.value): q for name, allowed in names.items() for q in allowed}
     f = stream if stream is not None else open_text(path)
-    line = 1
+    line = 0  # the last line read whole
+    lines = _Lines(f)
     try:
-        rows = csv.reader(f)
+        rows = csv.reader(lines)
         header = next(rows, None)
         if header is None:
             raise SamplesError(path, 1, "empty file: expected the header 'time,sensor,quantity,value'")
@@ -68,6 +88,12 @@ def read_samples(path: str, names: Mapping[str, frozenset[Quantity]], stream: Te
             line = rows.line_num
             if not row:
                 continue
+            if not lines.ended:
+                raise SamplesError(
+                    path,
+                    line,
+                    f"last row {','.join(row)!r} has no line end: cut off mid-write? (a whole row ends with one)",
+                )
             try:
                 t_text, name, q_text, v_text = row
             except ValueError:
@@ -79,8 +105,8 @@ def read_samples(path: str, names: Mapping[str, frozenset[Quantity]], stream: Te
                     t = parse_time(t_text)
                 except ValueError as exc:
                     raise SamplesError(path, line, str(exc)) from None
-            if not math.isfinite(t):
-                raise SamplesError(path, line, f"time {t_text!r} is not finite")
+            if not 0.0 <= t <= LATEST_TIME:
+                raise SamplesError(path, line, f"time {t_text!r} is not between 1970 and 9999 (epoch seconds)")
             if t < last:
                 raise SamplesError(path, line, f"time {t_text} goes backwards (previous row {last!r})")
             last = t
@@ -102,6 +128,8 @@ def read_samples(path: str, names: Mapping[str, frozenset[Quantity]], stream: Te
         raise SamplesError(path, _first_undecodable_line(path), f"not UTF-8 text ({exc.reason})") from None
     except csv.Error as exc:
         raise SamplesError(path, line + 1, f"bad CSV: {exc}") from None
+    except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
+        raise SamplesError(path, line + 1, f"damaged gzip data ({exc})") from None
     finally:
         if stream is None:
             f.close()
@@ -110,12 +138,15 @@ def read_samples(path: str, names: Mapping[str, frozenset[Quantity]], stream: Te
 def _first_undecodable_line(path: str) -> int:
     """The line number of the first line that is not UTF-8 (text is decoded in chunks, ahead of the rows)."""
     opener = gzip.open if path.endswith(".gz") else open
-    with opener(path, "rb") as f:
-        for number, raw in enumerate(f, start=1):
-            try:
-                raw.decode("utf-8")
-            except UnicodeDecodeError:
-                return number
+    try:
+        with opener(path, "rb") as f:
+            for number, raw in enumerate(f, start=1):
+                try:
+                    raw.decode("utf-8")
+                except UnicodeDecodeError:
+                    return number
+    except (OSError, EOFError, zlib.error):
+        pass
     return 1
 
 

@@ -51,6 +51,8 @@ from typing import Any
 from hullwatch.core.model import Quantity
 from hullwatch.sim.physics import Module, SensorModel, cycle, steps
 
+MAX_SCENARIO_BYTES = 16 * 2**20  # a scenario is a few kB; more is a wrong file (/dev/zero ...)
+
 
 class ScenarioError(ValueError):
     """A scenario file is wrong; the message names the file and key."""
@@ -109,11 +111,18 @@ class Scenario:
 
 def load(path: str) -> Scenario:
     """Read and check a scenario file."""
+    with open(path, "rb") as f:
+        raw = f.read(MAX_SCENARIO_BYTES + 1)
+    if len(raw) > MAX_SCENARIO_BYTES:
+        raise ScenarioError(f"{path}: larger than {MAX_SCENARIO_BYTES // 2**20} MB: not a scenario file")
     try:
-        with open(path, "rb") as f:
-            data = tomllib.load(f)
+        data = tomllib.loads(raw.decode("utf-8"))
     except tomllib.TOMLDecodeError as exc:
         raise ScenarioError(f"{path}: TOML syntax: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ScenarioError(f"{path}: not UTF-8 text ({exc.reason})") from None
+    except RecursionError:
+        raise ScenarioError(f"{path}: TOML nested too deeply to read") from None
     return parse(data, path)
 
 

@@ -140,7 +140,8 @@ class Spool:
         self.on_dropped = on_dropped or (lambda _n: None)
         self.on_commit: Callable[[int], None] | None = None  # told the newest id now in the file
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        self._lock_file = open(path + ".lock", "a")  # noqa: SIM115 - held until close()
+        self._lock_path = os.path.realpath(path) + ".lock"  # one lock per file, whatever symlink led to it
+        self._lock_file = open(self._lock_path, "a")  # noqa: SIM115 - held until close()
         try:
             fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -396,9 +397,9 @@ class Spool:
             db.close()
         self._lock_file.close()
         if self.temporary:
-            for suffix in ("", "-wal", "-shm", ".lock"):
+            for name in (self.path, self.path + "-wal", self.path + "-shm", self._lock_path):
                 with contextlib.suppress(OSError):
-                    os.unlink(self.path + suffix)
+                    os.unlink(name)
 
 
 class Forwarder:
@@ -501,10 +502,10 @@ class Forwarder:
             self.mark = self.live_done = self.done
 
     def _allowance(self) -> int:
-        """How many backlog records may go now (a token bucket of replay_per_s)."""
+        """How many backlog records may go now (a token bucket of replay_per_s, holding at least one record)."""
         now = time.monotonic()
         rate = self.spool.replay_per_s
-        self._budget = min(rate, self._budget + (now - self._budget_at) * rate)
+        self._budget = min(max(rate, 1.0), self._budget + (now - self._budget_at) * rate)
         self._budget_at = now
         n = int(min(self._budget, REPLAY_CHUNK))
         self._budget -= n
