@@ -112,7 +112,8 @@ class Recorder:
             log.error("recorder: %d row(s) could not be written to %s and are lost (%s)", left, self.path, self.problem)
         with contextlib.suppress(OSError):
             os.close(self._fd)
-        log.info("recorder: %d samples written to %s", self.rows, self.path)
+        if self._thread is not None:
+            log.info("recorder: %d samples written to %s", self.rows, self.path)
 
     # -- the writer thread -----------------------------------------------------------------------
 
@@ -198,6 +199,9 @@ class Recorder:
             os.close(fd)
             raise
         self._fd, self._size = fd, whole
+        if whole == 0:  # a new file is a samples file from the start; on a full disk, with the first rows
+            with contextlib.suppress(OSError):
+                self._write_whole(HEADER_LINE.encode())
 
     def _rotate(self) -> None:
         """Rename the full file aside, begin a new one, and delete the oldest files over the cap."""

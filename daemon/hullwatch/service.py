@@ -34,6 +34,7 @@ import os
 import queue
 import threading
 import time
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
@@ -403,11 +404,11 @@ class Daemon:
         if self.recorder is not None:
             self.recorder.configure(cfg.recorder.rotate_mb, cfg.recorder.max_mb)
             self.recorder.start()
+        if self.mqtt is not None:
+            self.mqtt.start()  # connects in the background, retrying for ever
         if self.spool is not None:
             self.spool.configure(cfg.spool.max_mb, cfg.spool.commit_interval_s, cfg.spool.replay_per_s)
             self.spool.start(self.sinks)
-        if self.mqtt is not None:
-            self.mqtt.start()  # connects in the background, retrying for ever
         self._driver_stop = threading.Event()
         for d in self.drivers:
             t = threading.Thread(
@@ -520,8 +521,8 @@ class Daemon:
         """Per sensor and hatch switch: quality now, trouble counts (samples and the driver's own), staleness.
 
         `quality` is `bad` when nothing came for `stale_after_s` (an unplugged sensor, also from start-up),
-        at least `suspect` when the driver counted trouble since the previous call, else the latest
-        sample's. `errors` adds the non-good samples and the driver's trouble counts.
+        `suspect` before the first sample or when the driver counted trouble since the previous call,
+        else the latest sample's. `errors` adds the non-good samples and the driver's trouble counts.
         """
         mono = time.monotonic()
         stale_after = self.cfg.module.alarms.sensor.stale_after_s
@@ -535,7 +536,7 @@ class Daemon:
             }
             trouble = sum(v for k, v in counts.items() if k not in RECOVERY_COUNTERS.values())
             silent_s = mono - (h.seen if h.seen is not None else self._started_at)
-            quality = h.quality
+            quality = h.quality if h.seen is not None else Quality.SUSPECT.value  # not heard from yet
             if silent_s > stale_after:
                 quality = Quality.BAD.value
             elif trouble > h.trouble and quality == Quality.GOOD.value:
@@ -828,22 +829,28 @@ def _annunciator(cfg: Config, pin_factory: Any, on_ack: Callable[[], None]) -> A
     except RuntimeError as exc:
         raise BuildError([f"{cfg.path}: annunciator: {exc}"], EX_UNAVAILABLE) from None
     try:
-        pins = (a.buzzer_gpio, a.led_gpio, a.ack_button_gpio)
-        return Annunciator(*pins, on_ack=on_ack, pin_factory=pin_factory, led2_pin=a.fault_led_gpio)
+        with warnings.catch_warnings(record=True) as fallbacks:  # gpiozero says which pin libraries it tried
+            warnings.simplefilter("always")
+            pins = (a.buzzer_gpio, a.led_gpio, a.ack_button_gpio)
+            annunciator = Annunciator(*pins, on_ack=on_ack, pin_factory=pin_factory, led2_pin=a.fault_led_gpio)
     except gpiozero.GPIOPinInUse as exc:
         raise BuildError([f"{cfg.path}: annunciator: a GPIO pin is used twice: {exc}"], pins_busy=True) from None
     except gpiozero.BadPinFactory:
+        tried = "; ".join(str(w.message) for w in fallbacks) or "none"
         raise BuildError(
             [
                 f"{cfg.path}: annunciator: gpiozero finds no GPIO library that works here "
                 "(on a Raspberry Pi 5: apt install python3-lgpio, or pip install lgpio; "
-                "without a Pi: GPIOZERO_PIN_FACTORY=mock)"
+                f"without a Pi: GPIOZERO_PIN_FACTORY=mock); tried: {tried}"
             ]
         ) from None
     except gpiozero.GPIOZeroError as exc:  # an invalid pin for this board, a pin that cannot pull up, ...
         raise BuildError([f"{cfg.path}: annunciator: {type(exc).__name__}: {exc}"]) from None
     except Exception as exc:  # the GPIO chip busy or not permitted (lgpio errors, OSError)
         raise BuildError([f"{cfg.path}: annunciator: cannot use the GPIO pins: {exc}"], EX_UNAVAILABLE) from None
+    for w in fallbacks:
+        log.info("annunciator: %s", w.message)
+    return annunciator
 
 
 class EventLog:

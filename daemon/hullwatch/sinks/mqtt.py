@@ -232,7 +232,8 @@ def apply_credentials(client: mqtt.Client, cfg: MqttConfig) -> None:
             with open(cfg.password_file, encoding="utf-8") as f:
                 password = f.read().rstrip("\r\n")
         except (OSError, UnicodeDecodeError) as exc:
-            raise MqttSetupError(f"mqtt.password_file: cannot read {cfg.password_file}: {exc}") from None
+            reason = getattr(exc, "strerror", None) or exc
+            raise MqttSetupError(f"mqtt.password_file: cannot read {cfg.password_file}: {reason}") from None
     if password is not None and not cfg.username:
         raise MqttSetupError("mqtt.password_file: given without mqtt.username")
     if cfg.username:
