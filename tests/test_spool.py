@@ -13,6 +13,7 @@ import time
 
 import pytest
 
+import daemon_rig
 from hullwatch.sinks.spool import Record, SendResult, SinkUnavailable, Spool, SpoolInUse
 
 
@@ -354,3 +355,24 @@ def test_close_is_bounded_even_with_a_stuck_sink(tmp_path):
     db = sqlite3.connect(path)
     assert db.execute("SELECT count(*) FROM record").fetchone()[0] == 10, "committed for next time"
     db.close()
+
+
+def test_a_full_disk_holds_records_in_memory_says_so_and_catches_up(tmp_path):
+    with daemon_rig.small_disk(tmp_path, kib=256) as disk:
+        spool = Spool(str(disk.path / "s.sqlite"), commit_interval_s=0.05)
+        sink = FakeSink()
+        sink.up = False
+        spool.start([sink])
+        n = 0
+        while spool.problem is None and n < 50_000:
+            for _ in range(200):
+                spool.append("sample", float(n), {"v": n, "pad": "p" * 200})
+                n += 1
+            time.sleep(0.02)
+        assert spool.problem is not None and "full" in spool.problem
+        disk.resize(16 * 1024)
+        assert wait_until(lambda: spool.problem is None, 10), "commits again once there is room"
+        sink.up = True
+        assert wait_until(lambda: len(sink.values()) == n, 30), "nothing lost"
+        assert sorted(sink.values()) == list(range(n))
+        spool.close()

@@ -63,7 +63,7 @@ REPLAY_CHUNK = 2000
 IDLE_WAIT_S = 0.5
 RETRY_FIRST_S = 1.0
 RETRY_MAX_S = 15.0
-MAX_PENDING = 200_000  # records held in memory when the file cannot be written
+MAX_PENDING = 100_000  # records held in memory when the file cannot be written (about 37 MB)
 SQLITE_CORRUPT, SQLITE_NOTADB = 11, 26  # the primary result codes of a damaged file
 
 SCHEMA = """
