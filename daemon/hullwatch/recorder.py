@@ -50,7 +50,7 @@ class Recorder:
     ) -> None:
         """Open (or make) the file, cutting back a torn last row; OSError or ValueError if it cannot be used."""
         if path.endswith(".gz"):
-            raise ValueError(f"{path}: the recorder writes plain CSV (a .gz file cannot be appended row by row)")
+            raise ValueError("the recorder writes plain CSV (a .gz file cannot be appended row by row)")
         self.path = path
         self.flush_interval_s = flush_interval_s
         self.configure(rotate_mb, max_mb)
