@@ -611,12 +611,16 @@ class Spool:
         self._forwarder_threads = []
 
     def _commit_loop(self) -> None:
-        while not self._stop.wait(self.commit_interval_s):
+        """Commit every interval; while the file cannot be written, retry with backoff (up to RETRY_MAX_S)."""
+        delay = self.commit_interval_s
+        while not self._stop.wait(delay):
             try:
                 self.commit()
                 if self.problem is not None:
                     log.info("spool: writing %s again", self.path)
                 self.problem = None
+                delay = self.commit_interval_s
+                continue
             except sqlite3.Error as exc:
                 if self.problem is None:
                     log.error("spool: cannot write %s: %s (holding records in memory)", self.path, exc)
@@ -625,6 +629,7 @@ class Spool:
                 if self.problem is None:
                     log.exception("spool: commit failed")
                 self.problem = f"commit failed: {type(exc).__name__}: {exc}"
+            delay = min(RETRY_MAX_S, max(delay, self.commit_interval_s) * 2)
 
     def close(self, drain_s: float = 0.0, timeout_s: float = 5.0) -> None:
         """Give the forwarders up to `drain_s` to catch up, stop the threads (up to timeout_s), commit, close."""
