@@ -13,6 +13,7 @@ import time
 
 import pytest
 
+import daemon_rig
 from hullwatch.sinks.spool import Forwarder, Record, SendResult, SinkUnavailable, Spool, SpoolInUse
 
 
@@ -263,4 +264,164 @@ def test_a_backlog_drains_at_a_replay_rate_below_one(tmp_path):
         replayed = sum(replay for _, replay in sink.got)
         assert replayed <= 1 + 0.8 * (time.monotonic() - started) + 1, "at about the configured rate, not faster"
     finally:
+        spool.close()
+
+
+# -- faults: corrupt files, cheap statistics, handover, bounded stop ------------------------------------------------
+
+
+def spool_with_backlog(path: str, n: int = 5000) -> None:
+    """A spool file holding n committed records that sink `x` still needs."""
+    spool = Spool(path)
+    spool._sinks = ["x"]
+    for i in range(n):
+        spool.append("sample", float(i), {"v": i, "pad": "y" * 100})
+    spool.commit()
+    spool.close()
+
+
+def garbage(path: str) -> None:
+    size = os.path.getsize(path)
+    with open(path, "wb") as f:
+        f.write(os.urandom(size))
+
+
+def zeroed_header(path: str) -> None:
+    with open(path, "r+b") as f:
+        f.write(b"\0" * 100)
+
+
+def truncated(path: str) -> None:
+    os.truncate(path, os.path.getsize(path) // 2)
+
+
+def bad_middle_page(path: str) -> None:
+    """Garbage in the cells of a leaf page half way: the file opens, a query that reads that page fails."""
+    page = os.path.getsize(path) // 4096 // 2
+    with open(path, "r+b") as f:
+        f.seek(page * 4096 + 2000)
+        f.write(b"\xff" * 1500)
+
+
+@pytest.mark.parametrize("damage", [garbage, zeroed_header, truncated])
+def test_a_corrupt_file_at_start_is_moved_aside_and_a_fresh_one_started(tmp_path, damage, caplog):
+    path = str(tmp_path / "s.sqlite")
+    spool_with_backlog(path)
+    damage(path)
+    spool = Spool(path)
+    aside = [p for p in os.listdir(tmp_path) if ".corrupt-" in p and not p.endswith(("-wal", "-shm"))]
+    assert len(aside) == 1 and aside[0].startswith("s.sqlite.corrupt-")
+    assert spool.recoveries == 1 and spool.counters["corrupt"] == 1
+    assert "moved aside" in spool.last_fault and "moved aside" in caplog.text
+    sink = FakeSink(kinds=frozenset({"sample"}))
+    spool.start([sink])
+    spool.append("sample", 1.0, {"v": 42})
+    assert wait_until(lambda: sink.values() == [42]), "the fresh spool forwards"
+    spool.close()
+    db = sqlite3.connect(path)
+    assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    assert db.execute("SELECT value FROM counter WHERE name = 'corrupt'").fetchone() == (1,)
+    db.close()
+
+
+def test_corruption_met_while_forwarding_is_moved_aside_and_forwarding_goes_on(tmp_path):
+    path = str(tmp_path / "s.sqlite")
+    spool_with_backlog(path)
+    bad_middle_page(path)
+    spool = Spool(path, commit_interval_s=0.1)
+    assert spool.recoveries == 0, "the damage does not show at open"
+    sink = FakeSink("x")
+    spool.start([sink])
+    assert wait_until(lambda: spool.recoveries == 1), "the forwarder met the bad page"
+    assert spool.stats()["depth"] >= 0  # statistics keep working
+    for i in range(100):
+        spool.append("sample", 10_000.0 + i, {"v": 10_000 + i})
+    assert wait_until(lambda: set(range(10_000, 10_100)) <= set(sink.values())), "new records still go out"
+    spool.close()
+    assert any(".corrupt-" in p for p in os.listdir(tmp_path))
+
+
+def test_stats_come_from_counters_and_match_the_file(tmp_path):
+    spool = Spool(str(tmp_path / "s.sqlite"), max_mb=0.25)
+    spool._sinks = ["a", "b"]
+
+    def truth() -> int:
+        floor = min(spool.cursors.get(s, 0) for s in spool._sinks)
+        in_file = spool._reader().execute("SELECT count(*) FROM record WHERE id > ?", (floor,)).fetchone()[0]
+        return in_file + len([r for r in spool._in_memory() if r.id > floor and r.id > spool._file_last_id])
+
+    for round_ in range(12):
+        for i in range(400):
+            spool.append("sample", time.time() - 5, {"v": i, "pad": "z" * 200})
+        if round_ % 2:
+            spool.commit()
+        spool.set_cursor("a", spool.last_id - 100)
+        spool.set_cursor("b", spool.last_id - 1500 * (round_ % 3))
+        assert spool.stats()["depth"] == truth(), f"round {round_}"
+    stats = spool.stats()
+    assert stats["dropped"] > 0, "the budget dropped records along the way"
+    assert 4 < stats["oldest_unsent_s"] < 60
+    spool.commit()
+    assert spool.stats()["depth"] == truth()
+    spool.close()
+
+
+def test_forwarders_hand_over_to_new_sinks_with_the_cursors(tmp_path):
+    spool = Spool(str(tmp_path / "s.sqlite"), commit_interval_s=0.1)
+    old = FakeSink("x")
+    spool.start([old])
+    for i in range(50):
+        spool.append("sample", float(i), {"v": i})
+    assert wait_until(lambda: len(old.values()) == 50)
+    spool.stop_forwarding(2.0)
+    for i in range(50, 80):
+        spool.append("sample", float(i), {"v": i})
+    new = FakeSink("x")
+    spool.start([new])
+    assert wait_until(lambda: len(new.values()) >= 30)
+    assert new.values() == list(range(50, 80)), "the new sink starts where the old one stopped"
+    spool.close()
+
+
+class StuckSink(FakeSink):
+    """A sink whose send never returns (a frozen server)."""
+
+    def send(self, records, replay):
+        threading.Event().wait(60)
+        return SendResult(0)
+
+
+def test_close_is_bounded_even_with_a_stuck_sink(tmp_path):
+    path = str(tmp_path / "s.sqlite")
+    spool = Spool(path, commit_interval_s=0.1)
+    spool.start([StuckSink("stuck")])
+    for i in range(10):
+        spool.append("sample", float(i), {"v": i})
+    time.sleep(0.3)
+    started = time.monotonic()
+    spool.close(drain_s=0.5, timeout_s=1.0)
+    assert time.monotonic() - started < 5.0
+    db = sqlite3.connect(path)
+    assert db.execute("SELECT count(*) FROM record").fetchone()[0] == 10, "committed for next time"
+    db.close()
+
+
+def test_a_full_disk_holds_records_in_memory_says_so_and_catches_up(tmp_path):
+    with daemon_rig.small_disk(tmp_path, kib=256) as disk:
+        spool = Spool(str(disk.path / "s.sqlite"), commit_interval_s=0.05)
+        sink = FakeSink()
+        sink.up = False
+        spool.start([sink])
+        n = 0
+        while spool.problem is None and n < 50_000:
+            for _ in range(200):
+                spool.append("sample", float(n), {"v": n, "pad": "p" * 200})
+                n += 1
+            time.sleep(0.02)
+        assert spool.problem is not None and "full" in spool.problem
+        disk.resize(16 * 1024)
+        assert wait_until(lambda: spool.problem is None, 40), "commits again once there is room (with backoff)"
+        sink.up = True
+        assert wait_until(lambda: len(sink.values()) == n, 30), "nothing lost"
+        assert sorted(sink.values()) == list(range(n))
         spool.close()

@@ -3,81 +3,17 @@
 from __future__ import annotations
 
 import os
-import pty
+import re
 import signal
-import socket
 import subprocess
 import sys
-import threading
 import time
-from pathlib import Path
 
 import pytest
 
+from daemon_rig import FakeSystemd, Transducer
+
 STALE_S = 2.0
-
-
-class FakeSystemd:
-    """A datagram socket at $NOTIFY_SOCKET that timestamps every field it receives."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = str(path)
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(self.path)
-        self.sock.settimeout(0.2)
-        self.messages: list[tuple[float, str]] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._listen, daemon=True)
-        self._thread.start()
-
-    def _listen(self) -> None:
-        while not self._stop.is_set():
-            try:
-                data = self.sock.recv(65536)
-            except TimeoutError:
-                continue
-            now = time.monotonic()
-            self.messages += [(now, line) for line in data.decode().splitlines()]
-
-    def times(self, field: str, after: float = 0.0) -> list[float]:
-        return [t for t, m in list(self.messages) if m == field and t > after]
-
-    def wait_for(self, field: str, after: float = 0.0, timeout: float = 10.0) -> float | None:
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            hits = self.times(field, after)
-            if hits:
-                return hits[0]
-            time.sleep(0.02)
-        return None
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.sock.close()
-
-
-class Transducer:
-    """A pty pair: the daemon reads one end as a serial port; we write a pressure line every 0.1 s."""
-
-    def __init__(self) -> None:
-        self.master, slave = pty.openpty()
-        self.port = os.ttyname(slave)
-        self._slave = slave
-        self.streaming = threading.Event()
-        self.streaming.set()
-        self._stop = threading.Event()
-        threading.Thread(target=self._run, daemon=True).start()
-
-    def _run(self) -> None:
-        while not self._stop.wait(0.1):
-            if self.streaming.is_set():
-                os.write(self.master, b"101325.0\n")
-
-    def close(self) -> None:
-        self._stop.set()
-        os.close(self.master)
-        os.close(self._slave)
 
 
 def config_text(port: str, station: str = "notify") -> str:
@@ -172,3 +108,34 @@ def test_sighup_reloads_a_good_config_and_keeps_the_old_one_on_a_bad_one(rig):
     assert "reload refused" in text and f"{cfg}: segment[1].name" in text
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=5) == 0
+
+
+def test_a_reload_that_cannot_be_built_keeps_the_old_daemon_and_says_why(rig):
+    systemd, transducer, proc, cfg, _started, log = rig
+    assert systemd.wait_for("READY=1", timeout=10)
+    missing = cfg.parent / "mqtt-password"
+    cfg.write_text(
+        config_text(transducer.port, station="broken") + f'\n[mqtt]\nusername = "u"\npassword_file = "{missing}"\n'
+    )
+    hup = time.monotonic()
+    proc.send_signal(signal.SIGHUP)
+    assert systemd.wait_for("RELOADING=1", after=hup, timeout=3)
+    assert systemd.wait_for("READY=1", after=hup, timeout=5)
+    assert any("reload refused" in s and "mqtt.password_file" in s for s in systemd.statuses(after=hup)), (
+        "STATUS says why"
+    )
+    time.sleep(1.0)
+    assert proc.poll() is None, "the old daemon runs on"
+    assert systemd.wait_for("WATCHDOG=1", after=time.monotonic(), timeout=3), "still monitoring"
+    text = log.read_text()
+    assert f"reload refused, keeping the running configuration: {cfg}: mqtt.password_file" in text
+    assert re.search(r"ADVISORY +reload_fault config ACTIVE: reload refused", text)
+    assert "monitoring broken" not in text
+    missing.write_text("pw\n")  # fixed: the next reload goes through
+    hup = time.monotonic()
+    proc.send_signal(signal.SIGHUP)
+    again = systemd.wait_for("READY=1", after=hup, timeout=10)
+    assert again and systemd.wait_for("WATCHDOG=1", after=again, timeout=3)
+    assert "monitoring broken" in log.read_text() and "configuration reloaded" in log.read_text()
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=10) == 0

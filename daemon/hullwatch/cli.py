@@ -251,8 +251,13 @@ def _stop_on_signals() -> threading.Event:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    """The monitor, in the foreground, until SIGTERM or SIGINT; SIGHUP reloads the configuration."""
-    from hullwatch.service import Daemon, build_drivers
+    """The monitor, in the foreground, until SIGTERM or SIGINT; SIGHUP reloads the configuration.
+
+    Everything is built before anything runs; a start that cannot be built prints one line per
+    problem and exits 78 (configuration) or 69 (a service or device unavailable). A reload builds the
+    new daemon while the old one runs, and keeps the old one if the new one cannot be built.
+    """
+    from hullwatch import service
     from hullwatch.systemd import Notifier
 
     cfg = _load_config(args.config)
@@ -260,45 +265,34 @@ def cmd_run(args: argparse.Namespace) -> int:
         return cfg
     _setup_logging(args.verbose)
     log = logging.getLogger("hullwatch")
-    notifier = Notifier()
     stop = _stop_on_signals()
     hup = threading.Event()
     signal.signal(signal.SIGHUP, lambda _s, _f: hup.set())
-    pending: list[config.Config] = []
+    try:
+        daemon: service.Daemon | None = service.build(cfg)
+    except service.BuildError as exc:
+        for line in exc.problems:
+            print(line, file=sys.stderr)
+        return exc.exit_code
+    notifier = Notifier()
 
-    def reload() -> bool:
-        """On SIGHUP: validate the new configuration; True to switch to it, False to keep the old one."""
+    def reload(old: service.Daemon) -> service.Daemon | None:
+        """On SIGHUP: the daemon of the configuration now in the file, or None to keep the old one."""
         if not hup.is_set():
-            return False
+            return None
         hup.clear()
         notifier.reloading()
         try:
-            new = config.load(cfg.path)
-            build_drivers(new, for_run=False)
-        except (OSError, config.ConfigError) as exc:
-            problems = exc.problems if isinstance(exc, config.ConfigError) else [f"{cfg.path}: {exc}"]
-            for line in problems:
-                log.error("reload refused, keeping the running configuration: %s", line)
-            notifier.ready("reload refused: the new configuration is invalid; running on the old one")
-            return False
-        pending.append(new)
-        return True
-
-    while True:
-        try:
-            daemon = Daemon(cfg)
-        except config.ConfigError as exc:
-            for line in exc.problems:
-                print(line, file=sys.stderr)
-            return EX_CONFIG
-        except (RuntimeError, OSError) as exc:  # a required library, device layer or file is missing
-            print(f"hullwatch: {exc}", file=sys.stderr)
-            return EX_UNAVAILABLE
-        daemon.run(stop, notifier, reload)
-        if not pending:
-            break
-        cfg = pending.pop()
+            new = service.rebuild(old, cfg.path)
+        except service.BuildError as exc:
+            old.reload_refused(exc.problems)
+            notifier.ready(old.status())
+            return None
         log.info("configuration reloaded from %s", cfg.path)
+        return new
+
+    while daemon is not None:
+        daemon = daemon.run(stop, notifier, reload)
     notifier.stopping()
     return EX_OK
 

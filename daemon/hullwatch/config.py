@@ -76,6 +76,8 @@ class SensorConfig:
 @dataclass(frozen=True)
 class RecorderConfig:
     path: str
+    rotate_mb: float = 64.0  # a new file once the current one reaches this
+    max_mb: float = 1024.0  # the oldest rotated files go while all of them exceed this
 
 
 @dataclass(frozen=True)
@@ -320,9 +322,14 @@ class _Parser:
         leak = self.leak(data)
         alarms = self.alarms(data)
         recorder = spool = annunciator = mqtt = influx = None
-        t = self.table(data, "recorder", "recorder", {"path"})
+        t = self.table(data, "recorder", "recorder", {"path", "rotate_mb", "max_mb"})
         if t is not None:
-            recorder = RecorderConfig(self.value(t, "path", "recorder", "str", check=_file_path))
+            r = RecorderConfig("")
+            recorder = RecorderConfig(
+                self.value(t, "path", "recorder", "str", check=_file_path),
+                self.value(t, "rotate_mb", "recorder", "float", r.rotate_mb, _positive),
+                self.value(t, "max_mb", "recorder", "float", r.max_mb, _positive),
+            )
         spool = self.spool(data)
         pins = ("buzzer_gpio", "led_gpio", "ack_button_gpio", "fault_led_gpio")
         t = self.table(data, "annunciator", "annunciator", set(pins))

@@ -44,7 +44,7 @@ def describe(event: Event) -> str:
     when = utc(event.time)
     if isinstance(event, AlarmTransition):
         head = f"{when} {event.severity.label.upper():9} {event.alarm} {event.source} {event.state.value.upper()}"
-        if event.alarm == "sensor_fault":
+        if event.alarm == "sensor_fault" or (event.threshold is None and event.reason):  # and the daemon's own
             return f"{head}: {event.reason}"
         detail = f"{quantity(event.alarm, event.value)} (threshold {quantity(event.alarm, event.threshold)})"
         return f"{head}: {detail}" + (f"; {event.reason}" if event.reason else "")

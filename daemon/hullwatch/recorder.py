@@ -1,47 +1,269 @@
-"""The recorder: appends every sample read to a samples file (ICD §3) that `analyze` reads back."""
+"""The recorder: appends every sample read to a samples file (ICD §3) that `analyze` reads back.
+
+Theory of operation
+-------------------
+The main loop only formats a row and adds it to a list in memory; a writer thread of the
+recorder's own writes the list to the file about once a second, so a slow or full disk never
+holds up sensors → core → annunciator.
+
+Whole rows only. Each write hands the kernel whole rows; if it fails part way (ENOSPC, EIO), the
+file is cut back to where that write began, so no half row is ever left for a later write to
+continue (a torn `1780000000.000,p_prk,pressure,1013` would read as 1013 Pa). A file that still
+ends in a torn row when opened (a power cut) is cut back to its last whole row first.
+
+Faults. A write that fails is logged once per episode, `problem` says why (the service raises a
+`recorder_fault` advisory from it), and the rows wait in memory while the write is retried with
+backoff; beyond `MAX_HELD_ROWS` the oldest are dropped and counted (`dropped`), never silently.
+
+Disk use. When the file reaches `rotate_mb` it is renamed `<name>.<UTC time><ext>` (e.g.
+`samples.20260101T120000Z.csv`, a samples file of its own with its header) and a new one begun;
+the oldest rotated files are deleted while all of them together exceed `max_mb`.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
+import re
+import threading
 import time
 
 from hullwatch.core.model import Sample
 from hullwatch.samples import HEADER, format_row
+from hullwatch.sensors.base import Backoff, Episode
 
 log = logging.getLogger("hullwatch.recorder")
 
+MAX_HELD_ROWS = 100_000  # rows held in memory while the file cannot be written
+ROTATE_MB = 64.0
+MAX_MB = 1024.0
+HEADER_LINE = ",".join(HEADER) + "\n"
+
 
 class Recorder:
-    """Appends samples to a CSV file, flushing about once a second."""
+    """Appends samples to a CSV file from a writer thread: whole rows, rotated by size, capped in total."""
 
-    def __init__(self, path: str, flush_interval_s: float = 1.0) -> None:
+    def __init__(
+        self, path: str, rotate_mb: float = ROTATE_MB, max_mb: float = MAX_MB, flush_interval_s: float = 1.0
+    ) -> None:
+        """Open (or make) the file, cutting back a torn last row; OSError or ValueError if it cannot be used."""
+        if path.endswith(".gz"):
+            raise ValueError("the recorder writes plain CSV (a .gz file cannot be appended row by row)")
         self.path = path
         self.flush_interval_s = flush_interval_s
+        self.configure(rotate_mb, max_mb)
         directory = os.path.dirname(path)
         if directory:
             os.makedirs(directory, exist_ok=True)
-        new = not os.path.exists(path) or os.path.getsize(path) == 0
-        self._file = open(path, "a", encoding="utf-8", newline="")  # noqa: SIM115 - held open for the run
-        if new:
-            self._file.write(",".join(HEADER) + "\n")
-        self._last_flush = time.monotonic()
-        self.rows = 0
+        self._fd = -1
+        self._size = 0  # the file's length: where the next write begins
+        self._open()
+        self._lock = threading.Lock()  # guards _rows
+        self._rows: list[str] = []
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._trouble = Episode(log, f"recorder: {path}")
+        self.problem: str | None = None  # why rows cannot be written right now
+        self.rows = 0  # rows written
+        self.dropped = 0  # rows lost because the file could not be written for too long
+
+    def configure(self, rotate_mb: float, max_mb: float) -> None:
+        """Rotation size and the cap on all the files (a rotation is at most half the cap)."""
+        self.max_bytes = int(min(max_mb, 2.0**30) * 2**20)
+        self.rotate_bytes = max(4096, min(int(min(rotate_mb, 2.0**30) * 2**20), self.max_bytes // 2))
+
+    # -- the main loop's side --------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Run the writer thread (once)."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="recorder", daemon=True)
+            self._thread.start()
 
     def write(self, sample: Sample) -> None:
         """Record one sample; unreadable readings (no value) are not samples and are skipped."""
         if not math.isfinite(sample.value):
             return
-        self._file.write(format_row(sample))
-        self.rows += 1
-        now = time.monotonic()
-        if now - self._last_flush >= self.flush_interval_s:
-            self._file.flush()
-            self._last_flush = now
+        row = format_row(sample)
+        with self._lock:
+            self._rows.append(row)
+            if len(self._rows) > MAX_HELD_ROWS:
+                gone = len(self._rows) - MAX_HELD_ROWS
+                del self._rows[:gone]
+                self.dropped += gone
 
-    def close(self) -> None:
-        """Flush and close."""
-        self._file.flush()
-        self._file.close()
-        log.info("recorder: %d samples written to %s", self.rows, self.path)
+    def close(self, timeout_s: float = 2.0) -> None:
+        """Write what is held (waiting up to timeout_s for the writer) and close the file."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+            if self._thread.is_alive():
+                log.error("recorder: %s does not answer; %d row(s) not written", self.path, len(self._rows))
+                return
+        else:
+            self._flush()
+        with self._lock:
+            left = len(self._rows)
+        if left:
+            log.error("recorder: %d row(s) could not be written to %s and are lost (%s)", left, self.path, self.problem)
+        with contextlib.suppress(OSError):
+            os.close(self._fd)
+        if self._thread is not None:
+            log.info("recorder: %d samples written to %s", self.rows, self.path)
+
+    # -- the writer thread -----------------------------------------------------------------------
+
+    def _run(self) -> None:
+        backoff = Backoff(first=1.0, cap=30.0)
+        delay = self.flush_interval_s
+        while not self._stop.is_set():
+            self._wake.wait(delay)
+            if self._stop.is_set():
+                break
+            delay = self.flush_interval_s if self._flush() else backoff.next()
+            if self.problem is None:
+                backoff.reset()
+        self._flush()
+
+    def _flush(self) -> bool:
+        """Write the rows held; False (rows kept) if the file cannot be written now. Never raises."""
+        with self._lock:
+            rows, self._rows = self._rows, []
+        if not rows:
+            return True
+        try:
+            if self._fd < 0:
+                self._open()
+            header = HEADER_LINE if self._size == 0 else ""
+            self._write_whole((header + "".join(rows)).encode())
+        except OSError as exc:
+            with self._lock:
+                self._rows[:0] = rows
+                if len(self._rows) > MAX_HELD_ROWS:
+                    gone = len(self._rows) - MAX_HELD_ROWS
+                    del self._rows[:gone]
+                    self.dropped += gone
+                held = len(self._rows)
+            self.problem = f"cannot write {self.path}: {exc.strerror or exc}; holding {held} row(s)"
+            self._trouble.happened(f"{exc.strerror or exc}; holding rows in memory and retrying")
+            return False
+        self.rows += len(rows)
+        self.problem = None
+        self._trouble.over()
+        if self._size >= self.rotate_bytes:
+            try:
+                self._rotate()
+            except OSError as exc:  # the rows are written; the next write tries again
+                log.warning("recorder: cannot rotate %s: %s", self.path, exc.strerror or exc)
+        return True
+
+    def _write_whole(self, data: bytes) -> None:
+        """Append data; on failure cut the file back to where it was, so no half row stays."""
+        start = self._size
+        view = memoryview(data)
+        try:
+            while view:
+                n = os.write(self._fd, view)
+                view = view[n:]
+        except OSError:
+            try:
+                os.ftruncate(self._fd, start)
+            except OSError:  # cannot even cut back: reopen (and repair) before the next write
+                with contextlib.suppress(OSError):
+                    os.close(self._fd)
+                self._fd = -1
+            raise
+        self._size = start + len(data)
+
+    # -- the file --------------------------------------------------------------------------------
+
+    def _open(self) -> None:
+        """Open for appending; cut a torn last row back to the last whole one."""
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            size = os.fstat(fd).st_size
+            whole = _last_whole_row_end(self.path, size)
+            if whole < size:
+                os.ftruncate(fd, whole)
+                log.warning(
+                    "recorder: %s ended in a torn row (%d bytes, a power cut or a full disk); cut back to the "
+                    "last whole row",
+                    self.path,
+                    size - whole,
+                )
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fd, self._size = fd, whole
+        if whole == 0:  # a new file is a samples file from the start; on a full disk, with the first rows
+            with contextlib.suppress(OSError):
+                self._write_whole(HEADER_LINE.encode())
+
+    def _rotate(self) -> None:
+        """Rename the full file aside, begin a new one, and delete the oldest files over the cap."""
+        stem, ext = os.path.splitext(self.path)
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        target = f"{stem}.{stamp}{ext}"
+        n = 1
+        while os.path.exists(target):
+            n += 1
+            target = f"{stem}.{stamp}-{n}{ext}"
+        os.rename(self.path, target)
+        os.close(self._fd)
+        self._fd = -1
+        log.info("recorder: %s is full (%d bytes): moved to %s, a new file begun", self.path, self._size, target)
+        self._open()
+        self._enforce_cap()
+
+    def rotated(self) -> list[str]:
+        """The rotated files of this recorder, oldest first."""
+        directory = os.path.dirname(self.path) or "."
+        stem, ext = os.path.splitext(os.path.basename(self.path))
+        pattern = re.compile(re.escape(stem) + r"\.\d{8}T\d{6}Z(?:-\d+)?" + re.escape(ext) + "$")
+        found = []
+        for name in os.listdir(directory):
+            if pattern.match(name):
+                path = os.path.join(directory, name)
+                with contextlib.suppress(OSError):
+                    found.append((os.stat(path).st_mtime, name, path))
+        return [p for _, _, p in sorted(found)]
+
+    def _enforce_cap(self) -> None:
+        """Delete the oldest rotated files while all the files exceed max_bytes."""
+        files = self.rotated()
+        sizes = {}
+        for p in files:
+            with contextlib.suppress(OSError):
+                sizes[p] = os.path.getsize(p)
+        total = self._size + sum(sizes.values())
+        for p in files:
+            if total <= self.max_bytes:
+                break
+            try:
+                os.unlink(p)
+            except OSError as exc:
+                log.warning("recorder: cannot delete %s: %s", p, exc.strerror)
+                continue
+            total -= sizes.get(p, 0)
+            log.info("recorder: deleted %s to keep the recordings within %.0f MB", p, self.max_bytes / 2**20)
+
+
+def _last_whole_row_end(path: str, size: int) -> int:
+    """The length of the file up to and including its last newline (0 if it has none)."""
+    if size == 0:
+        return 0
+    with open(path, "rb") as f:
+        end = size
+        while end > 0:
+            start = max(0, end - 65536)
+            f.seek(start)
+            chunk = f.read(end - start)
+            i = chunk.rfind(b"\n")
+            if i >= 0:
+                return start + i + 1
+            end = start
+    return 0

@@ -232,7 +232,8 @@ def apply_credentials(client: mqtt.Client, cfg: MqttConfig) -> None:
             with open(cfg.password_file, encoding="utf-8") as f:
                 password = f.read().rstrip("\r\n")
         except (OSError, UnicodeDecodeError) as exc:
-            raise MqttSetupError(f"mqtt.password_file: cannot read {cfg.password_file}: {exc}") from None
+            reason = getattr(exc, "strerror", None) or exc
+            raise MqttSetupError(f"mqtt.password_file: cannot read {cfg.password_file}: {reason}") from None
     if password is not None and not cfg.username:
         raise MqttSetupError("mqtt.password_file: given without mqtt.username")
     if cfg.username:
@@ -367,6 +368,7 @@ class MqttSink:
         self._resync = False
         self._resync_at = 0.0
         self._client: mqtt.Client | None = None
+        self._started = False
         self._sub_mid: int | None = None
         self._stopping = False
         self._up = False  # connected since the last disconnect
@@ -383,8 +385,8 @@ class MqttSink:
 
     # -- life cycle ---------------------------------------------------------------------------
 
-    def start(self) -> None:
-        """Connect in the background (retried forever); raise MqttSetupError if the settings are unusable."""
+    def prepare(self) -> None:
+        """Make the client: credentials and TLS read, no network yet; MqttSetupError if the settings are unusable."""
         if self._client is not None:
             return
         cfg = self.cfg
@@ -407,8 +409,16 @@ class MqttSink:
         self._client = client
         if self._homeassistant:
             self._publish_discovery()  # goes into the snapshot, sent once connected
-        client.connect_async(cfg.host, cfg.port, keepalive=cfg.keepalive_s)
-        client.loop_start()
+
+    def start(self) -> None:
+        """Connect in the background (retried forever); raise MqttSetupError if the settings are unusable."""
+        self.prepare()
+        if self._started:
+            return
+        self._started = True
+        cfg = self.cfg
+        self._client.connect_async(cfg.host, cfg.port, keepalive=cfg.keepalive_s)
+        self._client.loop_start()
         log.info("MQTT: connecting to %s:%d as %s, topics under %s/", cfg.host, cfg.port, self._client_id, self.prefix)
 
     def stop(self, timeout_s: float = 2.0) -> None:
@@ -426,9 +436,11 @@ class MqttSink:
         except Exception:
             log.warning("MQTT: unclean stop", exc_info=True)
         finally:
-            client.loop_stop()
+            if self._started:
+                client.loop_stop()
+                log.info("MQTT: stopped")
             self._client = None
-            log.info("MQTT: stopped")
+            self._started = False
 
     @property
     def connected(self) -> bool:

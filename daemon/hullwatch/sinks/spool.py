@@ -26,6 +26,18 @@ fall back to the saved cursor and what was confirmed after it is simply sent aga
 Budget. When the file's used pages exceed `max_mb`, the oldest records are deleted whether or
 not they were sent, the count is kept (`dropped`), and `on_dropped` is told so the service can
 raise an advisory.
+
+Faults. A file SQLite finds corrupt (garbage, a zeroed header, a truncation, a bad page met by
+any query, at start or later) is moved aside with its WAL as `<path>.corrupt-<time>` (for a
+person to look at, e.g. with `sqlite3 ... .recover`) and a fresh file takes its place; records
+not yet in the file stay in memory and go to the new one, the count of files moved aside is
+kept (`corrupt`) and `last_fault` says what happened. Every use of the file runs through a gate:
+many users at once, or one recovery alone, so no connection is closed under a query. While the
+file cannot be written (a full disk), `problem` says why and records wait in memory (up to
+`MAX_PENDING`, then the oldest are dropped and counted).
+
+Statistics come from running counters and one index seek (`stats()`), never from a scan, so
+the service can ask every few seconds whatever the depth.
 """
 
 from __future__ import annotations
@@ -39,7 +51,7 @@ import sqlite3
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -51,7 +63,8 @@ REPLAY_CHUNK = 2000
 IDLE_WAIT_S = 0.5
 RETRY_FIRST_S = 1.0
 RETRY_MAX_S = 15.0
-MAX_PENDING = 200_000  # records held in memory when the file cannot be written
+MAX_PENDING = 100_000  # records held in memory when the file cannot be written (about 37 MB)
+SQLITE_CORRUPT, SQLITE_NOTADB = 11, 26  # the primary result codes of a damaged file
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS record (id INTEGER PRIMARY KEY, kind TEXT NOT NULL, time_ns INTEGER NOT NULL,
@@ -113,8 +126,56 @@ def time_ns(t: float) -> int:
     return round(t * 1e6) * 1000
 
 
+def is_corrupt(exc: BaseException) -> bool:
+    """Whether an SQLite error says the file is damaged (SQLITE_CORRUPT or SQLITE_NOTADB), not busy or full."""
+    if not isinstance(exc, sqlite3.DatabaseError):
+        return False
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF in (SQLITE_CORRUPT, SQLITE_NOTADB)
+    text = str(exc)
+    return "malformed" in text or "not a database" in text
+
+
+class _Gate:
+    """Many users of the file at once, or one recovery alone."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._users = 0
+        self._exclusive = False
+
+    @contextlib.contextmanager
+    def shared(self) -> Iterator[None]:
+        with self._cond:
+            while self._exclusive:
+                self._cond.wait()
+            self._users += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._users -= 1
+                self._cond.notify_all()
+
+    @contextlib.contextmanager
+    def exclusive(self) -> Iterator[None]:
+        with self._cond:
+            while self._exclusive:
+                self._cond.wait()
+            self._exclusive = True
+            while self._users:
+                self._cond.wait()
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._exclusive = False
+                self._cond.notify_all()
+
+
 class Spool:
-    """The SQLite store-and-forward log. Thread-safe; `start()` runs the committer.
+    """The SQLite store-and-forward log. Thread-safe; `start()` runs the committer and the forwarders.
 
     `append` only takes a short in-memory lock, never one held across disk I/O: the commit
     writes through a connection of its own while readers use theirs (WAL lets both go on),
@@ -147,40 +208,171 @@ class Spool:
         except OSError:
             self._lock_file.close()
             raise SpoolInUse(f"{path} is in use by another hullwatch") from None
-        self._db = self._connect()  # the writer's connection, used under _write_lock
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA journal_size_limit=8388608")
-        self._db.executescript(SCHEMA)
         self._write_lock = threading.Lock()
+        self._gate = _Gate()
+        self._sinks: list[str] = []
+        self._generation = 0  # bumped whenever every connection was closed (a recovery): readers reconnect
         self._readers = threading.local()
         self._reader_connections: list[sqlite3.Connection] = []
         self._lock = threading.Lock()  # guards the in-memory state below; never held across disk I/O
         self._appended = threading.Condition(self._lock)
         self._pending: list[Record] = []  # appended, not yet being committed
         self._committing: list[Record] = []  # being written right now: still readable from memory
-        self.cursors: dict[str, int] = dict(self._db.execute("SELECT sink, done FROM cursor").fetchall())
-        last = self._db.execute("SELECT max(id) FROM record").fetchone()[0]
-        self._next_id = max([last or 0, *self.cursors.values()]) + 1  # ids never go back, even on an empty file
-        self.counters: dict[str, int] = dict(self._db.execute("SELECT name, value FROM counter").fetchall())
-        self._sinks: list[str] = []
+        self.cursors: dict[str, int] = {}
+        self.counters: dict[str, int] = {}
+        self.problem: str | None = None  # why the file cannot be written right now
+        self.last_fault = ""  # the latest corrupt file moved aside, for people
+        self.recoveries = 0  # corrupt files this spool moved aside
+        self._db: sqlite3.Connection | None = None  # the writer's connection, used under _write_lock
+        self._loaded = False  # ids and counters came from the file (once; a recovery keeps them)
+        self._next_id = 1
+        self._first_id = 1  # the oldest record kept (file or memory)
+        self._file_last_id = 0  # the newest id in the file
+        try:
+            self._open_or_recover()
+        except BaseException:
+            self._close_connections()
+            self._lock_file.close()
+            raise
         self._forwarders: dict[str, Forwarder] = {}
-        self._stop = threading.Event()
-        self._threads: list[threading.Thread] = []
+        self._stop = threading.Event()  # the committer's
+        self._forward_stop = threading.Event()  # the current forwarders'
+        self._committer: threading.Thread | None = None
+        self._forwarder_threads: list[threading.Thread] = []
+        self._closed = False
         self.commits = 0
+
+    # -- the file ---------------------------------------------------------------------------------
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30.0)
         db.execute("PRAGMA synchronous=FULL")  # WAL + FULL: a commit survives a power cut once it returns
         return db
 
+    def _open(self) -> None:
+        """Open the file (made if missing) and load its cursors, counters and id range."""
+        db = self._db = self._connect()
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA journal_size_limit=8388608")
+        db.executescript(SCHEMA)
+        first, last = db.execute("SELECT min(id), max(id) FROM record").fetchone()
+        cursors = dict(db.execute("SELECT sink, done FROM cursor").fetchall())
+        counters = dict(db.execute("SELECT name, value FROM counter").fetchall())
+        with self._lock:
+            for sink, done in cursors.items():  # after a recovery the ones in memory are newer
+                self.cursors[sink] = max(done, self.cursors.get(sink, 0))
+            for name, value in counters.items():
+                self.counters[name] = max(value, self.counters.get(name, 0))
+            if not self._loaded:  # ids never go back, even on an empty file
+                self._next_id = max([last or 0, *self.cursors.values()]) + 1
+                self._first_id = first if first is not None else self._next_id
+                self._loaded = True
+            self._file_last_id = last or 0
+
+    def _open_or_recover(self) -> None:
+        """Open the file; a corrupt one is moved aside first and a fresh one opened instead."""
+        try:
+            self._open()
+        except sqlite3.DatabaseError as exc:
+            if not is_corrupt(exc):
+                raise
+            self._close_connections()
+            self._move_aside(exc)
+            self._open()
+
+    def _move_aside(self, exc: BaseException) -> None:
+        """Rename the corrupt file and its WAL to `<path>.corrupt-<time>`, count it, say so."""
+        aside = f"{self.path}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}"
+        n = 1
+        while os.path.exists(aside):
+            n += 1
+            aside = f"{self.path}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}-{n}"
+        os.replace(self.path, aside)
+        for suffix in ("-wal", "-shm"):
+            with contextlib.suppress(FileNotFoundError):
+                os.replace(self.path + suffix, aside + suffix)
+        with self._lock:
+            lost = max(0, self._file_last_id - self._floor()) if self._loaded else 0
+            self._count("corrupt", 1)
+            self.recoveries += 1
+            self._first_id = min([r.id for r in self._committing + self._pending] or [self._next_id])
+        self.last_fault = f"corrupt file ({exc}) moved aside to {aside}; a fresh spool started"
+        if lost:
+            self.last_fault += f"; {lost} unsent record(s) stay in the old file"
+        log.error("spool: %s: %s", self.path, self.last_fault)
+
+    def _recover(self, generation: int, exc: BaseException) -> None:
+        """A query met corruption: with no other user of the file, move it aside and open a fresh one."""
+        with self._gate.exclusive():
+            if generation != self._generation:
+                return  # another thread recovered already
+            self._close_connections()
+            try:
+                self._move_aside(exc)
+                self._open()
+            except (OSError, sqlite3.Error) as err:
+                self._close_connections()
+                self.problem = f"corrupt and cannot be replaced ({err}); records wait in memory"
+                log.error("spool: %s: %s", self.path, self.problem)
+
+    def _close_connections(self) -> None:
+        """Close the writer's and every reader's connection (nobody may be using them)."""
+        with self._lock:
+            readers, self._reader_connections = self._reader_connections, []
+        for db in [*readers, self._db]:
+            if db is not None:
+                with contextlib.suppress(sqlite3.Error):
+                    db.close()
+        self._db = None
+        self._generation += 1
+
+    def _on_disk(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run fn on the file under the gate; on corruption recover once and run it again."""
+        for attempt in (1, 2):
+            generation = self._generation
+            try:
+                with self._gate.shared():
+                    if self._db is None:
+                        raise sqlite3.OperationalError(self.problem or "the spool file is not open")
+                    return fn(*args)
+            except sqlite3.DatabaseError as exc:
+                if attempt == 2 or not is_corrupt(exc):
+                    raise
+                self._recover(generation, exc)
+        raise AssertionError("unreachable")
+
+    def _reopen(self) -> None:
+        """After a recovery that could not open a fresh file: try again (the committer, each interval)."""
+        with self._gate.exclusive():
+            if self._db is None and not self._closed:
+                try:
+                    self._open_or_recover()
+                except (OSError, sqlite3.Error):
+                    self._close_connections()
+                    raise
+                log.info("spool: %s open again", self.path)
+
     def _reader(self) -> sqlite3.Connection:
-        """This thread's own read connection."""
-        db = getattr(self._readers, "db", None)
-        if db is None:
-            db = self._readers.db = self._connect()
+        """This thread's own read connection (call under the gate)."""
+        local = self._readers
+        if getattr(local, "generation", None) != self._generation:
+            local.db = self._connect()
+            local.generation = self._generation
             with self._lock:
-                self._reader_connections.append(db)
-        return db
+                self._reader_connections.append(local.db)
+        return local.db
+
+    def release_reader(self) -> None:
+        """Close this thread's read connection (a thread that ends calls this)."""
+        local = self._readers
+        db = getattr(local, "db", None)
+        if db is None:
+            return
+        with self._gate.shared(), self._lock:
+            if db in self._reader_connections:
+                self._reader_connections.remove(db)
+                db.close()
+        local.db = local.generation = None
 
     # -- writing --------------------------------------------------------------------------------
 
@@ -191,14 +383,27 @@ class Spool:
             self._next_id += 1
             self._pending.append(Record(rid, kind, time_ns(t), body))
             if len(self._pending) > MAX_PENDING:
-                del self._pending[: len(self._pending) - MAX_PENDING]
-                self._count("dropped", 1)
+                gone = len(self._pending) - MAX_PENDING
+                del self._pending[:gone]
+                self._count("dropped", gone)
+                if not self._committing and self._file_last_id < self._first_id:  # nothing older kept
+                    self._first_id = self._pending[0].id
             self._appended.notify_all()
             return rid
 
     def commit(self) -> None:
         """Write what was appended, save the cursors, delete what every sink has, keep the budget."""
+        if self._db is None:
+            self._reopen()
+        committed_id, dropped = self._on_disk(self._commit)
+        if dropped:
+            self.on_dropped(dropped)
+        if self.on_commit is not None:
+            self.on_commit(committed_id)
+
+    def _commit(self) -> tuple[int, int]:
         with self._write_lock:
+            db = self._db
             with self._lock:
                 batch = self._committing = self._pending
                 self._pending = []
@@ -208,18 +413,16 @@ class Spool:
                 floor = min((self.cursors.get(s, 0) for s in self._sinks), default=None)
             rows = [(r.id, r.kind, r.time_ns, json.dumps(r.body, separators=(",", ":"))) for r in batch]
             try:
-                self._db.execute("BEGIN")
-                self._db.executemany(
-                    "INSERT OR REPLACE INTO record (id, kind, time_ns, body) VALUES (?, ?, ?, ?)", rows
-                )
-                self._db.executemany("INSERT OR REPLACE INTO cursor VALUES (?, ?)", cursors)
-                self._db.executemany("INSERT OR REPLACE INTO counter VALUES (?, ?)", counters)
+                db.execute("BEGIN")
+                db.executemany("INSERT OR REPLACE INTO record (id, kind, time_ns, body) VALUES (?, ?, ?, ?)", rows)
+                db.executemany("INSERT OR REPLACE INTO cursor VALUES (?, ?)", cursors)
+                db.executemany("INSERT OR REPLACE INTO counter VALUES (?, ?)", counters)
                 if floor is not None:
-                    self._db.execute("DELETE FROM record WHERE id <= ?", (floor,))
-                self._db.execute("COMMIT")
+                    db.execute("DELETE FROM record WHERE id <= ?", (floor,))
+                db.execute("COMMIT")
             except sqlite3.Error:
                 with contextlib.suppress(sqlite3.Error):
-                    self._db.execute("ROLLBACK")
+                    db.execute("ROLLBACK")
                 with self._lock:
                     self._pending = batch + self._pending  # keep them for the next try
                     self._committing = []
@@ -227,25 +430,27 @@ class Spool:
             with self._lock:
                 self._committing = []
                 self.commits += 1
-            dropped = self._enforce_budget()
-        if dropped:
-            self.on_dropped(dropped)
-        if self.on_commit is not None:
-            self.on_commit(committed_id)
+                if batch:
+                    self._file_last_id = max(self._file_last_id, batch[-1].id)
+                if floor is not None:
+                    self._first_id = max(self._first_id, floor + 1)
+            return committed_id, self._enforce_budget()
 
     def _enforce_budget(self) -> int:
         """Delete the oldest records while the used pages exceed the budget; how many went."""
         used = (self._pragma("page_count") - self._pragma("freelist_count")) * self._pragma("page_size")
         if used <= self.max_bytes:
             return 0
-        count, first = self._db.execute("SELECT count(*), min(id) FROM record").fetchone()
-        if not count:
+        first = self._db.execute("SELECT min(id) FROM record").fetchone()[0]  # an index seek, not a scan
+        if first is None:
             return 0
+        count = max(1, self._file_last_id - first + 1)  # ids are consecutive in the file
         excess = used - int(self.max_bytes * 0.9)  # make room for a while, not one record at a time
         n = min(count, max(1, int(count * excess / used) + 1))
         self._db.execute("DELETE FROM record WHERE id < ?", (first + n,))
         with self._lock:
             self._count("dropped", n)
+            self._first_id = max(self._first_id, first + n)
             dropped = self.counters["dropped"]
         self._db.execute("INSERT OR REPLACE INTO counter VALUES ('dropped', ?)", (dropped,))
         log.warning("spool: over its budget of %.0f MB, dropped the %d oldest records", self.max_bytes / 2**20, n)
@@ -257,6 +462,10 @@ class Spool:
     def _count(self, name: str, n: int) -> None:
         self.counters[name] = self.counters.get(name, 0) + n
 
+    def _floor(self) -> int:
+        """Every id at or below this is done for every sink (call with _lock held)."""
+        return min((self.cursors.get(s, 0) for s in self._sinks), default=self._next_id - 1)
+
     def reject(self, sink: str, records: Iterable[Record], reasons: dict[int, str]) -> None:
         """Set records a sink refused aside (kept for a person to look at, never sent again)."""
         rows = [
@@ -266,8 +475,12 @@ class Spool:
         ]
         if not rows:
             return
-        with self._write_lock:
-            self._db.executemany("INSERT INTO rejected VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+
+        def insert() -> None:
+            with self._write_lock:
+                self._db.executemany("INSERT INTO rejected VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+
+        self._on_disk(insert)
         with self._lock:
             self._count(f"rejected.{sink}", len(rows))
         log.error("spool: %s rejected %d record(s), set aside: %s", sink, len(rows), next(iter(reasons.values())))
@@ -286,15 +499,14 @@ class Spool:
         if memory and memory[0].id <= after + 1 or not memory and after >= self._next_id - 1:
             # the live case: everything after `after` is still in memory (ids ascend), no disk read
             return [r for r in memory if after < r.id <= hi][:limit]
-        rows = (
-            self._reader()
-            .execute(
-                "SELECT id, kind, time_ns, body FROM record WHERE id > ? AND id <= ? ORDER BY id LIMIT ?",
-                (after, hi, limit),
-            )
-            .fetchall()
-        )
-        out = [Record(i, k, t, json.loads(b)) for i, k, t, b in rows]
+        if self._closed:
+            return []
+
+        def select() -> list[tuple]:
+            sql = "SELECT id, kind, time_ns, body FROM record WHERE id > ? AND id <= ? ORDER BY id LIMIT ?"
+            return self._reader().execute(sql, (after, hi, limit)).fetchall()
+
+        out = [Record(i, k, t, json.loads(b)) for i, k, t, b in self._on_disk(select)]
         if len(out) < limit:
             start = out[-1].id if out else after
             out += [r for r in memory if start < r.id <= hi][: limit - len(out)]
@@ -304,6 +516,10 @@ class Spool:
         """How many records a sink has confirmed since the daemon started."""
         forwarder = self._forwarders.get(sink)
         return forwarder.sent if forwarder else 0
+
+    def forwarder(self, sink: str) -> Forwarder | None:
+        """The running forwarder of a sink, if any."""
+        return self._forwarders.get(sink)
 
     @property
     def last_id(self) -> int:
@@ -323,78 +539,117 @@ class Spool:
                 self.cursors[sink] = done
 
     def stats(self) -> dict[str, Any]:
-        """Depth (records some sink still needs), the oldest such record's age, sizes and counters."""
+        """Depth (records some sink still needs), the oldest such record's age, sizes and counters.
+
+        From running counters and one index seek: cheap whatever the depth.
+        """
         memory = self._in_memory()
         with self._lock:
-            floor = min((self.cursors.get(s, 0) for s in self._sinks), default=self._next_id - 1)
-            backlog = {f"backlog.{s}": max(0, self._next_id - 1 - self.cursors.get(s, 0)) for s in self._sinks}
+            floor = self._floor()
+            last = self._next_id - 1
+            depth = max(0, last - max(floor, self._first_id - 1))
+            backlog = {f"backlog.{s}": max(0, last - self.cursors.get(s, 0)) for s in self._sinks}
             dropped = self.counters.get("dropped", 0)
-        db = self._reader()
-        depth, first, newest = db.execute(
-            "SELECT count(*), min(time_ns), max(id) FROM record WHERE id > ?", (floor,)
-        ).fetchone()
-        unsent = [r for r in memory if r.id > max(floor, newest or 0)]  # not in the file yet
-        depth += len(unsent)
-        if first is None:
-            first = min((r.time_ns for r in unsent), default=None)
+            corrupt = self.counters.get("corrupt", 0)
+
+        def look() -> tuple[int | None, int]:
+            db = self._reader()
+            row = db.execute("SELECT time_ns FROM record WHERE id > ? ORDER BY id LIMIT 1", (floor,)).fetchone()
+            return (row[0] if row else None), self._pragma("page_count", db) * self._pragma("page_size", db)
+
+        oldest, size = None, 0
+        if not self._closed:
+            with contextlib.suppress(sqlite3.Error):
+                oldest, size = self._on_disk(look)
+        if oldest is None:  # nothing unsent in the file: the oldest unsent is in memory, if any
+            oldest = next((r.time_ns for r in memory if r.id > floor), None)
         return {
             "depth": depth,
-            "oldest_unsent_s": 0.0 if first is None else max(0.0, time.time() - first / 1e9),
-            "size_bytes": self._pragma("page_count", db) * self._pragma("page_size", db),
+            "oldest_unsent_s": 0.0 if oldest is None or not depth else max(0.0, time.time() - oldest / 1e9),
+            "size_bytes": size,
             "dropped": dropped,
+            "corrupt": corrupt,
             "commits": self.commits,
             **backlog,
         }
 
+    def configure(self, max_mb: float, commit_interval_s: float, replay_per_s: float) -> None:
+        """New budget and pacing (a reload that keeps the same file)."""
+        self.max_bytes = int(max_mb * 1024 * 1024)
+        self.commit_interval_s = commit_interval_s
+        self.replay_per_s = replay_per_s
+
     # -- threads --------------------------------------------------------------------------------
 
     def start(self, sinks: Sequence[SpoolSink]) -> None:
-        """Run the committer and one forwarder per sink."""
+        """Run the committer (if not yet running) and one forwarder per sink."""
         with self._lock:
             self._sinks = [s.name for s in sinks]
             for s in sinks:
                 self.cursors.setdefault(s.name, 0)
-        self._forwarders = {s.name: Forwarder(self, s, self._stop) for s in sinks}
-        self._threads = [threading.Thread(target=self._commit_loop, name="spool-commit", daemon=True)]
-        self._threads += [
+        self._forward_stop = threading.Event()
+        self._forwarders = {s.name: Forwarder(self, s, self._forward_stop) for s in sinks}
+        self._forwarder_threads = [
             threading.Thread(target=f.run, name=f"spool-{name}", daemon=True) for name, f in self._forwarders.items()
         ]
-        for t in self._threads:
+        for t in self._forwarder_threads:
             t.start()
+        if self._committer is None:
+            self._committer = threading.Thread(target=self._commit_loop, name="spool-commit", daemon=True)
+            self._committer.start()
 
-    def _commit_loop(self) -> None:
-        failing = False
-        while not self._stop.wait(self.commit_interval_s):
-            try:
-                self.commit()
-                if failing:
-                    log.info("spool: writing %s again", self.path)
-                failing = False
-            except sqlite3.Error as exc:
-                if not failing:
-                    log.error("spool: cannot write %s: %s (holding records in memory)", self.path, exc)
-                failing = True
-            except Exception:
-                log.exception("spool: commit failed")
-
-    def close(self, drain_s: float = 0.0) -> None:
-        """Give the forwarders up to `drain_s` to catch up, stop the threads, commit, close the file."""
-        end = time.monotonic() + drain_s
-        while time.monotonic() < end and self.stats()["depth"] > 0:
-            time.sleep(0.05)
-        self._stop.set()
+    def stop_forwarding(self, timeout_s: float = 2.0) -> None:
+        """Stop the forwarders (waiting up to timeout_s in all); the committer goes on."""
+        self._forward_stop.set()
         with self._lock:
             self._appended.notify_all()
-        for t in self._threads:
-            t.join(timeout=5.0)
+        deadline = time.monotonic() + timeout_s
+        for t in self._forwarder_threads:
+            t.join(max(0.0, deadline - time.monotonic()))
+        stuck = [t.name for t in self._forwarder_threads if t.is_alive()]
+        if stuck:
+            log.warning("spool: %s still busy; its unconfirmed records go again next time", ", ".join(stuck))
+        self._forwarder_threads = []
+
+    def _commit_loop(self) -> None:
+        """Commit every interval; while the file cannot be written, retry with backoff (up to RETRY_MAX_S)."""
+        delay = self.commit_interval_s
+        while not self._stop.wait(delay):
+            try:
+                self.commit()
+                if self.problem is not None:
+                    log.info("spool: writing %s again", self.path)
+                self.problem = None
+                delay = self.commit_interval_s
+                continue
+            except sqlite3.Error as exc:
+                if self.problem is None:
+                    log.error("spool: cannot write %s: %s (holding records in memory)", self.path, exc)
+                self.problem = f"cannot write {self.path}: {exc}"
+            except Exception as exc:
+                if self.problem is None:
+                    log.exception("spool: commit failed")
+                self.problem = f"commit failed: {type(exc).__name__}: {exc}"
+            delay = min(RETRY_MAX_S, max(delay, self.commit_interval_s) * 2)
+
+    def close(self, drain_s: float = 0.0, timeout_s: float = 5.0) -> None:
+        """Give the forwarders up to `drain_s` to catch up, stop the threads (up to timeout_s), commit, close."""
+        end = time.monotonic() + drain_s
+        with contextlib.suppress(sqlite3.Error):
+            while time.monotonic() < end and self.stats()["depth"] > 0:
+                time.sleep(0.05)
+        deadline = time.monotonic() + timeout_s
+        self._stop.set()
+        self.stop_forwarding(timeout_s)
+        if self._committer is not None:
+            self._committer.join(max(0.0, deadline - time.monotonic()))
         try:
             self.commit()
         except sqlite3.Error as exc:
-            log.error("spool: final commit failed: %s", exc)
-        with self._lock:
-            readers, self._reader_connections = self._reader_connections, []
-        for db in [*readers, self._db]:
-            db.close()
+            log.error("spool: final commit failed: %s (%d record(s) not saved)", exc, len(self._in_memory()))
+        self._closed = True
+        with self._gate.exclusive():
+            self._close_connections()
         self._lock_file.close()
         if self.temporary:
             for name in (self.path, self.path + "-wal", self.path + "-shm", self._lock_path):
@@ -421,26 +676,33 @@ class Forwarder:
         self.live_interval_s = getattr(sink, "live_interval_s", 0.0)
         self._next_live = 0.0
         self.sent = 0
+        self.down_since: float | None = None  # monotonic time the sink became unavailable; None while it works
+        self.last_error = ""  # why, for people
 
     def run(self) -> None:
         """The forwarder thread: never raises."""
-        self._split_if_backlog()
-        while not self.stop.is_set():
-            try:
-                busy = self.step()
-            except SinkUnavailable as exc:
-                self._fail(str(exc))
-                continue
-            except Exception:
-                log.exception("spool: forwarding to %s failed", self.sink.name)
-                self._fail("internal error")
-                continue
-            if not busy:
-                delay = self._next_live - time.monotonic()
-                if delay > 0:
-                    self.stop.wait(delay)
-                else:
-                    self.spool.wait_for_append(self.live_done, IDLE_WAIT_S)
+        try:
+            self._split_if_backlog()
+            while not self.stop.is_set():
+                try:
+                    busy = self.step()
+                except SinkUnavailable as exc:
+                    self._fail(str(exc))
+                    continue
+                except Exception as exc:  # a bug or a spool error: logged once per episode, retried with backoff
+                    if not self._down_logged:
+                        log.exception("spool: forwarding to %s failed", self.sink.name)
+                    self._fail(f"internal error: {type(exc).__name__}: {exc}")
+                    continue
+                if not busy:
+                    delay = self._next_live - time.monotonic()
+                    if delay > 0:
+                        self.stop.wait(delay)
+                    else:
+                        self.spool.wait_for_append(self.live_done, IDLE_WAIT_S)
+        finally:
+            with contextlib.suppress(Exception):
+                self.spool.release_reader()
 
     def step(self) -> bool:
         """One round: the live lane, then a chunk of backlog; whether anything was sent."""
@@ -474,7 +736,8 @@ class Forwarder:
         else:
             self.done = self.mark = self.live_done
         self.spool.set_cursor(self.sink.name, self.done)
-        if self._down_logged and busy:
+        self.down_since = None  # ready, and nothing failed this round
+        if self._down_logged:
             self._down_logged = False
             self._retry_s = RETRY_FIRST_S
             log.info("spool: %s is back; %d record(s) to catch up", self.sink.name, self.spool.last_id - self.done)
@@ -512,6 +775,9 @@ class Forwarder:
         return n
 
     def _fail(self, reason: str, wait: bool = True) -> None:
+        if self.down_since is None:
+            self.down_since = time.monotonic()
+        self.last_error = reason
         if not self._down_logged:  # once per outage, not once per retry
             log.warning("spool: %s unavailable (%s); keeping records", self.sink.name, reason)
             self._down_logged = True
