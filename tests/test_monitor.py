@@ -318,3 +318,15 @@ def test_a_sensor_that_wanders_from_the_others_is_a_fault_until_it_agrees_again(
     assert faults[0].reason == "disagrees: with p1, p2, beyond its noise"
     assert 1000 < faults[0].time < 1100 and 1400 < faults[1].time < 1500
     assert not alarms(events, "low_pressure") and not alarms(events, "leak_rate")
+
+
+def test_detection_limits_follow_the_noise_and_the_window():
+    """White noise: the 1 h limit is k times the least-squares limit; longer windows see smaller leaks."""
+    story = stories.leak_step(volume_m3=75.0, duration_s=2 * 3600.0, step_s=10 * 3600.0)
+    m = Monitor(story.settings)
+    list(run(m, story.samples))
+    limits = m.detection_limits()["prk"]
+    mass = m.volumes["prk"].mass
+    least_squares = 3.0 * mass * 86400.0 * math.hypot(2.0 / 101325.0, 0.002 / 295.0) * math.sqrt(12.0 / 3600.0**3)
+    assert limits[3600.0] == pytest.approx(least_squares, rel=0.15)
+    assert limits[600.0] > limits[3600.0] > limits[86400.0]

@@ -236,6 +236,18 @@ class AdaptiveSlope:
         level = line.y_mean + line.slope * (t_end - line.x_mean) + self._offset
         return SlopeEstimate(t_end, line.slope, sigma, level, window_s, n, inflation, math.sqrt(var))
 
+    def slope_sigma(self, window_s: float, fit: SlopeEstimate) -> float:
+        """σ of a slope fitted over window_s at the point rate, noise and inflation `fit` found.
+
+        The least-squares limit σ·√(12/(f·T³)) widened by the inflation: the smallest
+        slope the same sensors could confirm over another window (10 min, 1 h, a day).
+        """
+        if fit.window_s <= 0.0 or fit.n < 3:
+            return math.inf
+        rate = (fit.n - 1) / fit.window_s
+        inflation = max(fit.inflation, self._inflation)
+        return fit.noise * math.sqrt(12.0 * inflation / (rate * window_s**3))
+
     # -- correlated residuals ----------------------------------------------------------------
 
     def _window_inflation(self, first: int, end: int) -> float:

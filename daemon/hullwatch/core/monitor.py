@@ -38,7 +38,7 @@ import math
 from collections.abc import Iterable
 
 from hullwatch.core.conditions import Condition, below, confidently_above
-from hullwatch.core.estimator import AdaptiveSlope, Delag, FallRate, curvature_bound
+from hullwatch.core.estimator import AdaptiveSlope, Delag, FallRate, SlopeEstimate, curvature_bound
 from hullwatch.core.fusion import PressureTrack, combine
 from hullwatch.core.linefit import LineSeries
 from hullwatch.core.model import (
@@ -59,6 +59,7 @@ from hullwatch.core.settings import ModuleSettings, SensorSpec
 from hullwatch.core.topology import form_volumes
 
 DEFAULT_TEMPERATURE_K = 293.15
+DETECTION_WINDOWS_S = (600.0, 3600.0, 86400.0)  # 10 min, 1 h, a day
 _HATCH, _PRESSURE, _BAD = Quantity.HATCH, Quantity.PRESSURE, Quality.BAD
 
 LEAK_RATE = "leak_rate"
@@ -127,6 +128,7 @@ class _Volume:
         self.pressure = math.nan
         self.mass = math.nan
         self.next_report = -math.inf
+        self.last_fit: SlopeEstimate | None = None  # the leak fit behind the latest estimate
         self.temperature_notice_given = False
         self.conditions = monitor.volume_conditions(vid)
         self.low_pressure = [
@@ -226,6 +228,21 @@ class Monitor:
             (RESERVE_TIME, Severity.EMERGENCY, a.reserve_time.emergency_s, reserve),
         ]
         return {(al, sev): Condition(al, vid, sev, th, n) for al, sev, th, n in wanted if th is not None}
+
+    def detection_limits(self, windows_s: Iterable[float] = DETECTION_WINDOWS_S) -> dict[str, dict[float, float]]:
+        """Per volume with a leak fit: the smallest loss (kg/day) confirmed at k σ over each window.
+
+        From the volume's measured noise, its correlation (inflation) and its point rate: what a
+        test engineer asks first, "what is the smallest leak this rig can see?".
+        """
+        limits = {}
+        for vid, v in self.volumes.items():
+            fit = v.last_fit
+            if fit is None or not math.isfinite(v.mass):
+                continue
+            per_day = v.mass * SECONDS_PER_DAY * self.k
+            limits[vid] = {w: per_day * v.slope.slope_sigma(w, fit) for w in windows_s}
+        return limits
 
     def active_alarms(self) -> list[tuple[str, str, Severity]]:
         """The (alarm, source, severity) of every active condition."""
@@ -393,6 +410,7 @@ class Monitor:
             events.append(LevelStep(step.time, v.id, step.size * v.pressure))
         if fit is None:
             return Estimate(t, v.id, None, None, v.pressure, v.mass, None)
+        v.last_fit = fit
         mass = math.exp(fit.level)
         rate = -fit.slope * mass * SECONDS_PER_DAY  # kg/day lost, now
         # A thermometer lagging the air by τ bends the mass by τ·(dT/dt)/T: while dT/dt changes,
