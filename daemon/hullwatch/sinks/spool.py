@@ -205,8 +205,8 @@ class Spool:
                 cursors = list(self.cursors.items())
                 counters = list(self.counters.items())
                 floor = min((self.cursors.get(s, 0) for s in self._sinks), default=None)
-            rows = [(r.id, r.kind, r.time_ns, json.dumps(r.body, separators=(",", ":"))) for r in batch]
-            try:
+            try:  # whatever fails, the transaction is rolled back and the batch kept for the next try
+                rows = [(r.id, r.kind, r.time_ns, json.dumps(r.body, separators=(",", ":"))) for r in batch]
                 self._db.execute("BEGIN")
                 self._db.executemany(
                     "INSERT OR REPLACE INTO record (id, kind, time_ns, body) VALUES (?, ?, ?, ?)", rows
@@ -216,7 +216,7 @@ class Spool:
                 if floor is not None:
                     self._db.execute("DELETE FROM record WHERE id <= ?", (floor,))
                 self._db.execute("COMMIT")
-            except sqlite3.Error:
+            except Exception:
                 with contextlib.suppress(sqlite3.Error):
                     self._db.execute("ROLLBACK")
                 with self._lock:
@@ -256,8 +256,8 @@ class Spool:
     def _count(self, name: str, n: int) -> None:
         self.counters[name] = self.counters.get(name, 0) + n
 
-    def reject(self, sink: str, records: Iterable[Record], reasons: dict[int, str]) -> None:
-        """Set records a sink refused aside (kept for a person to look at, never sent again)."""
+    def reject(self, sink: str, records: Iterable[Record], reasons: dict[int, str], quiet: bool = False) -> None:
+        """Set records a sink refused aside (kept for a person to look at, never sent again); quiet: the caller logs."""
         rows = [
             (r.id, sink, r.kind, r.time_ns, json.dumps(r.body), reasons[r.id], time.time())
             for r in records
@@ -269,7 +269,8 @@ class Spool:
             self._db.executemany("INSERT INTO rejected VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
         with self._lock:
             self._count(f"rejected.{sink}", len(rows))
-        log.error("spool: %s rejected %d record(s), set aside: %s", sink, len(rows), next(iter(reasons.values())))
+        if not quiet:
+            log.error("spool: %s rejected %d record(s), set aside: %s", sink, len(rows), next(iter(reasons.values())))
 
     # -- reading --------------------------------------------------------------------------------
 
