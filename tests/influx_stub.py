@@ -5,6 +5,7 @@ answers 400 to everything; this small HTTP server on 127.0.0.1 does, on demand:
 
     stub = InfluxStub()                   # started on a free port; stub.url
     stub.fault = "blanket400"             # or "500", "301", "302", "slow", None
+    stub.plan = ["blanket400", "ok"]      # faults for the next requests, one each, before `fault` applies
     stub.max_body = 4000                  # 413 for a larger body
     stub.retention_ns = ...               # 422 for older points (the rest is written, as InfluxDB 2.x does)
     stub.poison = "poison"                # 400 for lines holding this text (the rest is written, as 1.x does)
@@ -28,6 +29,7 @@ class InfluxStub:
 
     def __init__(self) -> None:
         self.fault: str | None = None
+        self.plan: list[str] = []
         self.max_body: int | None = None
         self.retention_ns: int | None = None
         self.poison: str | None = None
@@ -77,14 +79,16 @@ class InfluxStub:
     def _decide(self, path: str, body: bytes) -> tuple[int, bytes]:
         if not path.startswith(("/write?", "/api/v2/write?")):
             return 404, b'{"error":"not found"}'
-        if self.fault == "slow":
+        with self._lock:
+            fault = self.plan.pop(0) if self.plan else self.fault
+        if fault == "slow":
             time.sleep(self.slow_s)
-        if self.fault == "blanket400":
+        if fault == "blanket400":
             return 400, b"<html>400 Bad Request</html>"
-        if self.fault == "500":
+        if fault == "500":
             return 500, b'{"error":"internal error"}'
-        if self.fault in ("301", "302"):
-            return int(self.fault), b""
+        if fault in ("301", "302"):
+            return int(fault), b""
         if self.max_body is not None and len(body) > self.max_body:
             return 413, b'{"error":"request entity too large"}'
         refused: list[tuple[int, str]] = []

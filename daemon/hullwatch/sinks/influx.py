@@ -17,10 +17,12 @@ Every answer is classified (the same for both APIs):
   aside as rejected with the server's reason, the rest is written, so one poison record never
   blocks the queue. 413 (body too large) is split the same way, down to one record; a single
   record still too large is set aside too.
-- Before anything is set aside, the server must have shown it takes a valid write: some part
-  of the same batch accepted, or else a probe point (`sink_probe`, field `ok=true`, now). If the
-  probe is refused as well, nothing is bad but the server or a proxy in front of it (one that
-  answers 400 to everything): that is an outage, and no record is set aside.
+- Before anything is set aside, the server must have shown that it takes valid writes, both
+  before the first refusal of the batch and after the last one: by accepting other parts of
+  the batch, or else a probe point (`sink_probe`, field `ok=true`, now; a record refused
+  before any such evidence is sent once more after the probe). If the probe is refused as
+  well, nothing is bad but the server or a proxy in front of it (one that answers 400 to
+  everything, or starts to mid-batch): that is an outage, and no record is set aside.
 - 3xx: never followed (a client following 301/302 turns the POST into a GET that a web page
   answers with 200, and the points are gone): a failure naming where it points.
 - Anything else (connection, timeout, 401/403/404, 429, 5xx): SinkUnavailable; the spool
@@ -194,7 +196,7 @@ class InfluxSink:
         self.api = cfg.api
         self._client = None
         self._reachable = True
-        self._took_a_write = False  # the server took a write in the batch being sent
+        self._accepted = self._accepted_since_refusal = False  # in the batch being written
         if cfg.api == "v2":
             from influxdb_client import InfluxDBClient
             from influxdb_client.client.write_api import SYNCHRONOUS
@@ -236,43 +238,58 @@ class InfluxSink:
                 lines.append((r, line.encode()))
         try:
             for i in range(0, len(lines), BATCH_LINES):
-                self._took_a_write = False  # evidence, per batch, that the server takes valid points
-                self._write_isolating(lines[i : i + BATCH_LINES], rejected)
+                rejected |= self._write_batch(lines[i : i + BATCH_LINES])
         except SinkUnavailable:
             self._reachable = False
             raise
         self._reachable = True
         return SendResult(len(records), rejected)
 
-    def _write_isolating(self, lines: list[tuple[Record, bytes]], rejected: dict[int, str]) -> None:
-        if not lines:
-            return
-        try:
-            self._write(b"\n".join(line for _, line in lines))
-        except _Refused as exc:
-            if len(lines) > 1:
-                half = len(lines) // 2
-                self._write_isolating(lines[:half], rejected)
-                self._write_isolating(lines[half:], rejected)
-                return
-            self._check_server_takes_points(exc)
-            rejected[lines[0][0].id] = str(exc)
-            return
-        self._took_a_write = True
+    def _write_batch(self, lines: list[tuple[Record, bytes]]) -> dict[int, str]:
+        """Write a batch; the records the server refuses, once it showed it takes valid points before and after."""
+        self._accepted = False  # some write of this batch was accepted
+        self._accepted_since_refusal = True  # ... after the last refusal
+        refused: dict[int, str] = {}
+        self._write_isolating(lines, refused)
+        if refused and not self._accepted_since_refusal:  # a proxy may have begun refusing everything
+            self._probe(next(iter(refused.values())))
+        return refused
 
-    def _check_server_takes_points(self, refusal: _Refused) -> None:
-        """Raise SinkUnavailable unless the server took a write in this batch, or takes a probe point now."""
-        if self._took_a_write:
+    def _write_isolating(self, lines: list[tuple[Record, bytes]], refused: dict[int, str]) -> None:
+        refusal = self._try(b"\n".join(line for _, line in lines))
+        if refusal is None:
             return
+        if len(lines) > 1:
+            half = len(lines) // 2
+            self._write_isolating(lines[:half], refused)
+            self._write_isolating(lines[half:], refused)
+            return
+        if not self._accepted:  # nothing shows the server takes anything: probe, then give the record one more go
+            self._probe(str(refusal))
+            refusal = self._try(lines[0][1])
+            if refusal is None:
+                return
+        refused[lines[0][0].id] = str(refusal)
+        self._accepted_since_refusal = False
+
+    def _probe(self, refusal: str) -> None:
+        """Write a probe point; SinkUnavailable if the server refuses that too (then nothing is poison)."""
         probe = line_protocol("sink_probe", {"station": self.station, "sink": self.name}, {"ok": True}, time.time_ns())
-        try:
-            self._write(probe.encode())
-        except _Refused as exc:
+        answer = self._try(probe.encode())
+        if answer is not None:
             raise SinkUnavailable(
-                f"every write is refused, even a probe point ({refusal}; probe: {exc}): "
+                f"every write is refused, even a probe point ({refusal}; probe: {answer}): "
                 "treated as an outage, nothing set aside"
-            ) from None
-        self._took_a_write = True
+            )
+
+    def _try(self, body: bytes) -> _Refused | None:
+        """Write a body: None if accepted, the refusal if its content was refused; SinkUnavailable otherwise."""
+        try:
+            self._write(body)
+        except _Refused as exc:
+            return exc
+        self._accepted = self._accepted_since_refusal = True
+        return None
 
     def _write(self, body: bytes) -> None:
         if self.api == "v2":
