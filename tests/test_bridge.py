@@ -183,14 +183,27 @@ def test_two_bridges_share_the_load_and_write_each_sample_once(tmp_path):
         broker.stop()
 
 
+@pytest.fixture
+def broker_and_influx(tmp_path):
+    """A private mosquitto and influxd, stopped whatever the test does."""
+    broker = Broker(tmp_path / "broker")
+    broker.start()
+    try:
+        influx = Influxd(tmp_path / "influx")
+        try:
+            yield broker, influx
+        finally:
+            influx.stop()
+    finally:
+        broker.stop()
+
+
 @pytest.mark.skipif(not (HAVE_MOSQUITTO and HAVE_INFLUXD), reason="needs mosquitto and influxd (Debian packages)")
-def test_unstorable_messages_are_set_aside_and_nothing_acknowledged_is_lost(tmp_path, caplog):
+def test_unstorable_messages_are_set_aside_and_nothing_acknowledged_is_lost(tmp_path, caplog, broker_and_influx):
     """Bad messages among 400 good ones in one commit interval: each bad one set aside and counted, every good
     one in InfluxDB once, all acknowledged (a new bridge on the same session gets nothing again)."""
     caplog.set_level(logging.WARNING, logger="hullwatch.bridge")
-    broker = Broker(tmp_path / "broker")
-    broker.start()
-    influx = Influxd(tmp_path / "influx")
+    broker, influx = broker_and_influx
     path = tmp_path / "bridge.toml"
     path.write_text(
         f'[bridge]\nstations = ["+"]\nclient_id = "bridge-a"\n'
@@ -199,12 +212,12 @@ def test_unstorable_messages_are_set_aside_and_nothing_acknowledged_is_lost(tmp_
         f'[spool]\npath = "{tmp_path / "spool.sqlite"}"\ncommit_interval_s = 1.0\n'
     )
     cfg = load_bridge(str(path))
-    bridge = Bridge(cfg)
-    bridge.start()
     pub = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="station")
+    pub.connect("127.0.0.1", broker.port)
+    pub.loop_start()
+    bridge: Bridge | None = Bridge(cfg)
+    bridge.start()
     try:
-        pub.connect("127.0.0.1", broker.port)
-        pub.loop_start()
         wait_subscribed(bridge, pub)
         ready = bridge.received
         infos = []
@@ -223,27 +236,24 @@ def test_unstorable_messages_are_set_aside_and_nothing_acknowledged_is_lost(tmp_
         assert len(warnings) == len(set(bridge.unstorable))  # one per kind, not one per message
         assert all("(bad_time)" in w for w in warnings if "1000000000000" in w)
         assert bridge.spool.counters["rejected.bridge"] == len(UNSTORABLE)
-    finally:
         bridge.stop()
-    with contextlib.closing(sqlite3.connect(tmp_path / "spool.sqlite")) as db:
-        kept = db.execute("SELECT body, reason FROM rejected WHERE sink = 'bridge'").fetchall()
-    assert sorted(json.loads(body)["topic"] for body, _ in kept) == sorted(
-        f"hullwatch/alpha/{t}" for t, _, _ in UNSTORABLE
-    )
-    assert all(reason for _, reason in kept)
+        bridge = None
+        with contextlib.closing(sqlite3.connect(tmp_path / "spool.sqlite")) as db:
+            kept = db.execute("SELECT body, reason FROM rejected WHERE sink = 'bridge'").fetchall()
+        topics = sorted(json.loads(body)["topic"] for body, _ in kept)
+        assert topics == sorted(f"hullwatch/alpha/{t}" for t, _, _ in UNSTORABLE)
+        assert all(reason for _, reason in kept)
 
-    again = Bridge(cfg)  # the same client id and persistent session: nothing unacknowledged comes back
-    again.start()
-    try:
+        bridge = Bridge(cfg)  # the same client id and persistent session: nothing unacknowledged comes back
+        bridge.start()
         pub.publish("hullwatch/alpha/sensor/p1", sensor_message(time=T0 + 1000), qos=1).wait_for_publish(10)
         assert wait_until(lambda: influx_count(influx) >= 401)
-        assert again.received == 1 and not again.unstorable
+        assert bridge.received == 1 and not bridge.unstorable
     finally:
-        again.stop()
+        if bridge is not None:
+            bridge.stop()
         pub.loop_stop()
         pub.disconnect()
-        influx.stop()
-        broker.stop()
 
 
 def wait_subscribed(bridge: Bridge, pub: mqtt.Client) -> None:
