@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
+import sqlite3
 import time
+from collections import Counter
 
 import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from hullwatch.bridge import Bridge, metric_records, to_record
+from hullwatch.bridge import Bridge, Unstorable, metric_records, to_record
 from hullwatch.config import ConfigError, load_bridge
+from hullwatch.sinks.spool import Spool
 from influxd_fixture import HAVE_INFLUXD, Influxd
 from mosquitto_fixture import HAVE_MOSQUITTO, Broker
 
@@ -41,7 +46,76 @@ def test_messages_become_records():
     with pytest.raises(ValueError):
         to_record("hullwatch/prk/sensor/p1", b"not json", "hullwatch", 5.0)
     metrics = {"time": T0, "spool": {"depth": 3}, "sinks": {"mqtt": {"sent": 5}}, "sensors": {"p1": {"errors": 0}}}
-    assert [b["measurement"] for _, b in metric_records("prk", metrics)] == ["spool", "sink", "sensor_health"]
+    assert [b["measurement"] for _, b in metric_records("prk", metrics, 5.0)] == ["spool", "sink", "sensor_health"]
+
+
+def sensor_message(**changes) -> bytes:
+    body = {"time": T0, "quantity": "pressure", "value": 101325.0, "quality": "good"} | changes
+    return json.dumps({k: v for k, v in body.items() if v is not ...}).encode()
+
+
+# (topic under hullwatch/alpha/, payload, kind of problem): messages a station must not send, each stored nowhere
+UNSTORABLE = [
+    ("sensor/p1", sensor_message(time=1e12), "bad_time"),  # milliseconds: year 33658, over SQLite's INTEGER
+    ("sensor/p1", sensor_message(time=1e300), "bad_time"),
+    ("sensor/p1", sensor_message(time=float("nan")), "bad_time"),  # Python's JSON writes NaN
+    ("sensor/p1", sensor_message(time="2026-01-01T00:00:00Z"), "bad_time"),
+    ("sensor/p1", sensor_message(time=True), "bad_time"),
+    ("sensor/p1", sensor_message(value="101325"), "bad_field"),
+    ("sensor/p1", sensor_message(value=10**400), "bad_field"),
+    ("sensor/p1", sensor_message(quantity=...), "bad_field"),
+    ("sensor/p1", sensor_message(quality=7), "bad_field"),
+    ("sensor/p1", b"\xff\xfe garbage", "not_utf8"),
+    ("sensor/p1", b"garbage", "not_json"),
+    ("sensor/p1", b"[1, 2]", "not_object"),
+    ("hatch/h1", b"ajar", "bad_field"),
+    ("volume/prk", json.dumps({"time": T0, "leak_kg_per_day": "lots"}).encode(), "bad_field"),
+    ("alarm/leak_rate/prk", json.dumps({"time": T0, "state": "active"}).encode(), "bad_topic"),
+    ("alarm/leak_rate/prk/warning", json.dumps({"time": T0, "state": ["active"]}).encode(), "bad_field"),
+    ("metrics", json.dumps({"time": 1e12, "spool": {"depth": 1}}).encode(), "bad_time"),
+    ("metrics", json.dumps({"time": T0, "sinks": ["mqtt"]}).encode(), "bad_field"),
+]
+
+
+@pytest.mark.parametrize(("topic", "payload", "kind"), UNSTORABLE)
+def test_unstorable_messages_name_their_problem(topic, payload, kind):
+    with pytest.raises(Unstorable) as err:
+        if topic == "metrics":
+            metric_records("alpha", json.loads(payload), 5.0)
+        else:
+            to_record(f"hullwatch/alpha/{topic}", payload, "hullwatch", 5.0)
+    assert err.value.kind == kind, err.value
+    assert str(err.value)
+
+
+def test_storable_edge_cases():
+    """No time: the time received; a NaN or null value is a bad reading, kept (InfluxDB gets its quality)."""
+    assert to_record("hullwatch/a/sensor/p1", sensor_message(time=...), "hullwatch", 5.0)[1] == 5.0
+    for value in (float("nan"), None):
+        kind, _, body = to_record("hullwatch/a/sensor/p1", sensor_message(value=value, quality="bad"), "hullwatch", 5.0)
+        assert kind == "sample" and body["quality"] == "bad"
+    assert to_record("hullwatch/a/sensor/p1", sensor_message(time=-1.0), "hullwatch", 5.0)[1] == -1.0
+
+
+def test_a_failed_commit_rolls_back_keeps_the_batch_and_acknowledges_nothing(tmp_path):
+    """Whatever fails inside the spool's transaction, it is rolled back and nothing is confirmed as stored."""
+    spool = Spool(str(tmp_path / "s.sqlite"))
+    told = []
+    spool.on_commit = told.append
+    try:
+        spool.append("sample", T0, {"v": 1})
+        spool.commit()
+        assert told == [1]
+        spool.append("sample", T0 + 1, {"v": 2})
+        spool.append("sample", 1e12, {"v": 3})  # what a bridge must never append: over SQLite's INTEGER
+        with pytest.raises(OverflowError):
+            spool.commit()
+        assert not spool._db.in_transaction
+        assert told == [1]  # messages behind records 2 and 3 are not acknowledged
+        assert [r.body["v"] for r in spool.read(1, 10)] == [2, 3]  # still held, for the next try
+    finally:
+        spool._pending.clear()
+        spool.close()
 
 
 def test_bridge_config_errors_name_the_key(write_file):
@@ -107,3 +181,99 @@ def test_two_bridges_share_the_load_and_write_each_sample_once(tmp_path):
             b.stop()
         influx.stop()
         broker.stop()
+
+
+@pytest.fixture
+def broker_and_influx(tmp_path):
+    """A private mosquitto and influxd, stopped whatever the test does."""
+    broker = Broker(tmp_path / "broker")
+    broker.start()
+    try:
+        influx = Influxd(tmp_path / "influx")
+        try:
+            yield broker, influx
+        finally:
+            influx.stop()
+    finally:
+        broker.stop()
+
+
+@pytest.mark.skipif(not (HAVE_MOSQUITTO and HAVE_INFLUXD), reason="needs mosquitto and influxd (Debian packages)")
+def test_unstorable_messages_are_set_aside_and_nothing_acknowledged_is_lost(tmp_path, caplog, broker_and_influx):
+    """Bad messages among 400 good ones in one commit interval: each bad one set aside and counted, every good
+    one in InfluxDB once, all acknowledged (a new bridge on the same session gets nothing again)."""
+    caplog.set_level(logging.WARNING, logger="hullwatch.bridge")
+    broker, influx = broker_and_influx
+    path = tmp_path / "bridge.toml"
+    path.write_text(
+        f'[bridge]\nstations = ["+"]\nclient_id = "bridge-a"\n'
+        f'[mqtt]\nhost = "127.0.0.1"\nport = {broker.port}\n'
+        f'[influxdb]\nurl = "{influx.url}"\napi = "v1"\ndatabase = "hullwatch"\n'
+        f'[spool]\npath = "{tmp_path / "spool.sqlite"}"\ncommit_interval_s = 1.0\n'
+    )
+    cfg = load_bridge(str(path))
+    pub = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="station")
+    pub.connect("127.0.0.1", broker.port)
+    pub.loop_start()
+    bridge: Bridge | None = Bridge(cfg)
+    bridge.start()
+    try:
+        wait_subscribed(bridge, pub)
+        ready = bridge.received
+        infos = []
+        for k in range(400):
+            if k == 200:
+                infos += [pub.publish(f"hullwatch/alpha/{t}", p, qos=1) for t, p, _ in UNSTORABLE]
+            infos.append(pub.publish("hullwatch/alpha/sensor/p1", sensor_message(time=T0 + k, value=1000.0 + k), qos=1))
+        for info in infos:
+            info.wait_for_publish(10)
+        assert wait_until(lambda: influx_count(influx) >= 400)
+        assert wait_until(lambda: not bridge._unacked)  # every message acknowledged, good and bad
+        assert influx_count(influx) == 400
+        assert bridge.received - ready == 400
+        assert bridge.unstorable == Counter(kind for _, _, kind in UNSTORABLE)
+        warnings = [r.getMessage() for r in caplog.records if "set aside a message" in r.getMessage()]
+        assert len(warnings) == len(set(bridge.unstorable))  # one per kind, not one per message
+        assert all("(bad_time)" in w for w in warnings if "1000000000000" in w)
+        assert bridge.spool.counters["rejected.bridge"] == len(UNSTORABLE)
+        bridge.stop()
+        bridge = None
+        with contextlib.closing(sqlite3.connect(tmp_path / "spool.sqlite")) as db:
+            kept = db.execute("SELECT body, reason FROM rejected WHERE sink = 'bridge'").fetchall()
+        topics = sorted(json.loads(body)["topic"] for body, _ in kept)
+        assert topics == sorted(f"hullwatch/alpha/{t}" for t, _, _ in UNSTORABLE)
+        assert all(reason for _, reason in kept)
+
+        bridge = Bridge(cfg)  # the same client id and persistent session: nothing unacknowledged comes back
+        bridge.start()
+        pub.publish("hullwatch/alpha/sensor/p1", sensor_message(time=T0 + 1000), qos=1).wait_for_publish(10)
+        assert wait_until(lambda: influx_count(influx) >= 401)
+        assert bridge.received == 1 and not bridge.unstorable
+    finally:
+        if bridge is not None:
+            bridge.stop()
+        pub.loop_stop()
+        pub.disconnect()
+
+
+def wait_subscribed(bridge: Bridge, pub: mqtt.Client) -> None:
+    """Publish a hatch state until the bridge has one: its subscriptions are in."""
+    end = time.monotonic() + 30
+    while bridge.received == 0 and time.monotonic() < end:
+        pub.publish("hullwatch/alpha/hatch/ready", "open", qos=1)
+        wait_until(lambda: bridge.received > 0, 0.5)
+    assert bridge.received > 0, "the bridge never subscribed"
+
+
+def influx_count(influx: Influxd) -> int:
+    rows = influx.rows("SELECT count(value) FROM sensor")
+    return rows[0][1]["count"] if rows else 0
+
+
+def wait_until(predicate, timeout: float = 30.0) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return predicate()

@@ -14,15 +14,26 @@ Several bridges with the same `share_group` subscribe through MQTT 5 shared subs
 (`$share/<group>/...`): the broker hands each message to one of them, so a fleet scales out by
 starting more bridges. InfluxDB overwrites a point with the same series and timestamp, so a
 message delivered twice (after a reconnect) is still one point.
+
+A message that cannot be stored — not UTF-8 or not JSON, a time that is not a number or out
+of the range InfluxDB and the spool can hold (`1e12` is a time in milliseconds, year 33658),
+a field of the wrong type, a missing key — is set aside before its PUBACK: kept in the
+spool's `rejected` table (sink `bridge`, the first SET_ASIDE_MAX of a run, payloads cut at
+SET_ASIDE_BYTES), counted per kind of problem (`unstorable`, and the spool's
+`rejected.bridge`), and logged at WARNING once per kind, then at most every WARN_EVERY_S with
+the count since. It never reaches the spool's transaction, so it can never fail a commit.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
+import sqlite3
 import threading
 import time
 import uuid
+from collections import Counter
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -32,53 +43,132 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from hullwatch.config import BridgeConfig
-from hullwatch.sinks.influx import InfluxSink
+from hullwatch.sinks.influx import ESTIMATE_FIELDS, InfluxSink
 from hullwatch.sinks.mqtt import apply_credentials
-from hullwatch.sinks.spool import Spool
+from hullwatch.sinks.spool import Record, Spool, time_ns
 
 log = logging.getLogger(__name__)
 
 SESSION_EXPIRY_S = 24 * 3600  # the broker keeps our queue this long while the bridge is away
 TOPICS = ("sensor/+", "volume/+", "hatch/+", "alarm/#", "metrics")
+SET_ASIDE_MAX = 1000  # unstorable messages kept per run (all are counted)
+SET_ASIDE_BYTES = 4096  # of each one's payload
+WARN_EVERY_S = 60.0  # at most one warning per kind of problem this often
+
+
+class Unstorable(ValueError):
+    """A message the bridge cannot store; `kind` names the problem (not_utf8, not_json, bad_time, bad_field, ...)."""
+
+    def __init__(self, kind: str, detail: str) -> None:
+        super().__init__(detail)
+        self.kind = kind
+
+
+def _number(obj: dict, key: str) -> None:
+    """Unstorable unless obj[key] is absent, null or a number (NaN and infinities are kept as missing values)."""
+    v = obj.get(key)
+    if v is None:
+        return
+    try:
+        if isinstance(v, bool) or not isinstance(v, int | float):
+            raise TypeError
+        float(v)
+    except (TypeError, OverflowError):
+        raise Unstorable("bad_field", f"{key} must be a number or null, not {v!r:.60}") from None
+
+
+def _string(obj: dict, key: str, required: bool = False) -> None:
+    """Unstorable unless obj[key] is a non-empty string (or, when not required, absent or null)."""
+    v = obj.get(key)
+    if v is None and not required:
+        return
+    if key not in obj:
+        raise Unstorable("bad_field", f"{key} is missing")
+    if not isinstance(v, str) or not v:
+        raise Unstorable("bad_field", f"{key} must be a non-empty string, not {v!r:.60}")
+
+
+def message_time(obj: dict, received: float) -> float:
+    """The message's `time` (the time it was received when it has none), if the spool and InfluxDB can hold it."""
+    v = obj.get("time", received)
+    try:
+        if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+            raise ValueError
+        t = float(v)
+        if not -(2**63) < time_ns(t) < 2**63:  # nanoseconds in a signed 64-bit integer: years 1677..2262
+            raise ValueError
+    except (ValueError, OverflowError):
+        raise Unstorable("bad_time", f"time {v!r:.60} is not an epoch time in seconds that can be stored") from None
+    return t
+
+
+def _json_object(payload: bytes) -> dict:
+    try:
+        obj = json.loads(payload.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise Unstorable("not_utf8", f"payload is not UTF-8 ({exc.reason} at byte {exc.start})") from None
+    except (ValueError, RecursionError) as exc:
+        raise Unstorable("not_json", f"payload is not JSON ({str(exc)[:80]})") from None
+    if not isinstance(obj, dict):
+        raise Unstorable("not_object", f"payload must be a JSON object, not {type(obj).__name__}")
+    return obj
 
 
 def to_record(topic: str, payload: bytes, root: str, received: float) -> tuple[str, float, dict] | None:
-    """A station's message as (kind, time, body) for the spool, or None for what is not telemetry."""
+    """A station's message as (kind, time, body) for the spool; None for what is not telemetry.
+
+    Raises Unstorable for a telemetry message that cannot be stored.
+    """
     parts = topic[len(root) + 1 :].split("/") if topic.startswith(root + "/") else []
-    if len(parts) < 3:
+    if len(parts) < 3 or parts[1] not in ("sensor", "volume", "hatch", "alarm"):
         return None
     station, what, rest = parts[0], parts[1], parts[2:]
-    text = payload.decode("utf-8")
-    if what == "hatch" and len(rest) == 1 and text in ("open", "closed"):
-        return "hatch", received, {"station": station, "hatch": rest[0], "open": text == "open"}
-    if what == "alarm" and not text:
+    if len(rest) != (3 if what == "alarm" else 1):
+        raise Unstorable("bad_topic", f"{what} topics have {3 if what == 'alarm' else 1} level(s) after '{what}/'")
+    if what == "hatch":
+        if payload not in (b"open", b"closed"):
+            raise Unstorable("bad_field", f"a hatch state is 'open' or 'closed', not {payload[:40]!r}")
+        return "hatch", received, {"station": station, "hatch": rest[0], "open": payload == b"open"}
+    if what == "alarm" and not payload:
         return None  # a removed alarm: its transitions are already stored
-    obj = json.loads(text)
-    if not isinstance(obj, dict):
-        return None
+    obj = _json_object(payload)
     obj.pop("replay", None)
-    t = float(obj.get("time", received))
-    if what == "sensor" and len(rest) == 1:
-        body = {k: obj.get(k) for k in ("quantity", "value", "quality")}
+    t = message_time(obj, received)
+    if what == "sensor":
+        _string(obj, "quantity", required=True)
+        _string(obj, "quality", required=True)
+        if "value" not in obj:
+            raise Unstorable("bad_field", "value is missing")
+        _number(obj, "value")
+        body = {k: obj[k] for k in ("quantity", "value", "quality")}
         return "sample", t, {"station": station, "sensor": rest[0], **body}
-    if what == "volume" and len(rest) == 1:
+    if what == "volume":
+        for _, key in ESTIMATE_FIELDS:
+            _number(obj, key)
         return "estimate", t, {**obj, "station": station, "volume": rest[0]}
-    if what == "alarm" and len(rest) == 3:
-        alarm, source, severity = rest
-        body = {"alarm": alarm, "source": source, "severity": severity, "state": obj.get("state", "active")}
-        body |= {k: obj[k] for k in ("value", "threshold", "reason") if obj.get(k) is not None}
-        return "alarm", t, {"station": station, **body}
-    return None
+    alarm, source, severity = rest
+    _string(obj, "state")
+    _string(obj, "reason")
+    _number(obj, "value")
+    _number(obj, "threshold")
+    body = {"alarm": alarm, "source": source, "severity": severity, "state": obj.get("state") or "active"}
+    body |= {k: obj[k] for k in ("value", "threshold", "reason") if obj.get(k) is not None}
+    return "alarm", t, {"station": station, **body}
 
 
-def metric_records(station: str, obj: dict[str, Any]) -> list[tuple[float, dict]]:
-    """A station's `metrics` message as metric records (spool, sink and sensor health)."""
-    t = float(obj.get("time", 0.0))
+def metric_records(station: str, obj: dict[str, Any], received: float) -> list[tuple[float, dict]]:
+    """A station's `metrics` message as metric records (spool, sink and sensor health); Unstorable if malformed."""
+    t = message_time(obj, received)
     out = []
-    if isinstance(obj.get("spool"), dict):
+    if obj.get("spool") is not None:
+        if not isinstance(obj["spool"], dict):
+            raise Unstorable("bad_field", f"spool must be an object, not {obj['spool']!r:.60}")
         out.append((t, {"station": station, "measurement": "spool", "fields": obj["spool"]}))
     for measurement, key, tag in (("sink", "sinks", "sink"), ("sensor_health", "sensors", "sensor")):
-        for name, fields in (obj.get(key) or {}).items():
+        group = obj.get(key) or {}
+        if not isinstance(group, dict) or not all(isinstance(f, dict) for f in group.values()):
+            raise Unstorable("bad_field", f"{key} must map names to objects, not {group!r:.60}")
+        for name, fields in group.items():
             out.append((t, {"station": station, "measurement": measurement, "tags": {tag: name}, "fields": fields}))
     return out
 
@@ -96,7 +186,10 @@ class Bridge:
         self._unacked: list[tuple[int, int, int]] = []  # (last record id, mid, qos), oldest first
         self._lock = threading.Lock()
         self.received = 0
-        self.ignored = 0
+        self.ignored = 0  # not telemetry (e.g. a removed alarm)
+        self.unstorable: Counter[str] = Counter()  # set aside, per kind of problem
+        self._kept = 0  # of them in the spool's rejected table
+        self._warned: dict[str, tuple[float, int]] = {}  # kind -> (when last logged, how many since)
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=mqtt.MQTTv5)
         self.client.manual_ack_set(True)
         self.client.on_connect = self._on_connect
@@ -126,6 +219,10 @@ class Bridge:
         self.client.loop_stop()
         self.spool.close(drain_s=2.0)
         self.sink.close()
+        if self.unstorable:
+            kinds = ", ".join(f"{k} {n}" for k, n in sorted(self.unstorable.items()))
+            total = self.unstorable.total()
+            log.warning("bridge: %d message(s) could not be stored and were set aside (%s)", total, kinds)
 
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
         if reason_code.is_failure:
@@ -136,18 +233,20 @@ class Bridge:
         log.info("bridge: connected; %s", ", ".join(self.subscriptions()))
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        now = time.time()
         try:
-            self._take(msg.topic, msg.payload, time.time())
-        except Exception as exc:  # a malformed message is skipped, never kills paho's thread
-            self.ignored += 1
-            log.debug("bridge: ignored %s: %r", msg.topic, exc)
-        with self._lock:
+            self._take(msg.topic, msg.payload, now)
+        except Unstorable as exc:
+            self._set_aside(msg.topic, msg.payload, now, exc.kind, str(exc))
+        except Exception as exc:  # never kills paho's thread
+            self._set_aside(msg.topic, msg.payload, now, "internal", f"{type(exc).__name__}: {exc}")
+        with self._lock:  # acknowledged once everything spooled so far is committed
             self._unacked.append((self.spool.last_id, msg.mid, msg.qos))
 
     def _take(self, topic: str, payload: bytes, now: float) -> None:
-        if topic.endswith("/metrics"):
-            station = topic[len(self.root) + 1 :].split("/")[0]
-            for t, body in metric_records(station, json.loads(payload)):
+        parts = topic[len(self.root) + 1 :].split("/")
+        if len(parts) == 2 and parts[1] == "metrics":
+            for t, body in metric_records(parts[0], _json_object(payload), now):
                 self.spool.append("metric", t, body)
             return
         record = to_record(topic, payload, self.root, now)
@@ -156,6 +255,27 @@ class Bridge:
             return
         self.spool.append(*record)
         self.received += 1
+
+    def _set_aside(self, topic: str, payload: bytes, now: float, kind: str, reason: str) -> None:
+        """Count a message that cannot be stored, keep it in the spool's rejected table, warn once per kind."""
+        self.unstorable[kind] += 1
+        if self._kept < SET_ASIDE_MAX:
+            body = {"topic": topic, "payload": payload[:SET_ASIDE_BYTES].decode("utf-8", "replace")}
+            try:
+                self.spool.reject("bridge", [Record(0, "message", time_ns(now), body)], {0: reason}, quiet=True)
+                self._kept += 1
+            except sqlite3.Error as exc:
+                reason += f" (not kept: {exc})"
+            if self._kept == SET_ASIDE_MAX:
+                log.warning("bridge: %d messages set aside; further ones are only counted", SET_ASIDE_MAX)
+        mono = time.monotonic()
+        last, since = self._warned.get(kind, (-math.inf, 0))
+        if mono - last < WARN_EVERY_S:
+            self._warned[kind] = (last, since + 1)
+            return
+        more = f" ({since} more of this kind since the last warning)" if since else ""
+        log.warning("bridge: set aside a message on %s (%s): %s%s", topic, kind, reason, more)
+        self._warned[kind] = (mono, 0)
 
     def _acknowledge(self, committed_id: int) -> None:
         """PUBACK every message whose records are now in the spool file."""

@@ -9,11 +9,24 @@ Debian and Raspberry Pi OS ship. Neither retries by itself:
 a failed batch stays in the spool and is sent again, so nothing is lost when a client's
 in-memory retries would have run out.
 
-A 400 means some line in the batch is bad (InfluxDB then writes none or only part of it):
-the batch is split in halves until the bad records stand alone; they are set aside as
-rejected and the rest is written, so one poison record never blocks the queue. Any other
-failure (connection, timeout, 401/403/404, 5xx) raises SinkUnavailable and the spool
-tries again later.
+Every answer is classified (the same for both APIs):
+
+- 2xx: delivered.
+- 400 or 422 (a bad line, a type conflict, a point outside retention): some records in the
+  batch are bad. The batch is split in halves until the bad ones stand alone; they are set
+  aside as rejected with the server's reason, the rest is written, so one poison record never
+  blocks the queue. 413 (body too large) is split the same way, down to one record; a single
+  record still too large is set aside too.
+- Before anything is set aside, the server must have shown that it takes valid writes, both
+  before the first refusal of the batch and after the last one: by accepting other parts of
+  the batch, or else a probe point (`sink_probe`, field `ok=true`, now; a record refused
+  before any such evidence is sent once more after the probe). If the probe is refused as
+  well, nothing is bad but the server or a proxy in front of it (one that answers 400 to
+  everything, or starts to mid-batch): that is an outage, and no record is set aside.
+- 3xx: never followed (a client following 301/302 turns the POST into a GET that a web page
+  answers with 200, and the points are gone): a failure naming where it points.
+- Anything else (connection, timeout, 401/403/404, 429, 5xx): SinkUnavailable; the spool
+  tries again later with backoff.
 """
 
 from __future__ import annotations
@@ -21,6 +34,7 @@ from __future__ import annotations
 import base64
 import logging
 import math
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -43,8 +57,32 @@ class InfluxSetupError(Exception):
     """The [influxdb] settings cannot work (e.g. an unreadable token file)."""
 
 
-class _Rejected(Exception):
-    """The server refused the batch as malformed (HTTP 400)."""
+class _Refused(Exception):
+    """The server refused what the body holds (HTTP 400, 422, or 413): split it to find out which records."""
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """Makes every 3xx an HTTPError instead of a GET to the new address."""
+
+    def redirect_request(self, *args: Any) -> None:
+        return None
+
+
+_V1_OPENER = urllib.request.build_opener(_NoRedirect)
+
+
+def _answer(status: int, detail: str, location: str | None) -> Exception:
+    """The exception for a non-2xx answer: _Refused for what splitting can fix, else SinkUnavailable."""
+    if status in (400, 422):
+        return _Refused(f"HTTP {status}: {detail}")
+    if status == 413:
+        return _Refused(f"HTTP 413 (body too large): {detail}")
+    if 300 <= status < 400:
+        return SinkUnavailable(
+            f"HTTP {status}: the server redirects to {location or '(no Location given)'}; not followed "
+            "(a redirected write is lost): set [influxdb] url to the address that takes writes"
+        )
+    return SinkUnavailable(f"HTTP {status}: {detail}")
 
 
 def _read_secret(path: str | None, key: str) -> str | None:
@@ -58,7 +96,13 @@ def _read_secret(path: str | None, key: str) -> str | None:
 
 
 def _finite(x: Any) -> bool:
-    return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
+    """A number (not a bool) with a finite float value (an integer too large for a float is not)."""
+    if isinstance(x, bool) or not isinstance(x, int | float):
+        return False
+    try:
+        return math.isfinite(x)
+    except OverflowError:
+        return False
 
 
 ESTIMATE_FIELDS = (
@@ -152,6 +196,7 @@ class InfluxSink:
         self.api = cfg.api
         self._client = None
         self._reachable = True
+        self._accepted = self._accepted_since_refusal = False  # in the batch being written
         if cfg.api == "v2":
             from influxdb_client import InfluxDBClient
             from influxdb_client.client.write_api import SYNCHRONOUS
@@ -186,49 +231,81 @@ class InfluxSink:
         for r in records:
             try:
                 line = to_line(r, self.station)
-            except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            except (KeyError, TypeError, ValueError, AttributeError, ArithmeticError) as exc:
                 rejected[r.id] = f"cannot encode: {exc!r}"
                 continue
             if line is not None:
                 lines.append((r, line.encode()))
-        for i in range(0, len(lines), BATCH_LINES):
-            self._write_isolating(lines[i : i + BATCH_LINES], rejected)
-        return SendResult(len(records), rejected)
-
-    def _write_isolating(self, lines: list[tuple[Record, bytes]], rejected: dict[int, str]) -> None:
-        if not lines:
-            return
         try:
-            self._write(b"\n".join(line for _, line in lines))
-        except _Rejected as exc:
-            if len(lines) == 1:
-                rejected[lines[0][0].id] = str(exc)
-                return
-            half = len(lines) // 2
-            self._write_isolating(lines[:half], rejected)
-            self._write_isolating(lines[half:], rejected)
-
-    def _write(self, body: bytes) -> None:
-        try:
-            if self.api == "v2":
-                self._write_v2(body)
-            else:
-                self._write_v1(body)
+            for i in range(0, len(lines), BATCH_LINES):
+                rejected |= self._write_batch(lines[i : i + BATCH_LINES])
         except SinkUnavailable:
             self._reachable = False
             raise
         self._reachable = True
+        return SendResult(len(records), rejected)
+
+    def _write_batch(self, lines: list[tuple[Record, bytes]]) -> dict[int, str]:
+        """Write a batch; the records the server refuses, once it showed it takes valid points before and after."""
+        self._accepted = False  # some write of this batch was accepted
+        self._accepted_since_refusal = True  # ... after the last refusal
+        refused: dict[int, str] = {}
+        self._write_isolating(lines, refused)
+        if refused and not self._accepted_since_refusal:  # a proxy may have begun refusing everything
+            self._probe(next(iter(refused.values())))
+        return refused
+
+    def _write_isolating(self, lines: list[tuple[Record, bytes]], refused: dict[int, str]) -> None:
+        refusal = self._try(b"\n".join(line for _, line in lines))
+        if refusal is None:
+            return
+        if len(lines) > 1:
+            half = len(lines) // 2
+            self._write_isolating(lines[:half], refused)
+            self._write_isolating(lines[half:], refused)
+            return
+        if not self._accepted:  # nothing shows the server takes anything: probe, then give the record one more go
+            self._probe(str(refusal))
+            refusal = self._try(lines[0][1])
+            if refusal is None:
+                return
+        refused[lines[0][0].id] = str(refusal)
+        self._accepted_since_refusal = False
+
+    def _probe(self, refusal: str) -> None:
+        """Write a probe point; SinkUnavailable if the server refuses that too (then nothing is poison)."""
+        probe = line_protocol("sink_probe", {"station": self.station, "sink": self.name}, {"ok": True}, time.time_ns())
+        answer = self._try(probe.encode())
+        if answer is not None:
+            raise SinkUnavailable(
+                f"every write is refused, even a probe point ({refusal}; probe: {answer}): "
+                "treated as an outage, nothing set aside"
+            )
+
+    def _try(self, body: bytes) -> _Refused | None:
+        """Write a body: None if accepted, the refusal if its content was refused; SinkUnavailable otherwise."""
+        try:
+            self._write(body)
+        except _Refused as exc:
+            return exc
+        self._accepted = self._accepted_since_refusal = True
+        return None
+
+    def _write(self, body: bytes) -> None:
+        if self.api == "v2":
+            self._write_v2(body)
+        else:
+            self._write_v1(body)
 
     def _write_v1(self, body: bytes) -> None:
         req = urllib.request.Request(self._v1_url, data=body, headers=self._v1_headers, method="POST")
         try:
-            with urllib.request.urlopen(req, timeout=TIMEOUT_S) as resp:
+            with _V1_OPENER.open(req, timeout=TIMEOUT_S) as resp:
                 resp.read()
         except urllib.error.HTTPError as exc:
             detail = exc.read()[:300].decode("utf-8", "replace").strip()
-            if exc.code == 400:
-                raise _Rejected(f"HTTP 400: {detail}") from None
-            raise SinkUnavailable(f"HTTP {exc.code}: {detail}") from None
+            location = exc.headers.get("Location")
+            raise _answer(exc.code, detail, location and urllib.parse.urljoin(self._v1_url, location)) from None
         except (OSError, ValueError) as exc:  # URLError, timeouts, resets
             raise SinkUnavailable(str(getattr(exc, "reason", exc))) from None
 
@@ -242,9 +319,9 @@ class InfluxSink:
             )
         except ApiException as exc:
             detail = (exc.body or exc.reason or "")[:300] if isinstance(exc.body or "", str) else str(exc.reason)
-            if exc.status == 400:
-                raise _Rejected(f"HTTP 400: {detail}") from None
-            raise SinkUnavailable(f"HTTP {exc.status}: {detail}") from None
+            location = exc.headers.get("Location") if exc.headers else None
+            location = location and urllib.parse.urljoin(self.cfg.url.rstrip("/") + "/api/v2/write", location)
+            raise _answer(exc.status or 0, detail.strip(), location) from None
         except Exception as exc:  # urllib3's connection and timeout errors
             raise SinkUnavailable(f"{type(exc).__name__}: {exc}") from None
 

@@ -411,8 +411,8 @@ class Spool:
                 cursors = list(self.cursors.items())
                 counters = list(self.counters.items())
                 floor = min((self.cursors.get(s, 0) for s in self._sinks), default=None)
-            rows = [(r.id, r.kind, r.time_ns, json.dumps(r.body, separators=(",", ":"))) for r in batch]
-            try:
+            try:  # whatever fails, the transaction is rolled back and the batch kept for the next try
+                rows = [(r.id, r.kind, r.time_ns, json.dumps(r.body, separators=(",", ":"))) for r in batch]
                 db.execute("BEGIN")
                 db.executemany("INSERT OR REPLACE INTO record (id, kind, time_ns, body) VALUES (?, ?, ?, ?)", rows)
                 db.executemany("INSERT OR REPLACE INTO cursor VALUES (?, ?)", cursors)
@@ -420,7 +420,7 @@ class Spool:
                 if floor is not None:
                     db.execute("DELETE FROM record WHERE id <= ?", (floor,))
                 db.execute("COMMIT")
-            except sqlite3.Error:
+            except Exception:
                 with contextlib.suppress(sqlite3.Error):
                     db.execute("ROLLBACK")
                 with self._lock:
@@ -466,8 +466,8 @@ class Spool:
         """Every id at or below this is done for every sink (call with _lock held)."""
         return min((self.cursors.get(s, 0) for s in self._sinks), default=self._next_id - 1)
 
-    def reject(self, sink: str, records: Iterable[Record], reasons: dict[int, str]) -> None:
-        """Set records a sink refused aside (kept for a person to look at, never sent again)."""
+    def reject(self, sink: str, records: Iterable[Record], reasons: dict[int, str], quiet: bool = False) -> None:
+        """Set records a sink refused aside (kept for a person to look at, never sent again); quiet: the caller logs."""
         rows = [
             (r.id, sink, r.kind, r.time_ns, json.dumps(r.body), reasons[r.id], time.time())
             for r in records
@@ -483,7 +483,8 @@ class Spool:
         self._on_disk(insert)
         with self._lock:
             self._count(f"rejected.{sink}", len(rows))
-        log.error("spool: %s rejected %d record(s), set aside: %s", sink, len(rows), next(iter(reasons.values())))
+        if not quiet:
+            log.error("spool: %s rejected %d record(s), set aside: %s", sink, len(rows), next(iter(reasons.values())))
 
     # -- reading --------------------------------------------------------------------------------
 
@@ -736,8 +737,9 @@ class Forwarder:
         else:
             self.done = self.mark = self.live_done
         self.spool.set_cursor(self.sink.name, self.done)
-        self.down_since = None  # ready, and nothing failed this round
-        if self._down_logged:
+        if busy:  # something went through: the sink works (an idle round proves nothing)
+            self.down_since = None
+        if self._down_logged and busy:
             self._down_logged = False
             self._retry_s = RETRY_FIRST_S
             log.info("spool: %s is back; %d record(s) to catch up", self.sink.name, self.spool.last_id - self.done)
