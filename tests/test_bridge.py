@@ -45,8 +45,17 @@ def test_messages_become_records():
     assert to_record("elsewhere/prk/sensor/p1", payload.encode(), "hullwatch", 5.0) is None
     with pytest.raises(ValueError):
         to_record("hullwatch/prk/sensor/p1", b"not json", "hullwatch", 5.0)
-    metrics = {"time": T0, "spool": {"depth": 3}, "sinks": {"mqtt": {"sent": 5}}, "sensors": {"p1": {"errors": 0}}}
-    assert [b["measurement"] for _, b in metric_records("prk", metrics, 5.0)] == ["spool", "sink", "sensor_health"]
+    step = {"type": "step", "time": T0, "volume": "prk", "size_pa": -30.2, "sensor": "p1"}
+    assert to_record("hullwatch/prk/step/prk", json.dumps(step).encode(), "hullwatch", 5.0) == (
+        "step",
+        T0,
+        {"station": "prk", "volume": "prk", "size_pa": -30.2, "sensor": "p1"},
+    )
+    metrics = {"time": T0, "spool": {"depth": 3}, "sinks": {"mqtt": {"sent": 5}}, "sensors": {"p1": {"errors": 0}},
+               "detection": {"prk": {"kg_per_day_600s": 0.1, "kg_per_day_3600s": 0.008}}}  # fmt: skip
+    records = metric_records("prk", metrics, 5.0)
+    assert [b["measurement"] for _, b in records] == ["spool", "sink", "sensor_health", "detection"]
+    assert records[-1][1]["tags"] == {"volume": "prk"}
 
 
 def sensor_message(**changes) -> bytes:

@@ -282,6 +282,15 @@ def test_analyze_writes_json_lines_to_a_file(capsys, write_file, tmp_path):
     assert not [o for o in objs if o["type"] == "alarm" and o["state"] == "active"], "alarm on steady air"
 
 
+def test_analyze_summary_gives_the_detection_limits(capsys, write_file, tmp_path):
+    cfg = write_file(ANALYZE_TOML)
+    samples = write_samples(tmp_path / "s.csv", seconds=600)
+    code, stdout, err = run(capsys, ["analyze", "--summary", "-c", cfg, str(samples)])
+    assert code == EX_OK, err
+    limits = [line for line in stdout.splitlines() if "smallest leak confirmed" in line]
+    assert len(limits) == 2 and all("in 10 min" in line and ", 1 h " in line and ", 24 h " in line for line in limits)
+
+
 def test_analyze_writes_to_stdout_without_o(capsys, write_file, tmp_path):
     cfg = write_file(ANALYZE_TOML)
     samples = write_samples(tmp_path / "s.csv", seconds=120)

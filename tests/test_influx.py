@@ -54,6 +54,11 @@ def test_line_protocol_per_icd():
     assert to_line(rec(4, "hatch", T0, {"hatch": "h", "open": False}), "s").startswith(
         "hatch,hatch=h,station=s open=false "
     )
+    step = {"type": "step", "time": T0, "volume": "prk", "size_pa": -30.2, "sensor": "p_prk"}
+    assert (
+        to_line(rec(6, "step", T0, step), "s")
+        == f"step,sensor=p_prk,station=s,volume=prk size_pa=-30.2 {T0 * 10**9:.0f}"
+    )
     nan = sample(5, T0, float("nan"), quality="bad")
     assert to_line(nan, "s").startswith('sensor,quantity=pressure,sensor=p_prk,station=s quality="bad" ')
 

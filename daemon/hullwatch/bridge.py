@@ -50,7 +50,7 @@ from hullwatch.sinks.spool import Record, Spool, time_ns
 log = logging.getLogger(__name__)
 
 SESSION_EXPIRY_S = 24 * 3600  # the broker keeps our queue this long while the bridge is away
-TOPICS = ("sensor/+", "volume/+", "hatch/+", "alarm/#", "metrics")
+TOPICS = ("sensor/+", "volume/+", "step/+", "hatch/+", "alarm/#", "metrics")
 SET_ASIDE_MAX = 1000  # unstorable messages kept per run (all are counted)
 SET_ASIDE_BYTES = 4096  # of each one's payload
 WARN_EVERY_S = 60.0  # at most one warning per kind of problem this often
@@ -120,7 +120,7 @@ def to_record(topic: str, payload: bytes, root: str, received: float) -> tuple[s
     Raises Unstorable for a telemetry message that cannot be stored.
     """
     parts = topic[len(root) + 1 :].split("/") if topic.startswith(root + "/") else []
-    if len(parts) < 3 or parts[1] not in ("sensor", "volume", "hatch", "alarm"):
+    if len(parts) < 3 or parts[1] not in ("sensor", "volume", "step", "hatch", "alarm"):
         return None
     station, what, rest = parts[0], parts[1], parts[2:]
     if len(rest) != (3 if what == "alarm" else 1):
@@ -146,6 +146,11 @@ def to_record(topic: str, payload: bytes, root: str, received: float) -> tuple[s
         for _, key in ESTIMATE_FIELDS:
             _number(obj, key)
         return "estimate", t, {**obj, "station": station, "volume": rest[0]}
+    if what == "step":
+        _number(obj, "size_pa")
+        _string(obj, "sensor")
+        body = {k: obj[k] for k in ("size_pa", "sensor") if obj.get(k) is not None}
+        return "step", t, {**body, "station": station, "volume": rest[0]}
     alarm, source, severity = rest
     _string(obj, "state")
     _string(obj, "reason")
@@ -157,14 +162,18 @@ def to_record(topic: str, payload: bytes, root: str, received: float) -> tuple[s
 
 
 def metric_records(station: str, obj: dict[str, Any], received: float) -> list[tuple[float, dict]]:
-    """A station's `metrics` message as metric records (spool, sink and sensor health); Unstorable if malformed."""
+    """A station's `metrics` message as metric records (spool, sink and sensor health, detection limits).
+
+    Raises Unstorable if it is malformed.
+    """
     t = message_time(obj, received)
     out = []
     if obj.get("spool") is not None:
         if not isinstance(obj["spool"], dict):
             raise Unstorable("bad_field", f"spool must be an object, not {obj['spool']!r:.60}")
         out.append((t, {"station": station, "measurement": "spool", "fields": obj["spool"]}))
-    for measurement, key, tag in (("sink", "sinks", "sink"), ("sensor_health", "sensors", "sensor")):
+    groups = (("sink", "sinks", "sink"), ("sensor_health", "sensors", "sensor"), ("detection", "detection", "volume"))
+    for measurement, key, tag in groups:
         group = obj.get(key) or {}
         if not isinstance(group, dict) or not all(isinstance(f, dict) for f in group.values()):
             raise Unstorable("bad_field", f"{key} must map names to objects, not {group!r:.60}")

@@ -215,6 +215,10 @@ def _final_state(monitor: Monitor, latest: dict[str, Estimate]) -> str:
     """The closing lines of `analyze --summary`: each volume's last estimate and the active alarms."""
     lines = ["at the end of the recording:"]
     lines += [f"  {present.estimate_text(latest[vid])}" for vid in monitor.volumes if vid in latest]
+    k = monitor.k
+    for vid, limits in monitor.detection_limits().items():
+        figures = ", ".join(f"{present.window(w)} {v:.2g}" for w, v in limits.items())
+        lines.append(f"  {vid}: smallest leak confirmed at {k:g} sigma, kg/day: in {figures}")
     active = ", ".join(f"{sev.label} {alarm} {source}" for alarm, source, sev in monitor.active_alarms())
     lines.append(f"  active alarms: {active or 'none'}")
     return "\n".join(lines) + "\n"

@@ -29,6 +29,11 @@ def duration(seconds: float | None) -> str:
     return "over a year"
 
 
+def window(seconds: float) -> str:
+    """A fitting window's length: 10 min, 1 h, 24 h."""
+    return f"{seconds / 3600:g} h" if seconds >= 3600 and seconds % 3600 == 0 else f"{seconds / 60:g} min"
+
+
 def quantity(alarm: str, value: float | None) -> str:
     """An alarm's value with its unit."""
     if value is None:

@@ -48,6 +48,7 @@ from hullwatch.core.model import (
     Estimate,
     Event,
     HatchChange,
+    LevelStep,
     Notice,
     Quality,
     Quantity,
@@ -481,6 +482,8 @@ class Daemon:
                     self.spool.append("estimate", event.time, event.to_dict())
             elif isinstance(event, AlarmTransition) and self.spool is not None:
                 self.spool.append("alarm", event.time, event.to_dict())
+            elif isinstance(event, LevelStep) and self.spool is not None:
+                self.spool.append("step", event.time, event.to_dict())
             for output in self.outputs:
                 output(event)
 
@@ -570,8 +573,22 @@ class Daemon:
         for name, fields in sensors.items():
             record = {"measurement": "sensor_health", "tags": {"sensor": name}, "fields": fields}
             self.spool.append("metric", now, record)
+        detection = {  # the smallest loss each volume confirms at k σ in 10 min, 1 h, a day
+            volume: {f"kg_per_day_{w:g}s": round(v, 6) for w, v in limits.items() if math.isfinite(v)}
+            for volume, limits in self.monitor.detection_limits().items()
+        }
+        for volume, fields in detection.items():
+            record = {"measurement": "detection", "tags": {"volume": volume}, "fields": fields}
+            self.spool.append("metric", now, record)
         if self.mqtt is not None:
-            self.mqtt.publish_json("metrics", {"time": now, "spool": spool, "sinks": sinks, "sensors": sensors}, True)
+            metrics = {
+                "time": now,
+                "spool": spool,
+                "sinks": sinks,
+                "sensors": sensors,
+                "detection": detection,
+            }
+            self.mqtt.publish_json("metrics", metrics, True)
 
     def _check_faults(self, now: float) -> None:
         """Raise or clear the advisories of the optional parts from what they report."""
@@ -878,5 +895,10 @@ class EventLog:
                 log.info("%s", present.describe(event))
             elif log.isEnabledFor(logging.DEBUG):
                 log.debug("%s", present.describe(event))
+        elif isinstance(event, LevelStep):
+            fields = {"VOLUME": event.volume, "STEP_PA": f"{event.size_pa:.3f}"}
+            if event.sensor is not None:
+                fields["SENSOR"] = event.sensor
+            log.warning("%s", present.describe(event), extra=fields)
         elif isinstance(event, HatchChange | Notice):
             log.info("%s", present.describe(event))

@@ -22,23 +22,30 @@ the window adapts by itself:
 * σ comes from the fit's own residuals, so it widens when the model fits badly. Just
   after a restart few points are left, so their noise estimate is pooled with the one
   measured over the last long window (a prior worth PRIOR_DOF degrees of freedom).
-
 * Real residuals are not independent: a transducer's slow wander, a thermometer that
   lags the air through an HVAC cycle. Their dependence is measured over the window: the
-  window is cut into BLOCKS blocks, a line is fitted to the block means, and the block
-  residuals' variance, widened by their own lag-1 correlation (AR(1)), gives the slope's
-  variance as the data really scatter it. When that exceeds the independent-point
-  variance by more than WHITE_RATIO, the ratio (the *inflation*) widens σ, lowers the
-  degrees of freedom behind Student's widening, and divides the change detector's z²;
-  below it the noise counts as white and nothing changes. The inflation measured over
-  the last long window is remembered, so a fresh short window (too short to see slow
-  noise) inherits it.
+  window is cut into BLOCKS blocks and the block means are fitted; the block residuals'
+  variance, widened by their own lag-1 correlation (AR(1)), gives the slope's variance
+  as the data really scatter it. When that exceeds the independent-point variance by
+  more than WHITE_RATIO, the ratio (the *inflation*) widens σ, lowers the degrees of
+  freedom behind Student's widening, and raises the change detector's bar; below it the
+  noise counts as white and nothing changes. One window's inflation is a noisy measure
+  of a property of the sensors, so the inflation of the long windows (fitted with a
+  parabola, which a slowly changing rate does not disturb, and corrected for what the
+  fit takes out of correlated residuals) is averaged over INFLATION_MEMORY_S; the window's
+  own measure (fitted with the best of a line, a bend and a jump, so that a change about
+  to be found is not taken for noise) counts when it is larger. Before any long window,
+  the worst inflation seen so far stands in.
+* The change detector also remembers, per split, how large its z² usually is; a split
+  whose z² is usually large (a slow oscillation the noise model does not capture) needs
+  that much more to cut the window.
 * A level shift is not a rate. A sensor re-zeroed or a fitting bumped moves the series by
-  a constant; two lines with one slope and a jump between them (parallel lines) then
-  explain the data as well as two free lines, and far better than a bent (continuous)
-  line. Such a split, confirmed like a change and sharp (the parallel fit's scatter no
-  more than the noise), is absorbed: the points after it are moved back by the jump, the
-  window is kept, and the step is reported (`take_steps`).
+  a constant; two parallel lines with a jump between them then explain the data as well
+  as two free lines, and far better than a bent (continuous) line. While the newest
+  points look shifted but are too few to tell (fewer than MIN_POINTS), they wait outside
+  the fit ("hold"). A shift confirmed like a change and sharp (the parallel fit scatters
+  no more than the noise) is absorbed: the fit gets a free level from that point on (one
+  slope, one level per piece), the window is kept, and the step is reported (`take_steps`).
 
 The estimate is the mean rate over the window it used, reported with that window's σ
 and length. Everything here is a pure function of the points given: no clocks.

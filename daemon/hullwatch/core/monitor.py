@@ -8,20 +8,28 @@ and one air mass, m = Σ P·Vᵢ/(R·Tᵢ).
 
 A volume takes a *point* (time, P, m) each time every healthy pressure sensor in it has
 reported since the last point: one reading per round, never the same reading twice, so
-the points' noise is independent even when sensors run at different rates. P is the
-mean of the round's readings; each segment's T is the mean of its healthy temperature
-sensors (else the volume's mean temperature, else 293.15 K, with a notice).
+the points' noise is independent even when sensors run at different rates. P combines
+the round's readings, each weighted by its sensor's noise and corrected by its offset to
+the others (fusion.py: a sensor that re-zeroes is a LevelStep naming it, one that
+wanders a sensor_fault); each segment's T is the mean of its healthy temperature
+sensors, de-lagged where a time constant is given (else the volume's mean temperature,
+else 293.15 K, with a notice).
 
 Points feed three estimators per volume:
 * the leak rate, from the adaptive least-squares slope of ln m (estimator.AdaptiveSlope),
   evaluated every `report_interval_s` of data time: an Estimate, the leak_rate and
   reserve_time conditions. A choked leak loses a fixed fraction of the mass per second,
   so ln m falls on a straight line even as the loss slows with the pressure; the loss
-  now is that fraction times the fitted mass now, not the average over the window;
+  now is that fraction times the fitted mass now, not the average over the window. Its
+  σ also carries what a thermometer lagging by `thermometer_lag_sigma_s` would make of
+  the temperature's changing rate (the bend of the volume's mean temperature over the
+  window). Level shifts the fit absorbs are LevelStep events. The conditions wait
+  `settle_s` after the volume formed: the rate is shown, not judged, meanwhile;
 * the short-window rate of fall of P (estimator.FallRate), every point: rapid_depress;
 * P itself, every point: low_pressure.
 When the set of sensors behind a volume's mass changes (one goes stale, one returns) the
-leak fit restarts, since offsets between sensors would otherwise show as a step. When a
+leak fit restarts, since offsets between sensors would otherwise show as a step, unless
+every pressure sensor involved has a known offset and the thermometers are the same. When a
 hatch re-forms the volumes, a volume whose members changed starts afresh and the
 alarms of a volume that no longer exists clear.
 

@@ -50,7 +50,7 @@ log = logging.getLogger(__name__)
 
 TIMEOUT_S = 10.0
 BATCH_LINES = 5000
-KINDS = frozenset({"sample", "hatch", "estimate", "alarm", "metric"})
+KINDS = frozenset({"sample", "hatch", "estimate", "step", "alarm", "metric"})
 
 
 class InfluxSetupError(Exception):
@@ -112,6 +112,7 @@ ESTIMATE_FIELDS = (
     ("mass_kg", "mass_kg"),
     ("reserve_time_s", "reserve_time_s"),
     ("window_s", "window_s"),
+    ("detectable_kg_per_day", "detectable_kg_per_day"),
 )
 
 
@@ -126,6 +127,9 @@ def _point_parts(kind: str, b: dict) -> tuple[str, dict[str, str], dict[str, Any
     if kind == "estimate":
         fields = {out: float(b[key]) for out, key in ESTIMATE_FIELDS if _finite(b.get(key))}
         return "leak", {"volume": b["volume"]}, fields
+    if kind == "step":
+        tags = {"volume": b["volume"]} | ({"sensor": b["sensor"]} if b.get("sensor") else {})
+        return "step", tags, {"size_pa": float(b["size_pa"])} if _finite(b.get("size_pa")) else {}
     if kind == "alarm":
         fields = {"state": str(b["state"])}
         fields |= {k: float(b[k]) for k in ("value", "threshold") if _finite(b.get(k))}

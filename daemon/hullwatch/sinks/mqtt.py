@@ -497,7 +497,7 @@ class MqttSink:
     # -- spooled records: samples and estimates, confirmed by PUBACK (the spool's SpoolSink) ----
 
     name = "mqtt"
-    kinds = frozenset({"sample", "estimate"})
+    kinds = frozenset({"sample", "estimate", "step"})
     live_batch = 1  # each live message waits for its PUBACK before the next goes: no burst for Nagle to hold
 
     def ready(self) -> bool:
@@ -519,6 +519,8 @@ class MqttSink:
                 body["replay"] = True
             if r.kind == "sample":
                 topic, qos = f"{self.prefix}/sensor/{body.pop('sensor')}", self.sample_qos
+            elif r.kind == "step":
+                topic, qos = f"{self.prefix}/step/{body['volume']}", self.qos
             else:
                 topic, qos = f"{self.prefix}/volume/{body['volume']}", self.qos
             info = client.publish(topic, _dumps(body), qos=qos)
