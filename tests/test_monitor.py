@@ -171,6 +171,14 @@ def test_tick_detects_staleness_without_samples():
     assert sorted(a.source for a in alarms(events, "sensor_fault")) == ["p", "t"]
 
 
+def test_a_sensor_silent_from_start_up_goes_stale_on_the_live_clock():
+    m = Monitor(one_volume())
+    assert m.tick(100.0) == []  # the live clock starts here; no reading yet
+    feed_all(m, [Sample(101.0, "t", Quantity.TEMPERATURE, 295.0)])
+    events = m.tick(105.5)
+    assert [a.source for a in alarms(events, "sensor_fault")] == ["p"]
+
+
 def test_two_pressure_sensors_make_one_point_per_round_and_survive_losing_one():
     settings = ModuleSettings(
         segments=(Segment("lab", 10.0),),

@@ -217,7 +217,9 @@ class Monitor:
     def tick(self, now: float) -> list[Event]:
         """Let time pass without a sample (the live daemon's clock): staleness."""
         events: list[Event] = []
-        if self._started and now >= self._stale_deadline:
+        if not self._started:  # the clock runs from the first tick: a sensor silent from start-up goes stale
+            self._start(now)
+        if now >= self._stale_deadline:
             self._check_stale(now, events)
         return events
 
