@@ -365,14 +365,20 @@ class Monitor:
     def _point(self, v: _Volume, t: float, events: list[Event]) -> None:
         fresh = v.fresh
         sensors = v.pressure_sensors
-        outcome = combine([(sensors[name].track, value) for name, value in fresh.items()])
+        if len(fresh) == 1:  # nothing to compare: the reading, corrected by its known offset
+            [(name, value)] = fresh.items()
+            track = sensors[name].track
+            track.note(value)
+            p = value - track.offset
+        else:
+            outcome = combine([(sensors[name].track, value) for name, value in fresh.items()])
+            p = outcome.pressure
+            for name, size in outcome.steps:
+                events.append(LevelStep(t, v.id, size, name))
+            for name in outcome.disagreeing:
+                others = ", ".join(n for n in sensors if n != name)
+                self._set_fault(sensors[name], t, "disagrees", f"with {others}, beyond its noise", events)
         fresh.clear()
-        p = outcome.pressure
-        for name, size in outcome.steps:
-            events.append(LevelStep(t, v.id, size, name))
-        for name in outcome.disagreeing:
-            others = ", ".join(n for n in sensors if n != name)
-            self._set_fault(sensors[name], t, "disagrees", f"with {others}, beyond its noise", events)
         capacity = 0.0  # Σ Vᵢ/Tᵢ
         missing = 0.0  # Σ Vᵢ of segments without a temperature
         t_sum = 0.0
