@@ -338,3 +338,15 @@ def test_detection_limits_follow_the_noise_and_the_window():
     least_squares = 3.0 * mass * 86400.0 * math.hypot(2.0 / 101325.0, 0.002 / 295.0) * math.sqrt(12.0 / 3600.0**3)
     assert limits[3600.0] == pytest.approx(least_squares, rel=0.15)
     assert limits[600.0] > limits[3600.0] > limits[86400.0]
+
+
+def test_a_fast_transducer_keeps_the_volume_series_bounded():
+    m = Monitor(one_volume())
+    for i in range(10_000):  # 200 s at 50 Hz
+        t = i / 50.0
+        feed_all(
+            m, [Sample(t, "p", Quantity.PRESSURE, 101325.0 - 0.01 * t), Sample(t, "t", Quantity.TEMPERATURE, 295.0)]
+        )
+    v = m.volumes["lab"]
+    assert len(v.slope.series) <= 2 * 200 + 1
+    assert len(v.air_temperature) <= 2 * 200 + 1

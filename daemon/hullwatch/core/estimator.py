@@ -47,6 +47,10 @@ the window adapts by itself:
   no more than the noise) is absorbed: the fit gets a free level from that point on (one
   slope, one level per piece), the window is kept, and the step is reported (`take_steps`).
 
+* Points closer together than MIN_SPACING_S are averaged into one (the least-squares
+  slope through averages is nearly that through the points), so a transducer streaming
+  at a kilohertz costs no more memory or work than one at 2 Hz.
+
 The estimate is the mean rate over the window it used, reported with that window's σ
 and length. Everything here is a pure function of the points given: no clocks.
 """
@@ -61,6 +65,7 @@ from hullwatch.core.linefit import LineSeries
 
 MAX_WINDOW_S = 3600.0
 MIN_POINTS = 30  # the fewest points on either side of a change
+MIN_SPACING_S = 0.5  # points closer together are averaged: at most 2 points a second are kept
 COLD_START_POINTS = 60  # the fewest points for a first estimate, with no noise measured before
 CHANGE_Z = 5.0
 LADDER_RATIO = 1.25
@@ -138,6 +143,8 @@ class AdaptiveSlope:
         self._learned_at = 0.0
         self._ratio_cache: tuple[float, float, float, float] | None = None  # window start, end, ratio, dof
         self._offset = 0.0  # level shifts absorbed so far, taken off every new point
+        self._due = -math.inf  # the next point is kept alone from this time on
+        self._pending_n, self._pending_t, self._pending_y = 0, 0.0, 0.0  # points to average into the next
         self._steps: list[LevelShift] = []
         self._shift_at: list[int] = []  # indices of absorbed level shifts: the fit's pieces start there
         self._anchor: int | None = None  # window start before the last restart, while re-locating it
@@ -148,7 +155,21 @@ class AdaptiveSlope:
         self._shift_rungs = sorted({1, 2, 3, 5, 8, 12, 18} | {r for r in self._ladder if r <= 2 * min_points})
 
     def add(self, t: float, y: float) -> None:
-        """Add a point; t must not decrease."""
+        """Add a point; t must not decrease.
+
+        Points closer than MIN_SPACING_S to the last one kept are averaged into the next one
+        kept, so memory and work stay bounded whatever the sample rate.
+        """
+        if t < self._due:
+            self._pending_n += 1
+            self._pending_t += t
+            self._pending_y += y
+            return
+        self._due = t + MIN_SPACING_S
+        n = self._pending_n
+        if n:
+            t, y = (self._pending_t + t) / (n + 1), (self._pending_y + y) / (n + 1)
+            self._pending_n, self._pending_t, self._pending_y = 0, 0.0, 0.0
         self.series.append(t, y - self._offset)
 
     def reset(self) -> None:

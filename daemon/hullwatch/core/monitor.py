@@ -46,7 +46,7 @@ import math
 from collections.abc import Iterable
 
 from hullwatch.core.conditions import Condition, below, confidently_above
-from hullwatch.core.estimator import AdaptiveSlope, Delag, FallRate, SlopeEstimate, curvature_bound
+from hullwatch.core.estimator import MIN_SPACING_S, AdaptiveSlope, Delag, FallRate, SlopeEstimate, curvature_bound
 from hullwatch.core.fusion import PressureTrack, combine
 from hullwatch.core.linefit import LineSeries
 from hullwatch.core.model import (
@@ -125,7 +125,8 @@ class _Volume:
         self.formed_at = time
         self.slope = AdaptiveSlope()
         self.fall = FallRate()
-        self.air_temperature = LineSeries()  # the volume's mean temperature at each point
+        self.air_temperature = LineSeries()  # the volume's mean temperature, MIN_SPACING_S apart
+        self.air_temperature_due = -math.inf
         self.fresh: dict[str, float] = {}  # this round's pressure readings
         self.pressure_sensors: dict[str, _Sensor] = {}  # those that make the pressure now
         # The plan: which sensors make the mass now; rebuilt when any sensor's health changes.
@@ -361,6 +362,7 @@ class Monitor:
         v.slope.reset()
         v.fall = FallRate()
         v.air_temperature = LineSeries()
+        v.air_temperature_due = -math.inf
 
     def _point(self, v: _Volume, t: float, events: list[Event]) -> None:
         fresh = v.fresh
@@ -400,8 +402,10 @@ class Monitor:
         mass = p * capacity / R_AIR
         if mass > 0.0 and math.isfinite(mass):  # a vented volume (0 Pa) has no ln m: rate and reserve pause
             v.slope.add(t, math.log(mass))
-            v.air_temperature.append(t, v.size_m3 / capacity)
-            v.air_temperature.trim_before(t - v.slope.max_window_s)
+            if t >= v.air_temperature_due:  # a slowly moving series: MIN_SPACING_S apart is enough
+                v.air_temperature_due = t + MIN_SPACING_S
+                v.air_temperature.append(t, v.size_m3 / capacity)
+                v.air_temperature.trim_before(t - v.slope.max_window_s)
         v.fall.add(t, p)
         v.pressure = p
         v.mass = mass
