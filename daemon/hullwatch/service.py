@@ -212,6 +212,10 @@ def prepare(cfg: Config, pin_factory: Any = None, for_run: bool = True) -> Prepa
         except ConfigError as exc:
             problems.extend(exc.problems)
             codes.add(EX_CONFIG)
+        except Exception as exc:  # a failure nobody foresaw (a library missing ...): one line, as build() says it
+            log.debug("preparing %s failed", cfg.path, exc_info=True)
+            problems.append(f"{cfg.path}: cannot start: {type(exc).__name__}: {exc}")
+            codes.add(EX_UNAVAILABLE)
         return None
 
     notes: list[str] = []
