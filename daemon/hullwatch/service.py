@@ -12,6 +12,9 @@ annunciator is driven directly, before anything else.
 Build, then swap. `build()` makes every resource a configuration needs — drivers, files,
 credentials, sinks, spool, recorder, GPIO pins — into a daemon that does not run yet, or
 raises BuildError (one line per problem and a sysexits code); nothing it made is left open.
+Its first half, `prepare()`, makes or checks everything that needs nothing taken — drivers, the
+GPIO pin library, credentials and TLS files, sinks, the places of the recorder and spool files —
+and `check-config` calls that alone, so it refuses what `run` would refuse.
 `run()` starts it. A reload (`rebuild()`) builds the new daemon completely while the old one
 runs, taking over what the old one holds with unchanged settings (the spool file, the
 recorder file, the annunciator's pins); if the new annunciator needs pins the old one holds,
