@@ -239,10 +239,39 @@ def apply_credentials(client: mqtt.Client, cfg: MqttConfig) -> None:
     if cfg.username:
         client.username_pw_set(cfg.username, password)
     if cfg.tls is not None:
+        _check_tls_files(cfg.tls)
         try:
             client.tls_set(ca_certs=cfg.tls.ca_file, certfile=cfg.tls.cert_file, keyfile=cfg.tls.key_file)
         except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
             raise MqttSetupError(f"mqtt.tls: {exc}") from None
+
+
+def _check_tls_files(tls: Any) -> None:
+    """Each [mqtt.tls] file readable and what it should be; MqttSetupError naming the key and the file."""
+    import ssl
+
+    for key in ("ca_file", "cert_file", "key_file"):
+        path = getattr(tls, key)
+        if path is None:
+            continue
+        try:
+            with open(path, "rb"):
+                pass
+        except OSError as exc:
+            raise MqttSetupError(f"mqtt.tls.{key}: cannot read {path}: {exc.strerror or exc}") from None
+    if tls.ca_file:
+        try:
+            ssl.create_default_context(cafile=tls.ca_file)
+        except (ssl.SSLError, ValueError) as exc:
+            raise MqttSetupError(f"mqtt.tls.ca_file: {tls.ca_file} holds no usable CA certificate ({exc})") from None
+    if tls.cert_file:
+        try:
+            ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_cert_chain(tls.cert_file, tls.key_file)
+        except (ssl.SSLError, ValueError) as exc:
+            files = f"{tls.cert_file} and {tls.key_file}" if tls.key_file else tls.cert_file
+            raise MqttSetupError(
+                f"mqtt.tls.cert_file: {files} are no client certificate with its private key ({exc})"
+            ) from None
 
 
 def sample_payload(s: Sample) -> dict:
