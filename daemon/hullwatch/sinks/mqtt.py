@@ -9,7 +9,9 @@ thread, so no call ever waits for the network. Every public method and every pah
 wrapped so that no exception escapes: a bug or a bad payload is logged (rate-limited), never
 allowed to kill paho's thread or the caller's loop.
 
-Connection. `start()` reads the password file, sets up TLS, sets the Last Will (`P/status` =
+Connection. `start()` reads the password file (a password without a user name logs in as the
+station: the shipped broker ACL confines user `<station>` to `hullwatch/<station>/` and
+`homeassistant/+/<station>/+/config`), sets up TLS, sets the Last Will (`P/status` =
 `offline`, retained) and connects asynchronously; paho retries forever, every 1 s then 2 s
 (`reconnect_delay_set(1, 2)`): a refused connect to a LAN broker costs nothing, and 2 s is the
 longest a restarted broker waits for us. Failures are logged at most once a minute per kind.
