@@ -7,7 +7,8 @@
     ShippedBroker(tmp_dir, certs, users)            # deploy/mosquitto as shipped, its own acl file
 
 Every broker runs as `user root` (so it can read 0600 keys when tests run as root) with
-`persistence false`, binds 127.0.0.1 only and logs to a file in its directory. Processes are
+`persistence false` (unless `persistence=True`: retained messages saved in its directory at
+a clean stop and restored at start), binds 127.0.0.1 only and logs to a file in its directory. Processes are
 stopped by their own handle, never by name.
 """
 
@@ -107,11 +108,12 @@ class Broker:
         acl: str | None = None,
         acl_file: Path | None = None,
         port: int | None = None,
+        persistence: bool = False,
     ) -> None:
         self._setup(directory, port, tls)
         lines = [
             "user root",
-            "persistence false",
+            *(["persistence true", f"persistence_location {self.dir}/"] if persistence else ["persistence false"]),
             f"log_dest file {self.log}",
             "log_type error",
             "log_type warning",

@@ -27,8 +27,26 @@ so the snapshot (the newest values) is what the broker keeps. While disconnected
 messages only update the snapshot (and deletions are remembered as tombstones) instead of
 filling paho's queue with stale values.
 
-Queueing. Samples and estimates reach the broker through the spool (`send`, the spool's
-SpoolSink): published in order at QoS `min(qos, 1)` for samples and `qos` for estimates, and
+Reconciliation. The same SUBSCRIBE also reads back what the broker keeps of this station's
+retained state: `P/alarm/#`, `P/volume/+/alarm` and its Home Assistant discovery topics
+(`<discovery_prefix>/+/<station>/+/config`, at QoS 0). The broker hands these over with the
+retain flag right behind the SUBACK; each is compared with the snapshot as it arrives, so
+nothing waits for them and no deadline is needed. A topic the snapshot lacks (an alarm of a
+previous run, a volume or an entity that no longer exists, discovery while Home Assistant is
+off) is removed with an empty retained message; a volume's alarm flag the station describes is
+rewritten `OFF` instead (Home Assistant ignores an empty payload and would keep "Problem"); a
+topic whose payload differs gets the snapshot's. Messages on these topics delivered live
+(our own publications, retain flag clear) are ignored.
+
+An alarm's ending. When an alarm leaves the book (`alarm(..., gone=True)`), its final record
+(`"state": "cleared"`) is published first, not retained, and then the empty retained message
+that removes the topic: live subscribers and `hullwatch bridge` see how it ended, a new
+subscriber sees nothing.
+
+Queueing. Samples, estimates, steps and hatch readings reach the broker through the spool
+(`send`, the spool's SpoolSink): published in order at QoS `min(qos, 1)` for samples and `qos`
+for the others (a hatch reading on `P/hatch/<hatch>/event` as `{"time", "open"}`: its own
+time, which the retained `open`/`closed` state cannot carry), and
 confirmed to the spool only once the broker's PUBACK is in, so a broker outage only grows the
 spool; a replayed backlog carries `"replay": true`. The direct `sample` and `estimate` methods
 publish live only (dropped while disconnected). Other non-retained messages (command results,
@@ -408,6 +426,7 @@ class MqttSink:
         self._client: mqtt.Client | None = None
         self._started = False
         self._sub_mid: int | None = None
+        self._sub_filters: list[str] = []  # of the latest SUBSCRIBE, in order (its SUBACK answers each)
         self._stopping = False
         self._up = False  # connected since the last disconnect
         self._refused = False  # the last attempt got a CONNACK refusal (already logged)
@@ -419,6 +438,8 @@ class MqttSink:
             "dropped_queue_full": 0,
             "commands": 0,
             "commands_rejected": 0,
+            "stale_cleared": 0,  # retained topics of ours the broker held that we removed
+            "stale_rewritten": 0,  # and that we set right
         }
 
     # -- life cycle ---------------------------------------------------------------------------
@@ -530,8 +551,14 @@ class MqttSink:
 
     @_guarded("alarm")
     def alarm(self, record: Mapping[str, Any], alarm: str, source: str, severity: str, gone: bool = False) -> None:
-        """`P/alarm/<alarm>/<source>/<severity>`: the alarm record, retained; `gone` removes it."""
+        """`P/alarm/<alarm>/<source>/<severity>`: the alarm record, retained.
+
+        `gone`: the alarm left the book; its final record goes out (not retained), then the empty
+        retained message that removes the topic.
+        """
         topic = f"{self.prefix}/alarm/{alarm}/{source}/{severity}"
+        if gone:
+            self._publish_live(topic, _dumps(dict(record)), self.qos, queue=True)
         self._publish_retained(topic, b"" if gone else _dumps(dict(record)))
 
     @_guarded("volume_alarm")
@@ -551,7 +578,7 @@ class MqttSink:
     # -- spooled records: samples and estimates, confirmed by PUBACK (the spool's SpoolSink) ----
 
     name = "mqtt"
-    kinds = frozenset({"sample", "estimate", "step"})
+    kinds = frozenset({"sample", "estimate", "step", "hatch"})
     live_batch = 1  # each live message waits for its PUBACK before the next goes: no burst for Nagle to hold
 
     def ready(self) -> bool:
@@ -561,7 +588,8 @@ class MqttSink:
     def send(self, records: Sequence[Record], replay: bool) -> SendResult:
         """Publish records in order and wait for the broker to take them (PUBACK at QoS >= 1).
 
-        Replayed records carry `"replay": true` so that live consumers can tell them apart.
+        Replayed records carry `"replay": true` so that live consumers can tell them apart. A hatch
+        reading goes to `P/hatch/<hatch>/event` with its own time.
         """
         client = self._client
         if client is None or not client.is_connected():
@@ -575,6 +603,13 @@ class MqttSink:
                 topic, qos = f"{self.prefix}/sensor/{body.pop('sensor')}", self.sample_qos
             elif r.kind == "step":
                 topic, qos = f"{self.prefix}/step/{body['volume']}", self.qos
+            elif r.kind == "hatch":
+                body = {
+                    "time": r.time_ns // 1000 / 1e6,
+                    "open": bool(body["open"]),
+                    **({"replay": True} if replay else {}),
+                }
+                topic, qos = f"{self.prefix}/hatch/{r.body['hatch']}/event", self.qos
             else:
                 topic, qos = f"{self.prefix}/volume/{body['volume']}", self.qos
             info = client.publish(topic, _dumps(body), qos=qos)
@@ -668,6 +703,50 @@ class MqttSink:
                 if only_prefix is None or topic.startswith(only_prefix):
                     self._send(client, topic, payload, self.qos, True)
 
+    # -- reconciliation: the broker's retained state of ours against the snapshot -------------
+
+    def reconcile_filters(self) -> list[str]:
+        """The topic filters of this station's retained state that the sink reads back at every connect."""
+        node = _slug(self._description.station if self._description is not None else self.station)
+        return [
+            f"{self.prefix}/alarm/#",
+            f"{self.prefix}/volume/+/alarm",
+            f"{self._discovery_prefix}/+/{node}/+/config",
+        ]
+
+    def _reconcile(self, client: mqtt.Client, topic: str, payload: bytes) -> None:
+        """A retained message the broker held for one of our topics: remove or rewrite it unless it is right."""
+        if not payload or not any(mqtt.topic_matches_sub(f, topic) for f in self.reconcile_filters()):
+            return
+        with self._lock:
+            current = self._retained.get(topic)
+            if current == payload:
+                return
+            if current is None and self._described_volume_flag(topic):
+                current = self._retained[topic] = b"OFF"  # no alarm of that volume: say so, do not go silent
+                if payload == current:
+                    return
+            fix = current if current is not None else b""
+            if self._send(client, topic, fix, self.qos, True):
+                self._tombstones.discard(topic)
+            elif not fix:
+                self._tombstones.add(topic)
+        if fix:
+            self._counts["stale_rewritten"] += 1
+            self._throttle("stale_rewritten", logging.INFO, "MQTT: set right the broker's stale retained %s", topic)
+        else:
+            self._counts["stale_cleared"] += 1
+            self._throttle(
+                "stale_cleared", logging.INFO, "MQTT: removed retained %s (not in this station's state)", topic
+            )
+
+    def _described_volume_flag(self, topic: str) -> bool:
+        """Whether a topic is `P/volume/<volume>/alarm` of a volume the station description knows."""
+        head, tail = f"{self.prefix}/volume/", "/alarm"
+        if self._description is None or not (topic.startswith(head) and topic.endswith(tail)):
+            return False
+        return topic[len(head) : -len(tail)] in self._description.volumes
+
     # -- Home Assistant discovery -------------------------------------------------------------
 
     def discovery_messages(self) -> list[tuple[str, dict]]:
@@ -759,6 +838,8 @@ class MqttSink:
         topics = [(f"{self._cmd_prefix}#", self.qos)]
         if self._homeassistant:
             topics.append((self._ha_status_topic, self.qos))
+        topics += [(f, 0) for f in self.reconcile_filters()]  # what the broker keeps of ours, read back
+        self._sub_filters = [t for t, _ in topics]
         rc, mid = client.subscribe(topics)
         if rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
             self._sub_mid = mid  # the snapshot follows the SUBACK (see the module docstring)
@@ -769,13 +850,15 @@ class MqttSink:
     def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, reason_codes: Any, properties: Any) -> None:
         if mid != self._sub_mid:
             return
-        refused = [str(rc) for rc in reason_codes if rc.is_failure]
+        filters = self._sub_filters
+        refused = [
+            f"{filters[i] if i < len(filters) else '?'}: {rc}" for i, rc in enumerate(reason_codes) if rc.is_failure
+        ]
         if refused:
             self._throttle(
                 "sub_refused",
                 logging.WARNING,
-                "MQTT: subscription to %s#: %s (check the broker's ACL)",
-                self._cmd_prefix,
+                "MQTT: subscription refused: %s (check the broker's ACL)",
                 ", ".join(refused),
             )
         self._republish(client)
@@ -831,6 +914,8 @@ class MqttSink:
                 self._republish(client, only_prefix=f"{self._discovery_prefix}/")
             return
         if not topic.startswith(self._cmd_prefix):
+            if msg.retain:
+                self._reconcile(client, topic, bytes(msg.payload))
             return
         name = topic[len(self._cmd_prefix) :]
         if name == "result":  # our own replies
