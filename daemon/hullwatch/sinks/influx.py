@@ -7,7 +7,9 @@ through influxdb-client's synchronous write API (InfluxDB 2.x, 3.x, and 1.8+ thr
 compatibility endpoint); `api = "v1"` POSTs to `/write` of InfluxDB 1.x, which is what
 Debian and Raspberry Pi OS ship. Neither retries by itself:
 a failed batch stays in the spool and is sent again, so nothing is lost when a client's
-in-memory retries would have run out.
+in-memory retries would have run out. Points sent again (a lost answer, a split batch the
+server had partly stored) are harmless where a point is its series and timestamp, as in
+InfluxDB; VictoriaMetrics, which takes both APIs, needs `-dedup.minScrapeInterval=1ms` for that.
 
 Every answer is classified (the same for both APIs):
 
