@@ -551,7 +551,7 @@ class MqttSink:
     # -- spooled records: samples and estimates, confirmed by PUBACK (the spool's SpoolSink) ----
 
     name = "mqtt"
-    kinds = frozenset({"sample", "estimate", "step"})
+    kinds = frozenset({"sample", "estimate", "step", "clock_step"})
     live_batch = 1  # each live message waits for its PUBACK before the next goes: no burst for Nagle to hold
 
     def ready(self) -> bool:
@@ -575,6 +575,8 @@ class MqttSink:
                 topic, qos = f"{self.prefix}/sensor/{body.pop('sensor')}", self.sample_qos
             elif r.kind == "step":
                 topic, qos = f"{self.prefix}/step/{body['volume']}", self.qos
+            elif r.kind == "clock_step":
+                topic, qos = f"{self.prefix}/clock_step", self.qos
             else:
                 topic, qos = f"{self.prefix}/volume/{body['volume']}", self.qos
             info = client.publish(topic, _dumps(body), qos=qos)
