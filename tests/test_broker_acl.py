@@ -45,6 +45,7 @@ def station_topics(station: str) -> list[str]:
         f"{p}/volume/v1",
         f"{p}/volume/v1/alarm",
         f"{p}/step/v1",
+        f"{p}/clock_step",
         f"{p}/alarm/leak_rate/v1/warning",
         f"{p}/metrics",
         f"{p}/cmd/result",
@@ -263,9 +264,10 @@ def test_the_daemon_publishes_all_it_has_under_the_shipped_acl(shipped, listener
         sink.volume_alarm("v1", True)
         sink.publish_json("metrics", {"spool": {}}, True)
         step = {"type": "step", "time": 1.0, "volume": "v1", "size_pa": -50.0}
+        clock_step = {"time": 1.0, "step_s": 3600.0}
         assert sink.send([Record(1, "sample", 1, {"sensor": "p1", "time": 1.0, "value": 1.0}),
-                          Record(2, "step", 1, step), Record(3, "hatch", 1000, {"hatch": "h1", "open": True})],
-                         replay=False).confirmed == 3  # fmt: skip
+                          Record(2, "step", 1, step), Record(3, "hatch", 1000, {"hatch": "h1", "open": True}),
+                          Record(4, "clock_step", 1, clock_step)], replay=False).confirmed == 4  # fmt: skip
         publish(shipped.port, "hullwatch/alpha/cmd/ack", '{"all": true}', **as_("operator"))
         assert wait_until(lambda: calls == [("ack", {"all": True}, "mqtt")])
         assert ha.wait_topic("hullwatch/alpha/cmd/result", timeout=10.0)
@@ -288,6 +290,7 @@ def test_the_daemon_publishes_all_it_has_under_the_shipped_acl(shipped, listener
             "volume/v1/alarm",
             "metrics",
             "step/v1",
+            "clock_step",
             "cmd/ack",
             "cmd/result",
         )  # fmt: skip

@@ -3,7 +3,7 @@
 Theory of operation
 -------------------
 A bridge subscribes (MQTT 5, QoS 1, a persistent session) to the ICD §5 topics of one or more
-stations — `<root>/<station>/sensor/+`, `volume/+`, `step/+`, `hatch/+/event`, `alarm/#` and
+stations — `<root>/<station>/sensor/+`, `volume/+`, `step/+`, `clock_step`, `hatch/+/event`, `alarm/#` and
 `metrics` — turns each message back into a spool record tagged with its station (the sample's
 own timestamp wherever the payload has one) and writes it to InfluxDB through the same spool
 and sink as the daemon.
@@ -58,7 +58,7 @@ from hullwatch.sinks.spool import Record, Spool, time_ns
 log = logging.getLogger(__name__)
 
 SESSION_EXPIRY_S = 24 * 3600  # the broker keeps our queue this long while the bridge is away
-TOPICS = ("sensor/+", "volume/+", "step/+", "hatch/+/event", "alarm/#", "metrics")
+TOPICS = ("sensor/+", "volume/+", "step/+", "clock_step", "hatch/+/event", "alarm/#", "metrics")
 SET_ASIDE_MAX = 1000  # unstorable messages kept per run (all are counted)
 SET_ASIDE_BYTES = 4096  # of each one's payload
 WARN_EVERY_S = 60.0  # at most one warning per kind of problem this often
@@ -128,6 +128,12 @@ def to_record(topic: str, payload: bytes, root: str, received: float) -> tuple[s
     Raises Unstorable for a telemetry message that cannot be stored.
     """
     parts = topic[len(root) + 1 :].split("/") if topic.startswith(root + "/") else []
+    if len(parts) == 2 and parts[1] == "clock_step":
+        obj = _json_object(payload)
+        _number(obj, "step_s")
+        if obj.get("step_s") is None:
+            raise Unstorable("bad_field", "step_s is missing")
+        return "clock_step", message_time(obj, received), {"station": parts[0], "step_s": obj["step_s"]}
     if len(parts) < 3 or parts[1] not in ("sensor", "volume", "step", "hatch", "alarm"):
         return None
     station, what, rest = parts[0], parts[1], parts[2:]

@@ -9,6 +9,13 @@ estimates, alarm transitions and self-metrics go into the spool, whose forwarder
 deliver them to MQTT and InfluxDB, and the recorder writes from a thread of its own; the
 annunciator is driven directly, before anything else.
 
+Two clocks. Samples are stamped, and the core, the alarm desk and the main loop run, on steady
+time (`timebase`: the wall clock's scale, never stepped), so setting the clock neither raises
+nor hides a fault, nor moves an on-delay or a shelving's end. Whatever leaves the daemon — spool
+records (MQTT, InfluxDB), recorder rows, alarm payloads, the outputs' events — is converted to
+wall-clock time. A step of the wall clock is logged (WARNING) and published once as a
+`clock_step` record, and the recorder begins a new file, so that no samples file goes back.
+
 Build, then swap. `build()` makes every resource a configuration needs — drivers, files,
 credentials, sinks, spool, recorder, GPIO pins — into a daemon that does not run yet, or
 raises BuildError (one line per problem and a sysexits code); nothing it made is left open.
@@ -44,7 +51,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from hullwatch import config, present
+from hullwatch import config, present, timebase
 from hullwatch.config import Config, ConfigError, MqttConfig
 from hullwatch.core.lifecycle import AlarmBook, LifecycleChange
 from hullwatch.core.model import (
@@ -108,7 +115,7 @@ class Built:
     """Everything the daemon runs, built from a configuration."""
 
     drivers: list[Driver]
-    clock: Callable[[], float]
+    timebase: timebase.Timebase  # the samples' time (steady; a simulation's own story time)
 
 
 def build_drivers(cfg: Config, pin_factory: Any = None, for_run: bool = True) -> Built:
@@ -119,7 +126,7 @@ def build_drivers(cfg: Config, pin_factory: Any = None, for_run: bool = True) ->
     """
     problems: list[str] = []
     drivers: list[Driver] = []
-    clock: Callable[[], float] = time.time
+    time_base: timebase.Timebase = timebase.STEADY
     simulated = [s.name for s in cfg.sensors if s.driver == "simulated"]
     if simulated and (for_run or cfg.simulation is not None):
         from hullwatch.sim.live import SimulatedModule
@@ -130,7 +137,7 @@ def build_drivers(cfg: Config, pin_factory: Any = None, for_run: bool = True) ->
             problems.append(f"{cfg.path}: simulation: {exc}")
         else:
             drivers.append(sim)
-            clock = sim.clock
+            time_base = timebase.Fixed(sim.clock)
     for i, s in enumerate(cfg.sensors):
         if s.driver == "simulated":
             continue
@@ -150,7 +157,7 @@ def build_drivers(cfg: Config, pin_factory: Any = None, for_run: bool = True) ->
                 problems.append(f"{cfg.path}: hatch[{i}].{exc.key}: {exc.message}")
     if problems:
         raise ConfigError(problems)
-    return Built(drivers, clock)
+    return Built(drivers, time_base)
 
 
 def _driver(kind: str, name: str, options: Mapping[str, Any], pin_factory: Any) -> Driver:
@@ -178,7 +185,7 @@ class Prepared:
     """
 
     drivers: list[Driver]
-    clock: Callable[[], float]
+    timebase: timebase.Timebase
     mqtt: Any
     influx: Any
     commands: _Route  # where the MQTT sink's remote commands go (the daemon, once it exists)
@@ -240,7 +247,7 @@ def prepare(cfg: Config, pin_factory: Any = None, for_run: bool = True) -> Prepa
         attempt(_check_recorder, cfg)
     if cfg.mqtt or cfg.influxdb:
         notes += attempt(_check_spool, cfg, for_run) or []
-    prepared = Prepared(drivers, built.clock if built else time.time, mqtt, influx, commands, notes)
+    prepared = Prepared(drivers, built.timebase if built else timebase.STEADY, mqtt, influx, commands, notes)
     if problems:
         prepared.close()
         raise BuildError(problems, EX_UNAVAILABLE if codes == {EX_UNAVAILABLE} else EX_CONFIG)
@@ -543,7 +550,8 @@ class Daemon:
         parts = prepare(cfg, pin_factory)
         parts.commands.target = self._command
         self.drivers = parts.drivers
-        self.clock = parts.clock
+        self.timebase = parts.timebase
+        self.clock = self.timebase.now
         self.monitor = Monitor(cfg.module)
         limits = cfg.module.alarms
         self.desk = AlarmDesk(AlarmBook(limits.latching, limits.max_shelve_s), self.clock, self._show)
@@ -731,6 +739,7 @@ class Daemon:
 
     def step(self, wait_s: float) -> list[Event]:
         """Take up to MAX_BATCH samples (waiting up to wait_s for the first), feed the core, publish."""
+        self._check_clock()
         now = self.clock()  # before taking: every reading up to `now` is then on the queue
         batch = self._take(wait_s)
         events: list[Event] = []
@@ -768,8 +777,9 @@ class Daemon:
         for event in events:
             if isinstance(event, Estimate):
                 self._latest[event.volume] = event
-                if self.spool is not None:
-                    self.spool.append("estimate", event.time, event.to_dict())
+            event = self._at_wall(event)
+            if isinstance(event, Estimate) and self.spool is not None:
+                self.spool.append("estimate", event.time, event.to_dict())
             elif isinstance(event, AlarmTransition) and self.spool is not None:
                 self.spool.append("alarm", event.time, event.to_dict())
             elif isinstance(event, LevelStep) and self.spool is not None:
@@ -777,11 +787,38 @@ class Daemon:
             for output in self.outputs:
                 output(event)
 
+    def _at_wall(self, event: Event) -> Event:
+        """The event with its time on the wall clock (as it leaves the daemon)."""
+        offset = self.timebase.offset
+        return replace(event, time=event.time + offset) if offset else event
+
+    def _check_clock(self) -> None:
+        """A step of the wall clock: logged and published once; the recorder begins a new file."""
+        step = self.timebase.check()
+        if step is None:
+            return
+        now = self.timebase.to_wall(self.clock())
+        way = "forward" if step > 0 else "back"
+        log.warning(
+            "the wall clock was set %s by %.3f s (%s%s): alarms and sensor liveness run on steady time and are "
+            "not affected; stored times follow the wall clock from %s",
+            way,
+            abs(step),
+            present.duration(abs(step)),
+            ", or the system was suspended" if step > 0 else "",
+            present.utc(now),
+            extra={"CLOCK_STEP_S": f"{step:.3f}"},
+        )
+        if self.spool is not None:
+            self.spool.append("clock_step", now, {"time": now, "step_s": round(step, 3)})
+        if self.recorder is not None:
+            self.recorder.new_file(f"the wall clock was set {way} by {abs(step):.3f} s")
+
     def _feed(self, sample: Sample) -> list[Event]:
         mono = time.monotonic()
         if sample.quality is not Quality.BAD:
             self._last_good = mono
-        if sample.time < self._last_time:  # threads race by microseconds; the samples file must not go back
+        if sample.time < self._last_time:  # threads race by microseconds; the core takes time in order
             sample = sample._replace(time=self._last_time)
         previous = self._sensor_time.get(sample.sensor)
         if previous is not None and sample.time < previous + 1e-6:
@@ -790,8 +827,9 @@ class Daemon:
             sample = sample._replace(time=previous + 1e-6)
         self._sensor_time[sample.sensor] = sample.time
         self._last_time = sample.time
+        stored = sample._replace(time=self.timebase.to_wall(sample.time))  # what leaves the daemon: wall clock
         if self.recorder is not None:
-            self.recorder.write(sample)
+            self.recorder.write(stored)
         health = self._health.get(sample.sensor)
         if health is None:
             health = self._health[sample.sensor] = _Health()
@@ -803,9 +841,9 @@ class Daemon:
             if self.mqtt is not None:
                 self.mqtt.hatch(sample.sensor, sample.value >= 0.5)
             if self.spool is not None:
-                self.spool.append("hatch", sample.time, {"hatch": sample.sensor, "open": sample.value >= 0.5})
+                self.spool.append("hatch", stored.time, {"hatch": sample.sensor, "open": sample.value >= 0.5})
         elif self.spool is not None:
-            self.spool.append("sample", sample.time, {"sensor": sample.sensor, **sample_payload(sample)})
+            self.spool.append("sample", stored.time, {"sensor": sample.sensor, **sample_payload(stored)})
         return self.monitor.feed(sample)
 
     # -- health -----------------------------------------------------------------------------------
@@ -849,6 +887,7 @@ class Daemon:
 
     def _self_metrics(self, now: float) -> None:
         """Spool and sink health and sensor health: to the spool (InfluxDB) and to `P/metrics` (retained)."""
+        now = self.timebase.to_wall(now)
         stats = self.spool.stats()
         spool = {k: stats[k] for k in ("depth", "oldest_unsent_s", "dropped", "size_bytes", "corrupt", "unstorable")}
         sinks = {}
@@ -914,8 +953,9 @@ class Daemon:
         """One of the daemon's own advisory alarms changes: the desk (annunciator, MQTT), the spool, the log."""
         t = AlarmTransition(now, alarm, source, Severity.ADVISORY, state, value, None, reason)
         self.desk.transitions([t])
+        t = self._at_wall(t)
         if self.spool is not None:
-            self.spool.append("alarm", now, t.to_dict())
+            self.spool.append("alarm", t.time, t.to_dict())
         for output in self.outputs:
             output(t)
 
@@ -998,7 +1038,11 @@ class Daemon:
     def _publish_alarm(self, change: LifecycleChange) -> None:
         """An alarm's lifecycle changed: its retained MQTT topic, and its volume's any-alarm flag."""
         alarm, source, severity = change.key
-        self.mqtt.alarm(change.record.to_dict(), alarm, source, severity.label, gone=change.gone)
+        record = change.record.to_dict()
+        for key in ("time", "shelved_until", "changed_at"):  # steady time inside, wall clock outside
+            if isinstance(record.get(key), int | float):
+                record[key] = self.timebase.to_wall(record[key])
+        self.mqtt.alarm(record, alarm, source, severity.label, gone=change.gone)
         if source in self.monitor.volumes or (change.gone and alarm not in OWN_ALARMS):
             active = any(r.condition_active for r in self.desk.book.records() if r.source == source)
             self.mqtt.volume_alarm(source, active)

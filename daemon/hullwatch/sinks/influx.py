@@ -52,7 +52,7 @@ log = logging.getLogger(__name__)
 
 TIMEOUT_S = 10.0
 BATCH_LINES = 5000
-KINDS = frozenset({"sample", "hatch", "estimate", "step", "alarm", "metric"})
+KINDS = frozenset({"sample", "hatch", "estimate", "step", "alarm", "metric", "clock_step"})
 
 
 class InfluxSetupError(Exception):
@@ -133,6 +133,8 @@ def _point_parts(kind: str, b: dict) -> tuple[str, dict[str, str], dict[str, Any
     if kind == "step":
         tags = {"volume": b["volume"]} | ({"sensor": b["sensor"]} if b.get("sensor") else {})
         return "step", tags, {"size_pa": float(b["size_pa"])} if _finite(b.get("size_pa")) else {}
+    if kind == "clock_step":
+        return "clock_step", {}, {"step_s": float(b["step_s"])} if _finite(b.get("step_s")) else {}
     if kind == "alarm":
         fields = {"state": str(b["state"])}
         fields |= {k: float(b[k]) for k in ("value", "threshold") if _finite(b.get(k))}

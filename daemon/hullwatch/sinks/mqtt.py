@@ -578,7 +578,7 @@ class MqttSink:
     # -- spooled records: samples and estimates, confirmed by PUBACK (the spool's SpoolSink) ----
 
     name = "mqtt"
-    kinds = frozenset({"sample", "estimate", "step", "hatch"})
+    kinds = frozenset({"sample", "estimate", "step", "hatch", "clock_step"})
     live_batch = 1  # each live message waits for its PUBACK before the next goes: no burst for Nagle to hold
 
     def ready(self) -> bool:
@@ -610,6 +610,8 @@ class MqttSink:
                     **({"replay": True} if replay else {}),
                 }
                 topic, qos = f"{self.prefix}/hatch/{r.body['hatch']}/event", self.qos
+            elif r.kind == "clock_step":
+                topic, qos = f"{self.prefix}/clock_step", self.qos
             else:
                 topic, qos = f"{self.prefix}/volume/{body['volume']}", self.qos
             info = client.publish(topic, _dumps(body), qos=qos)
