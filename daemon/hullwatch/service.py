@@ -494,10 +494,11 @@ class Daemon:
         if sample.time < self._last_time:  # threads race by microseconds; the samples file must not go back
             sample = sample._replace(time=self._last_time)
         previous = self._sensor_time.get(sample.sensor)
-        if previous is not None and sample.time < previous + 1e-6:
+        if previous is not None and round(sample.time * 1e6) <= round(previous * 1e6):
             # two readings of one sensor in the same microsecond (a burst of buffered lines) would be one
-            # point in InfluxDB, whose key is series + timestamp: keep them a microsecond apart
-            sample = sample._replace(time=previous + 1e-6)
+            # point in InfluxDB, whose key is series + timestamp (whole microseconds, spool.time_ns): keep
+            # them a whole microsecond apart (`previous + 1e-6` is 0.95 us at today's epoch and may round back)
+            sample = sample._replace(time=(round(previous * 1e6) + 1) / 1e6)
         self._sensor_time[sample.sensor] = sample.time
         self._last_time = sample.time
         if self.recorder is not None:
