@@ -185,3 +185,22 @@ def test_a_rate_change_is_not_taken_for_a_level_shift():
     feed(est, random.Random(41), lambda t: -(before if t < 7200 else after), 7200 + 3600)
     assert est.take_steps() == []
     assert est.restarts >= 1
+
+
+def test_a_fast_stream_is_averaged_to_two_points_a_second():
+    rng = random.Random(7)
+    slope = AdaptiveSlope()
+    for i in range(120_000):  # two minutes at 1 kHz
+        t = i / 1000.0
+        slope.add(t, -1e-4 * t + rng.gauss(0.0, 1e-3))
+    assert len(slope.series) <= 2 * 120 + 1
+    fit = slope.estimate()
+    assert fit is not None
+    assert abs(fit.slope + 1e-4) < 3.0 * fit.sigma
+
+
+def test_points_a_second_apart_are_kept_as_they_are():
+    slope = AdaptiveSlope()
+    for i in range(100):
+        slope.add(float(i), 0.5 * i)
+    assert list(slope.series.ys) == [0.5 * i for i in range(100)]

@@ -47,6 +47,10 @@ the window adapts by itself:
   no more than the noise) is absorbed: the fit gets a free level from that point on (one
   slope, one level per piece), the window is kept, and the step is reported (`take_steps`).
 
+* Points closer together than MIN_SPACING_S are averaged into one (the least-squares
+  slope through averages is nearly that through the points), so a transducer streaming
+  at a kilohertz costs no more memory or work than one at 2 Hz.
+
 The estimate is the mean rate over the window it used, reported with that window's σ
 and length. Everything here is a pure function of the points given: no clocks.
 """
@@ -61,6 +65,7 @@ from hullwatch.core.linefit import LineSeries
 
 MAX_WINDOW_S = 3600.0
 MIN_POINTS = 30  # the fewest points on either side of a change
+MIN_SPACING_S = 0.5  # points closer together are averaged: at most 2 points a second are kept
 COLD_START_POINTS = 60  # the fewest points for a first estimate, with no noise measured before
 CHANGE_Z = 5.0
 LADDER_RATIO = 1.25
@@ -78,6 +83,7 @@ STEP_SHARPNESS = 4.0  # a level shift's parallel fit may scatter at most this ma
 BREAK_F = 16.0  # how much better a bent or shifted fit of the block means must be to count as a break
 INFLATION_MEMORY_S = 3 * 3600.0  # the remembered inflation averages the long windows of about this long
 Z2_MEMORY = 1 / 360  # weight of each estimate in a split's usual z² (about an hour of estimates)
+Z2_WARM = round(1 / Z2_MEMORY)  # estimates after which a split's z² memory stops being a plain mean
 Z2_CLIP = 9.0  # one estimate moves the usual z² at most this many times its value (a real change is rare)
 CORRELATED_CHANGE_MARGIN = 2.0  # the change detector doubts a measured inflation this much more
 
@@ -137,6 +143,8 @@ class AdaptiveSlope:
         self._learned_at = 0.0
         self._ratio_cache: tuple[float, float, float, float] | None = None  # window start, end, ratio, dof
         self._offset = 0.0  # level shifts absorbed so far, taken off every new point
+        self._due = -math.inf  # the next point is kept alone from this time on
+        self._pending_n, self._pending_t, self._pending_y = 0, 0.0, 0.0  # points to average into the next
         self._steps: list[LevelShift] = []
         self._shift_at: list[int] = []  # indices of absorbed level shifts: the fit's pieces start there
         self._anchor: int | None = None  # window start before the last restart, while re-locating it
@@ -147,7 +155,21 @@ class AdaptiveSlope:
         self._shift_rungs = sorted({1, 2, 3, 5, 8, 12, 18} | {r for r in self._ladder if r <= 2 * min_points})
 
     def add(self, t: float, y: float) -> None:
-        """Add a point; t must not decrease."""
+        """Add a point; t must not decrease.
+
+        Points closer than MIN_SPACING_S to the last one kept are averaged into the next one
+        kept, so memory and work stay bounded whatever the sample rate.
+        """
+        if t < self._due:
+            self._pending_n += 1
+            self._pending_t += t
+            self._pending_y += y
+            return
+        self._due = t + MIN_SPACING_S
+        n = self._pending_n
+        if n:
+            t, y = (self._pending_t + t) / (n + 1), (self._pending_y + y) / (n + 1)
+            self._pending_n, self._pending_t, self._pending_y = 0, 0.0, 0.0
         self.series.append(t, y - self._offset)
 
     def reset(self) -> None:
@@ -336,35 +358,36 @@ class AdaptiveSlope:
         dof = n - 4
         best_k, best_sse, best_r = -1, math.inf, 0  # the two-line split that explains most
         z2_typical, seen = self._z2_typical, self._z2_seen
+        fx, fy, fxx, fxy, fyy = sx[first], sy[first], sxx[first], sxy[first], syy[first]
+        ex, ey, exx, exy, eyy = sx[end], sy[end], sxx[end], sxy[end], syy[end]
+        longest = n - m
         for rung, r in enumerate(self._ladder):
-            if r > n - m:
+            if r > longest:
                 break
             k = end - r
-            # older segment: first..k-1
-            na = k - first
-            ax = sx[k] - sx[first]
-            ay = sy[k] - sy[first]
-            axx = sxx[k] - sxx[first] - ax * ax / na
-            axy = sxy[k] - sxy[first] - ax * ay / na
-            ayy = syy[k] - syy[first] - ay * ay / na
-            # recent segment: k..end-1
-            bx = sx[end] - sx[k]
-            by = sy[end] - sy[k]
-            bxx = sxx[end] - sxx[k] - bx * bx / r
-            bxy = sxy[end] - sxy[k] - bx * by / r
-            byy = syy[end] - syy[k] - by * by / r
-            if axx > 0.0 and bxx > 0.0:
-                slope_a = axy / axx
-                slope_b = bxy / bxx
-                sse = (ayy - slope_a * axy) + (byy - slope_b * bxy)
-                var = max(sse, 1e-300) / dof
-                z2 = (slope_a - slope_b) ** 2 / (var * (1.0 / axx + 1.0 / bxx))
-                typical = z2_typical[rung]
-                if z2 > z2_bar * (typical if typical > WHITE_RATIO else 1.0) and sse < best_sse:
-                    best_k, best_sse, best_r = k, sse, r
-                seen[rung] += 1  # a plain mean at first, then an hour's memory
-                weight = max(Z2_MEMORY, 1.0 / seen[rung])
-                z2_typical[rung] = typical + weight * (min(z2, Z2_CLIP * typical + 1.0) - typical)
+            kx, ky, kxx, kxy, kyy = sx[k], sy[k], sxx[k], sxy[k], syy[k]
+            # older segment first..k-1, recent segment k..end-1: centred sums of each
+            na = n - r
+            ax, ay = kx - fx, ky - fy
+            axx = kxx - fxx - ax * ax / na
+            bx, by = ex - kx, ey - ky
+            bxx = exx - kxx - bx * bx / r
+            if axx <= 0.0 or bxx <= 0.0:
+                continue
+            axy = kxy - fxy - ax * ay / na
+            bxy = exy - kxy - bx * by / r
+            slope_a = axy / axx
+            slope_b = bxy / bxx
+            sse = (kyy - fyy - ay * ay / na - slope_a * axy) + (eyy - kyy - by * by / r - slope_b * bxy)
+            var = max(sse, 1e-300) / dof
+            z2 = (slope_a - slope_b) ** 2 / (var * (1.0 / axx + 1.0 / bxx))
+            typical = z2_typical[rung]
+            if z2 > z2_bar * (typical if typical > WHITE_RATIO else 1.0) and sse < best_sse:
+                best_k, best_sse, best_r = k, sse, r
+            count = seen[rung] + 1  # a plain mean at first, then an hour's memory
+            seen[rung] = count
+            weight = Z2_MEMORY if count > Z2_WARM else 1.0 / count
+            z2_typical[rung] = typical + weight * (min(z2, Z2_CLIP * typical + 1.0) - typical)
         shift = self._recent_shift(first, end, z2_bar)
         if shift is not None:
             shift_k, shift_sse = shift
@@ -389,12 +412,23 @@ class AdaptiveSlope:
             return None
         n = end - first
         best: tuple[int, float] | None = None
+        sx, sy, sxx, sxy, syy = s.sx, s.sy, s.sxx, s.sxy, s.syy
+        fx, fy, fxx, fxy, fyy = sx[first], sy[first], sxx[first], sxy[first], syy[first]
+        ex, ey, exx, exy, eyy = sx[end], sy[end], sxx[end], sxy[end], syy[end]
+        gain_bar = z2_bar / (n - 3)  # the share of the squared error a shift must explain
         for r in self._shift_rungs:
             if r > n - self.min_points:
                 break
-            k = end - r
-            sse = parallel_fit(s, first, end, k)[0]
-            if (whole.sse - sse) * (n - 3) > z2_bar * max(sse, 1e-300) and (best is None or sse < best[1]):
+            k = end - r  # parallel_fit(s, first, end, k), inlined: this runs at every estimate
+            na = n - r
+            kx, ky, kxy = sx[k], sy[k], sxy[k]
+            ax, ay, bx, by = kx - fx, ky - fy, ex - kx, ey - ky
+            xx = sxx[k] - fxx - ax * ax / na + exx - sxx[k] - bx * bx / r
+            if xx <= 0.0:
+                continue
+            xy = kxy - fxy - ax * ay / na + exy - kxy - bx * by / r
+            sse = syy[k] - fyy - ay * ay / na + eyy - syy[k] - by * by / r - xy * xy / xx
+            if whole.sse - sse > gain_bar * max(sse, 1e-300) and (best is None or sse < best[1]):
                 best = (k, sse)
         if best is None:
             return None
@@ -578,31 +612,33 @@ class FallRate:
     def bounds(self, k: float) -> tuple[float, float, float] | None:
         """(fall rate, its lower bound, the highest upper bound) in Pa/s at k sigma; None if too few points."""
         s = self.series
-        end = len(s)
-        if end < self.MIN_POINTS:
+        xs = s.xs
+        end = len(xs)
+        few = self.MIN_POINTS
+        if end < few:
             return None
-        xs, sx, sy, sxx, sxy, syy = s.xs, s.sx, s.sy, s.sxx, s.sxy, s.syy
+        sx, sy, sxx, sxy, syy = s.sx, s.sy, s.sxx, s.sxy, s.syy
+        ex, ey, exx, exy, eyy = sx[end], sy[end], sxx[end], sxy[end], syy[end]
         x_end = xs[-1]
         best_fall, best_lower, upper = math.nan, -math.inf, -math.inf
         for w in self.WINDOWS_S:
-            i = bisect_left(xs, x_end - w)
+            i = bisect_left(xs, x_end - w, 0, end - few + 1)  # end - few + 1: too few points
             n = end - i
-            if n < self.MIN_POINTS:
+            if n < few:
                 continue
-            tx = sx[end] - sx[i]
-            ty = sy[end] - sy[i]
-            dxx = sxx[end] - sxx[i] - tx * tx / n
+            tx = ex - sx[i]
+            ty = ey - sy[i]
+            dxx = exx - sxx[i] - tx * tx / n
             if dxx <= 0.0:
                 continue
-            dxy = sxy[end] - sxy[i] - tx * ty / n
-            dyy = syy[end] - syy[i] - ty * ty / n
-            slope = dxy / dxx
-            sse = dyy - slope * dxy
+            dxy = exy - sxy[i] - tx * ty / n
+            fall = -dxy / dxx
+            sse = eyy - syy[i] - ty * ty / n + fall * dxy
             half = k * math.sqrt(sse / (n - 2) / dxx) if sse > 0.0 else 0.0
-            if -slope - half > best_lower:
-                best_fall, best_lower = -slope, -slope - half
-            if -slope + half > upper:
-                upper = -slope + half
+            if fall - half > best_lower:
+                best_fall, best_lower = fall, fall - half
+            if fall + half > upper:
+                upper = fall + half
         if best_lower == -math.inf:
             return None
         return best_fall, best_lower, upper

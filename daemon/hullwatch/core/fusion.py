@@ -95,7 +95,7 @@ class Round:
 
 def combine(readings: list[tuple[PressureTrack, float]]) -> Round:
     """One round: the weighted, offset-corrected pressure of the readings given."""
-    if len(readings) == 1:
+    if len(readings) == 1:  # (Monitor takes this path itself, without a Round)
         track, value = readings[0]
         track.note(value)
         return Round(value - track.offset)

@@ -88,9 +88,9 @@ class LineSeries:
 
     def trim_before(self, x: float) -> None:
         """Forget the points before absolute x once they are most of the series (O(1) amortised per point)."""
-        i = self.index_at(x)
-        if i > len(self.xs) // 2:
-            self.drop_before(i)
+        xs = self.xs
+        if xs and xs[len(xs) // 2] < x - self.x0:  # the first half is older: O(1) when it is not
+            self.drop_before(self.index_at(x))
 
     def drop_before(self, i: int) -> None:
         """Forget points before index i (indices shift down by i) and rebuild the sums."""
