@@ -21,7 +21,8 @@ the broker down then up, influxd down then up, 413 for bodies over 1,500 bytes, 
 older than the fault (after a few seconds of 503, so there is a backlog to refuse), redirects,
 a blanket 400, a full disk under the recorder, a SIGHUP with a config naming a missing password
 file (refused: the old daemon keeps running) and the SIGHUP that restores the config (accepted),
-a sensor sending garbage, and a sensor at 2,000 lines/s.
+a sensor sending garbage, and a sensor at 2,000 lines/s (held to its `max_rate_hz`, the default
+50 lines a second: the daemon drops the excess before parsing and counts it).
 
 Every line a feeder writes carries a value that is unique within the run, so each sample is
 followed by (sensor, quantity, value). For each fault it prints:
@@ -29,9 +30,12 @@ followed by (sensor, quantity, value). For each fault it prints:
 - how long the fault lasted;
 - samples written by the feeders during the fault, and how many of them reached the MQTT
   subscriber, InfluxDB and the recorder's CSV once the fault was gone; those InfluxDB refused
-  and the spool set aside (its `rejected` table) are counted apart; `lost` counts what is
-  missing from an output and not set aside, and says whether the daemon never read it (in no
-  output, not even the CSV) or read it and did not deliver it;
+  and the spool set aside (its `rejected` table) are counted apart, and so are the lines the
+  rate limit dropped: the samples in no output (not even the CSV) of a sensor whose count of
+  them equals the daemon's own count (`rate_dropped` in `sensor_health`, read from P/metrics
+  before the fault and once it is gone), line for line; `lost` counts what is missing from an
+  output and neither set aside nor counted as dropped, and says whether the daemon never read
+  it (in no output, not even the CSV) or read it and did not deliver it;
 - blind: how late the daemon read a `pa` line at worst (its sample's timestamp minus the moment
   the feeder wrote it), the longest gap between consecutive `pa` samples (by their own
   timestamps, as finally delivered; beside it the feeder's own longest gap between writes, as
@@ -42,8 +46,9 @@ followed by (sensor, quantity, value). For each fault it prints:
 - RSS at the fault's peak, plus checks of what the fault must show (a file moved aside, an
   advisory raised and cleared, no redirect followed, ...).
 
-At the end: totals, RSS at start (after a warm-up) / peak / end, the SIGTERM time and exit code,
-and the tracebacks in the daemon's log. RESULT is PASS (exit 0) only if nothing is lost, every
+At the end: totals (the rate limit's drops matched the same way over the whole run), RSS at
+start (after a warm-up) / peak / end, the SIGTERM time and exit code, and the tracebacks in
+the daemon's log. RESULT is PASS (exit 0) only if nothing is lost, every
 check holds, RSS grows less than 60 MB, SIGTERM ends the daemon with 0 within 10 s and its log
 holds no traceback.
 """
@@ -55,6 +60,7 @@ import bisect
 import contextlib
 import http.server
 import json
+import math
 import os
 import pty
 import random
@@ -313,6 +319,7 @@ class Subscriber:
         self.samples: dict[Key, list[tuple[float, float]]] = {}  # key -> [(arrival wall, sample time)]
         self.estimates: list[tuple[float, str, float]] = []  # (arrival wall, volume, estimate time)
         self.alarms: list[tuple[float, str, str, str]] = []  # (arrival wall, alarm, source, state)
+        self.metrics: list[tuple[float, dict]] = []  # (arrival wall, P/metrics)
         self._lock = threading.Lock()
         self._subscribed = threading.Event()
         c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="marathon-sub", clean_session=False)
@@ -341,6 +348,8 @@ class Subscriber:
                 self.estimates.append((now, parts[1], body["time"]))
             elif parts[0] == "alarm" and len(parts) == 4 and isinstance(body, dict):
                 self.alarms.append((now, parts[1], parts[2], body.get("state", "")))
+            elif parts == ["metrics"] and isinstance(body, dict):
+                self.metrics.append((now, body))
 
     def have(self, keys: set[Key]) -> set[Key]:
         with self._lock:
@@ -353,6 +362,16 @@ class Subscriber:
     def first_alarm(self, alarm: str, source: str, state: str, after: float = 0.0) -> float | None:
         with self._lock:
             return next((t for t, a, s, st in self.alarms if (a, s, st) == (alarm, source, state) and t >= after), None)
+
+    def rate_dropped(self, after: float, before: float, latest: bool) -> Counter[str] | None:
+        """Each sensor's `rate_dropped` in the latest (or first) P/metrics that arrived between `after` and
+        `before` (None if none did)."""
+        with self._lock:
+            found = [b for t, b in self.metrics if after < t < before]
+        if not found:
+            return None
+        sensors = found[-1 if latest else 0].get("sensors", {})
+        return Counter({name: int(h.get("rate_dropped", 0)) for name, h in sensors.items()})
 
     def close(self) -> None:
         self.client.disconnect()
@@ -408,6 +427,7 @@ class Window:
     checks: list[tuple[str, bool]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     caught_up_s: float | None = None
+    settled: float = 0.0  # wall time once every sample of it was delivered (or known never read)
     after: Callable[[], object] | None = None  # checks to run once the fault is gone and caught up
 
     def check(self, what: str, ok: bool) -> bool:
@@ -599,25 +619,33 @@ class Marathon:
         """Wait until every sample of the fault is at the subscriber and in InfluxDB (or set aside).
 
         Samples in no output at all (not even the recorder's CSV) 5 s after the fault were never read
-        by the daemon: nothing holds them, so they are not waited for (the report counts them).
+        by the daemon: nothing holds them, so they are not waited for (the report counts them), and the
+        fault counts as caught up from the moment every other sample was delivered.
         """
         keys = self.written(w)
         missing: set[Key] = set()
+        delivered_at: float | None = None  # since when only samples in no output at all are missing
 
         def done() -> bool:
-            nonlocal missing
+            nonlocal missing, delivered_at
             mqtt_got = self.subscriber.have(keys)
             aside = {k for k, (sink, _) in self.set_aside().items() if sink == "influxdb"}
             influx_got = self.influx_have(keys - aside, w.t0) | (keys & aside)
             missing = keys - (mqtt_got & influx_got)
             if not missing:
                 return True
-            if time.monotonic() - w.m1 < 5.0 or not self.mounted:
+            if not self.mounted:
                 return False
-            return not (missing & (mqtt_got | influx_got | self.csv_rows()))  # only samples never read
+            if missing & (mqtt_got | influx_got | self.csv_rows()):
+                delivered_at = None  # something read is still on its way
+            elif delivered_at is None:
+                delivered_at = time.monotonic()
+            return delivered_at is not None and time.monotonic() - w.m1 >= 5.0  # only samples never read
 
-        if wait_until(done, self.catch_up_s, every=0.5):
-            w.caught_up_s = time.monotonic() - w.m1
+        caught = wait_until(done, self.catch_up_s, every=0.5)
+        w.settled = time.time()
+        if caught:
+            w.caught_up_s = (delivered_at if missing and delivered_at else time.monotonic()) - w.m1
             never = f", except {len(missing)} never read" if missing else ""
             self.say(
                 f"  caught up {w.caught_up_s:.1f} s after the fault{never} ({len(keys)} samples written during it)"
@@ -714,6 +742,11 @@ class Marathon:
             self.config.write_text(self.config_text)
             os.kill(self.daemon.proc.pid, signal.SIGHUP)
             w.check("the log says reloaded", self.daemon.wait_for_log("configuration reloaded", 30, mark))
+            w.check(
+                "every sensor handed over running (unchanged), no port opened again",
+                "reload: pa, pt, pg, pf, ps unchanged" in self.daemon.text()[mark:]
+                and ": reading /dev/" not in self.daemon.text()[mark:],
+            )
             self.hold(max(3.0, self.hold_s / 4))
 
         with self.fault("sensor pg sends garbage (random bytes, over-long lines)") as w:
@@ -728,13 +761,23 @@ class Marathon:
                 self.subscriber.first_alarm("sensor_fault", "pg", "cleared", after) is not None,
             )
 
-        with self.fault(f"sensor pf at {FLOOD_HZ:,.0f} lines/s for {self.flood_s:g} s") as w:
+        name = (
+            f"sensor pf at {FLOOD_HZ:,.0f} lines/s for {self.flood_s:g} s (max_rate_hz the default 50), then 2 s at 10"
+        )
+        now = time.time()  # P/metrics come every 10 s: one before the flood and one after count its drops
+        wait_until(lambda: self.subscriber.rate_dropped(now, math.inf, False) is not None, 30)
+        with self.fault(name) as w:
             pf = self.feeders["pf"]
+            mark = len(self.daemon.text())
             k0 = pf.k
             pf.set("normal", FLOOD_HZ)
             time.sleep(self.flood_s)
             pf.set("normal", FEED_HZ)
             w.notes.append(f"pf wrote {(pf.k - k0) / self.flood_s:,.0f} lines/s")
+            time.sleep(2.0)  # the lines right after the flood are in the window too (the rate limit may drop them)
+            w.check(
+                "the log says pf's excess lines are dropped", "pf: lines: more than 50" in self.daemon.text()[mark:]
+            )
 
     def answers(self, mode: str) -> str:
         got = {s: n for (m, s), n in self.front.answers.items() if m == mode}
@@ -749,6 +792,9 @@ class Marathon:
         self.t_end = time.time()
         everything = Window("the whole run", self.t_start, 0.0, self.t_end, time.monotonic())
         self.catch_up(everything)
+        fresh = wait_until(lambda: self.subscriber.rate_dropped(everything.settled, math.inf, False) is not None, 30)
+        if not fresh:
+            self.say("no P/metrics after the end: the rate limit's count is unknown")
         self.rss_end = self.rss.now()
         code, took = self.daemon.stop(timeout=30)
         self.stop_result = (code, took)
@@ -782,23 +828,41 @@ class Marathon:
             "FAULT MARATHON: one `hullwatch run`, " + ("--quick" if self.quick else "full"),
             "=" * 100,
         ]
-        for w in self.windows:
-            ok &= self._report_window(w, out, aside, csv, influx_all, mqtt_all)
-        keys = self.written(self.everything)
+        for j, w in enumerate(self.windows):
+            before = max(self.windows[j - 1].t1, self.windows[j - 1].settled) if j else 0.0
+            after = self.windows[j + 1].t0 if j + 1 < len(self.windows) else math.inf
+            ok &= self._report_window(w, out, aside, csv, influx_all, mqtt_all, (before, after))
+        written = self.written(self.everything)
+        never = written - set(mqtt_all) - influx_all - set(aside) - csv
+        dropped, said = self.rate_limited(never, (0.0, self.t_start), (self.everything.settled, math.inf))
+        keys = written - dropped
         lost_mqtt = keys - set(mqtt_all)
         lost_influx = keys - influx_all - set(aside)
         lost_csv = keys - csv
         out += ["", "-" * 100, "Totals (every sample written from the end of the warm-up to the end of the faults)"]
         out.append(
-            f"  written {len(keys):,}; MQTT {len(keys) - len(lost_mqtt):,}; InfluxDB {len(keys & influx_all):,}"
-            f" + set aside {len(keys & set(aside)):,}; recorder CSV {len(keys & csv):,}"
+            f"  written {len(written):,}; MQTT {len(written & set(mqtt_all)):,}; InfluxDB {len(written & influx_all):,}"
+            f" + set aside {len(written & set(aside)):,}; recorder CSV {len(written & csv):,}"
         )
+        if said:
+            out.append(f"  {said}")
         lost = len(lost_mqtt) + len(lost_influx) + len(lost_csv)
         m_all = keys - lost_mqtt
-        out.append("  lost: 0" if not lost else "  lost: " + self.where_lost(keys, m_all, keys - lost_influx, csv))
+        out.append(
+            ("  lost: 0" if not lost else "  lost: " + self.where_lost(keys, m_all, keys - lost_influx, csv))
+            + (f" (besides the {len(dropped):,} samples dropped by the rate limit and counted)" if dropped else "")
+        )
         reasons = Counter((sink, reason.split(":")[0][:60]) for k, (sink, reason) in aside.items() if k in keys)
         for (sink, reason), n in reasons.items():
             out.append(f"  set aside by {sink}: {n:,} ({reason}...)")
+        last = self.subscriber.metrics[-1][1].get("sensors", {}) if self.subscriber.metrics else {}
+        counters = [
+            f"{name} " + ", ".join(f"{k} {v:,}" for k, v in h.items() if k not in ("quality", "silent_s") and v)
+            for name, h in sorted(last.items())
+        ]
+        out.append(
+            "  sensor_health at the end (non-zero counts): " + "; ".join(c for c in counters if " " in c.strip())
+        )
         dups = sum(len(v) - 1 for k, v in mqtt_all.items() if k in keys)
         out.append(f"  MQTT duplicates (at-least-once): {dups:,}; recorder files ending in a torn row: {self.torn}")
         peak = self.rss.peak()
@@ -820,6 +884,38 @@ class Marathon:
         out.append(f"  RESULT: {'PASS' if ok else 'FAIL'}")
         print("\n".join(out), flush=True)
         return ok
+
+    def rate_limited(
+        self, never: set[Key], base: tuple[float, float], end: tuple[float, float]
+    ) -> tuple[set[Key], str | None]:
+        """Of `never` (samples in no output, not even the CSV), those the daemon's own `rate_dropped` accounts for.
+
+        A sensor's unread lines are accounted for only if their number equals exactly the growth of its
+        `rate_dropped` from the latest P/metrics that arrived within `base` (after the previous fault
+        settled, before this one began) to the first within `end` (after this one settled, before the
+        next began). Also a line that says what was counted and what was never read (None if neither).
+        """
+        before = self.subscriber.rate_dropped(*base, latest=True)
+        after = self.subscriber.rate_dropped(*end, latest=False)
+        unread = Counter(k[0] for k in never if k[1] == "pressure")  # one pressure a line (pt's: and a temperature)
+        counted = None if before is None or after is None else after - before
+        if not counted and not unread:
+            return set(), None
+        if counted is None:
+            return set(), f"lines never read: {sum(unread.values()):,}; no P/metrics between this fault and the next"
+        matched = {name for name, n in unread.items() if counted.get(name) == n}
+        accounted = {k for k in never if k[0] in matched}
+
+        def each(c: Counter[str]) -> str:
+            return ", ".join(f"{name} {n:,}" for name, n in sorted(c.items())) or "none"
+
+        verdict = "the same, line for line" if counted == unread else "NOT the same"
+        said = (
+            "dropped by the rate limit, counted by the daemon (rate_dropped in P/metrics sensor_health):"
+            f" {each(counted)};"
+            f" lines never read: {each(unread)}: {verdict}"
+        )
+        return accounted, said
 
     def where_lost(self, keys: set[Key], mqtt_got: set[Key], influx_got: set[Key], csv: set[Key]) -> str:
         """Where the missing samples went: never read (in no output, not even the recorder's CSV), or read
@@ -848,23 +944,32 @@ class Marathon:
         csv: set[Key],
         influx_all: set[Key],
         mqtt_all: dict[Key, list],
+        neighbours: tuple[float, float],
     ) -> bool:
         out += ["", f"{w.name}: lasted {w.m1 - w.m0:.1f} s"]
         ok = all(passed for _, passed in w.checks)
         if w.counts:
-            keys = self.written(w)
-            m = {k for k in keys if k in mqtt_all}
-            i = keys & influx_all
-            a = keys & {k for k, (sink, _) in aside.items() if sink == "influxdb"}
-            c = keys & csv if self.mounted else set()
+            written = self.written(w)
+            m = {k for k in written if k in mqtt_all}
+            i = written & influx_all
+            a = written & {k for k, (sink, _) in aside.items() if sink == "influxdb"}
+            c = written & csv if self.mounted else set()
+            base, end = (neighbours[0], w.t0), (w.settled, neighbours[1])
+            dropped, said = self.rate_limited(written - m - i - a - c, base, end)
+            keys = written - dropped
             lost_m, lost_i, lost_c = len(keys - m), len(keys - i - a), len(keys - c) if self.mounted else 0
             out.append(
-                f"  samples written {len(keys):,}; MQTT {len(m):,}; InfluxDB {len(i):,}"
+                f"  samples written {len(written):,}; MQTT {len(m):,}; InfluxDB {len(i):,}"
                 + (f" + set aside {len(a):,}" if a else "")
                 + f"; recorder CSV {len(c):,}"
             )
+            if said:
+                out.append(f"  {said}")
             lost = lost_m + lost_i + lost_c
-            out.append("  lost: 0" if not lost else "  lost: " + self.where_lost(keys, m, i | a, c))
+            out.append(
+                ("  lost: 0" if not lost else "  lost: " + self.where_lost(keys, m, i | a, c))
+                + (f" (besides the {len(dropped):,} samples dropped by the rate limit and counted)" if dropped else "")
+            )
             ok &= not lost
             pa = self.subscriber.sample_times("pa")
             wrote = {k: t for t, k in self.feeders["pa"].written if w.t0 <= t <= w.t1}
