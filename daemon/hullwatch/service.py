@@ -24,7 +24,10 @@ GPIO pin library, credentials and TLS files, sinks, the places of the recorder a
 and `check-config` calls that alone, so it refuses what `run` would refuse.
 `run()` starts it. A reload (`rebuild()`) builds the new daemon completely while the old one
 runs, taking over what the old one holds with unchanged settings (the spool file, the
-recorder file, the annunciator's pins); if the new annunciator needs pins the old one holds,
+recorder file, the annunciator's pins, and each sensor and hatch switch whose driver
+settings are unchanged: its driver keeps running and reading, and its samples go to the
+new daemon from the moment the old one stops, so an open port is never closed and opened
+again, which would flush its input); if the new annunciator needs pins the old one holds,
 the old one's are released first and taken back if the new one still cannot be built. A
 reload that cannot be built leaves the old daemon running and says why: log lines, STATUS,
 and a `reload_fault` advisory.
@@ -495,6 +498,38 @@ class _Route:
         return self.target(*args)
 
 
+class _DriverRun:
+    """A driver running in its thread, with a stop of its own and a destination for its samples.
+
+    A reload that takes the driver over sends its samples to the new daemon (`send_to`) instead
+    of stopping it: the device is never closed and reopened.
+    """
+
+    def __init__(self, driver: Driver, emit: Callable[[Sample], None]) -> None:
+        self.driver = driver
+        self.stop = threading.Event()
+        self._emit = emit
+        self._lock = threading.Lock()  # once send_to returns, no sample goes to the old destination
+        self.thread = threading.Thread(target=driver.run, args=(self.emit, self.stop), name=f"driver-{driver.name}")
+        self.thread.daemon = True
+        self.thread.start()
+
+    def emit(self, sample: Sample) -> None:
+        with self._lock:
+            self._emit(sample)
+
+    def send_to(self, emit: Callable[[Sample], None]) -> None:
+        with self._lock:
+            self._emit = emit
+
+
+def _driver_settings(cfg: Config) -> dict[str, tuple[str, dict[str, Any]]]:
+    """What each real device's driver is built from, by name (a simulated module has none: always rebuilt)."""
+    out = {s.name: (s.driver, dict(s.options)) for s in cfg.sensors if s.driver != "simulated"}
+    out.update({name: ("reed", dict(options)) for name, options in cfg.hatch_switches.items()})
+    return out
+
+
 class _FaultWatch:
     """An advisory that is active while a part reports a problem, or for a while after it counted an event."""
 
@@ -536,8 +571,8 @@ class Daemon:
     def __init__(self, cfg: Config, pin_factory: Any = None, previous: Daemon | None = None) -> None:
         """Build every resource of `cfg`; BuildError if one cannot be made (what was made is closed again).
 
-        With `previous` (a reload, while it runs), its spool, recorder and annunciator are taken over
-        when their settings are unchanged; they change hands in `run()`.
+        With `previous` (a reload, while it runs), its spool, recorder, annunciator and running
+        drivers are taken over when their settings are unchanged; they change hands in `run()`.
         """
         self.cfg = cfg
         self.pin_factory = pin_factory
@@ -549,7 +584,8 @@ class Daemon:
         self.outputs: list[Callable[[Event], None]] = [EventLog().write]
         parts = prepare(cfg, pin_factory)
         parts.commands.target = self._command
-        self.drivers = parts.drivers
+        self._runs: list[_DriverRun] = []  # each driver in its thread (those taken over are here from the start)
+        self.drivers = self._take_or_keep_drivers(parts.drivers, previous)
         self.timebase = parts.timebase
         self.clock = self.timebase.now
         self.monitor = Monitor(cfg.module)
@@ -577,8 +613,6 @@ class Daemon:
             "recorder_fault": _FaultWatch("recorder_fault", "recorder", self.recorder.dropped if self.recorder else 0),
             **{f"sink_fault.{s.name}": _FaultWatch("sink_fault", s.name) for s in self.sinks},
         }
-        self._threads: list[threading.Thread] = []
-        self._driver_stop = threading.Event()
         self._last_time = 0.0
         self._sensor_time: dict[str, float] = {}
         self._last_good = -math.inf  # monotonic time of the last good sample
@@ -589,6 +623,26 @@ class Daemon:
         self._driver_of = {d.name: d for d in self.drivers}
 
     # -- building ---------------------------------------------------------------------------------
+
+    def _take_or_keep_drivers(self, built: list[Driver], previous: Daemon | None) -> list[Driver]:
+        """The drivers to run: the running one of `previous` where its settings are unchanged, else the one built."""
+        if previous is None or previous.pin_factory is not self.pin_factory:
+            return built
+        mine, theirs = _driver_settings(self.cfg), _driver_settings(previous.cfg)
+        running = {r.driver.name: r for r in previous._runs if r.driver.name in theirs}
+        drivers, taken = [], []
+        for d in built:
+            run = running.get(d.name)
+            same = d.name in mine and mine[d.name] == theirs.get(d.name)
+            if run is not None and same and type(run.driver) is type(d) and run.thread.is_alive():
+                self._runs.append(run)
+                drivers.append(run.driver)
+                taken.append(d.name)
+            else:
+                drivers.append(d)
+        if taken:
+            log.info("reload: %s unchanged, read on without a pause", ", ".join(taken))
+        return drivers
 
     def _take_or_build_recorder(self, previous: Daemon | None, undo: contextlib.ExitStack) -> Recorder | None:
         r = self.cfg.recorder
@@ -708,13 +762,8 @@ class Daemon:
         if self.spool is not None:
             self.spool.configure(cfg.spool.max_mb, cfg.spool.commit_interval_s, cfg.spool.replay_per_s)
             self.spool.start(self.sinks)
-        self._driver_stop = threading.Event()
-        for d in self.drivers:
-            t = threading.Thread(
-                target=d.run, args=(self.samples.put, self._driver_stop), name=f"driver-{d.name}", daemon=True
-            )
-            t.start()
-            self._threads.append(t)
+        running = {id(r.driver) for r in self._runs}  # taken over: they run already, their samples sent here
+        self._runs += [_DriverRun(d, self.samples.put) for d in self.drivers if id(d) not in running]
 
     def samples_fresh(self) -> bool:
         """Whether a good sample arrived within the stale limit."""
@@ -821,10 +870,11 @@ class Daemon:
         if sample.time < self._last_time:  # threads race by microseconds; the core takes time in order
             sample = sample._replace(time=self._last_time)
         previous = self._sensor_time.get(sample.sensor)
-        if previous is not None and sample.time < previous + 1e-6:
+        if previous is not None and round(sample.time * 1e6) <= round(previous * 1e6):
             # two readings of one sensor in the same microsecond (a burst of buffered lines) would be one
-            # point in InfluxDB, whose key is series + timestamp: keep them a microsecond apart
-            sample = sample._replace(time=previous + 1e-6)
+            # point in InfluxDB, whose key is series + timestamp (whole microseconds, spool.time_ns): keep
+            # them a whole microsecond apart (`previous + 1e-6` is 0.95 us at today's epoch and may round back)
+            sample = sample._replace(time=(round(previous * 1e6) + 1) / 1e6)
         self._sensor_time[sample.sensor] = sample.time
         self._last_time = sample.time
         stored = sample._replace(time=self.timebase.to_wall(sample.time))  # what leaves the daemon: wall clock
@@ -987,10 +1037,17 @@ class Daemon:
         Bounded: each part gets a few seconds at most, so that SIGTERM ends the process well within
         systemd's TimeoutStopSec (10 s).
         """
-        self._driver_stop.set()
+        stopping = []
+        taken = {id(r) for r in successor._runs} if successor is not None else set()
+        for run in self._runs:
+            if id(run) in taken:
+                run.send_to(successor.samples.put)  # read on; what this daemon holds is drained below
+            else:
+                run.stop.set()
+                stopping.append(run)
         end = time.monotonic() + STOP_DRIVERS_S
-        for t in self._threads:
-            t.join(max(0.0, end - time.monotonic()))
+        for run in stopping:
+            run.thread.join(max(0.0, end - time.monotonic()))
         end = time.monotonic() + STOP_DRAIN_S
         try:
             while time.monotonic() < end:  # the last samples' events reach the annunciator, the spool and MQTT
