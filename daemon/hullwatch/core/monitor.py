@@ -24,9 +24,10 @@ Points feed three estimators per volume:
   σ also carries what a thermometer lagging by `thermometer_lag_sigma_s` would make of
   the temperature's changing rate (the bend of the volume's mean temperature over the
   window). Level shifts the fit absorbs are LevelStep events. For `settle_s` after the
-  volume formed (start-up, a hatch operation) the conditions act only on overwhelming
-  evidence (SETTLE_K_FACTOR × k σ): the air is mixing, and a few minutes of data cannot
-  tell a sensor's slow wander from a leak;
+  volume formed (start-up, a hatch operation), and until its fit has seen a window long
+  enough to measure the noise's correlation (about 48 min), the conditions act only on
+  overwhelming evidence (SETTLE_K_FACTOR × k σ): the air is mixing, and minutes of data
+  cannot tell a sensor's slow wander from a leak;
 * the short-window rate of fall of P (estimator.FallRate), every point: rapid_depress;
 * P itself, every point: low_pressure.
 When the set of sensors behind a volume's mass changes (one goes stale, one returns) the
@@ -70,7 +71,7 @@ from hullwatch.core.topology import form_volumes
 
 DEFAULT_TEMPERATURE_K = 293.15
 DETECTION_WINDOWS_S = (600.0, 3600.0, 86400.0)  # 10 min, 1 h, a day
-SETTLE_K_FACTOR = 3.0  # for settle_s after a volume forms (start-up, a hatch), alarms act at this many times k σ
+SETTLE_K_FACTOR = 3.0  # while a volume settles or its noise is unmeasured, alarms act at this many times k σ
 JUMP_Z = 8.0  # a reading further than this many σ of a difference from the last waits for the next
 JUMP_FLOOR_PA = 5.0  # ... and further than this (a smooth or quantised stream has almost no noise)
 _HATCH, _PRESSURE, _BAD = Quantity.HATCH, Quantity.PRESSURE, Quality.BAD
@@ -513,8 +514,8 @@ class Monitor:
             fit.window_s,
             k * sigma,
         )
-        if t < v.settle_until:  # the air mixing, the noise's correlation not measured yet: only overwhelming evidence
-            k *= SETTLE_K_FACTOR
+        if t < v.settle_until or v.slope.warming_up:
+            k *= SETTLE_K_FACTOR  # the air mixing, or the noise's correlation unmeasured: overwhelming evidence only
         for sev in (Severity.CAUTION, Severity.WARNING):
             cond = v.conditions.get((LEAK_RATE, sev))
             if cond is not None:
