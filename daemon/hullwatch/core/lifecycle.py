@@ -110,6 +110,7 @@ ROW_FORMAT = 1  # the `v` of persisted rows
 MAINTENANCE_ROW = "maintenance"
 ALARM_ROW_PREFIX = "alarm/"  # + key_name(key)
 NOT_CONFIRMED = "condition not seen again since the restart"
+DEFAULT_MAX_MAINTENANCE_S = 8 * 3600.0  # maintenance lasts at most this unless configured otherwise
 
 
 class LifecycleState(StrEnum):
@@ -456,7 +457,7 @@ class AlarmBook:
         self,
         latching: Collection[str] = (),
         max_shelve_s: float = 8 * 3600.0,
-        max_maintenance_s: float = 8 * 3600.0,
+        max_maintenance_s: float = DEFAULT_MAX_MAINTENANCE_S,
         known_source: Callable[[str], bool] | None = None,
     ) -> None:
         """`latching` names alarm kinds that latch; shelving lasts at most `max_shelve_s`, maintenance at most
