@@ -30,10 +30,23 @@ class Influxd:
     def __init__(self, directory: Path, database: str = "hullwatch") -> None:
         self.dir = Path(directory)
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.port = free_port()
         self.database = database
-        self.url = f"http://127.0.0.1:{self.port}"
         self.conf = self.dir / "influxdb.conf"
+        self.proc: subprocess.Popen | None = None
+        for attempt in range(3):  # a free port can be taken by another process before influxd binds it
+            self._configure()
+            try:
+                self.start()
+                break
+            except RuntimeError:
+                taken = "address already in use" in (self.dir / "influxd.log").read_text(errors="replace")
+                if attempt == 2 or not taken:
+                    raise
+        self.query(f'CREATE DATABASE "{database}"', post=True)
+
+    def _configure(self) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
         self.conf.write_text(
             f'reporting-disabled = true\nbind-address = "127.0.0.1:{free_port()}"\n'
             f'[meta]\n  dir = "{self.dir}/meta"\n'
@@ -41,9 +54,6 @@ class Influxd:
             f'[http]\n  bind-address = "127.0.0.1:{self.port}"\n  log-enabled = false\n'
             '[monitor]\n  store-enabled = false\n[logging]\n  level = "warn"\n'
         )
-        self.proc: subprocess.Popen | None = None
-        self.start()
-        self.query(f'CREATE DATABASE "{database}"', post=True)
 
     def start(self) -> None:
         """Start influxd and wait until /ping answers."""
@@ -52,10 +62,10 @@ class Influxd:
             ["influxd", "run", "-config", str(self.conf)], stdout=subprocess.DEVNULL, stderr=log
         )
         log.close()
-        if not wait_port(self.port, 10.0):
-            raise RuntimeError(f"influxd did not start; see {self.dir / 'influxd.log'}")
-        end = time.monotonic() + 10
+        end = time.monotonic() + 30
         while time.monotonic() < end:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"influxd exited ({self.proc.returncode}); see {self.dir / 'influxd.log'}")
             try:
                 urllib.request.urlopen(self.url + "/ping", timeout=1).close()
                 return

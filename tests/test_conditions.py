@@ -54,3 +54,15 @@ def test_force_clear_only_when_active():
     c.update(2.0, (True, False), 1.0)
     tr = c.force_clear(3.0, "volume re-formed")
     assert tr.state is AlarmState.CLEARED and tr.reason == "volume re-formed" and tr.value is None
+
+
+def test_on_delay_in_time_as_well_as_in_evaluations():
+    c = Condition("low_pressure", "prk", Severity.WARNING, 95_000.0, confirmations=2, on_delay_s=1.0)
+    assert c.update(0.0, (True, False), 90_000.0) is None
+    assert c.arming
+    assert c.update(0.5, (True, False), 90_000.0) is None  # two readings, but only 0.5 s apart
+    assert c.update(1.0, (True, False), 90_000.0).state is AlarmState.ACTIVE
+    c = Condition("low_pressure", "prk", Severity.WARNING, 95_000.0, confirmations=2, on_delay_s=1.0)
+    c.update(0.0, (True, False), 90_000.0)
+    assert c.update(1.0, (False, False), 95_010.0) is None
+    assert not c.arming

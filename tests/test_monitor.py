@@ -155,7 +155,7 @@ def test_out_of_range_and_unreadable_readings_fault_the_sensor_until_good_ones_r
 
 
 def test_a_vented_volume_at_zero_pressure_keeps_the_monitor_running():
-    m = Monitor(one_volume())
+    m = Monitor(one_volume(pressure_range_pa=(0.0, 200_000.0)))  # a vacuum chamber: 0 Pa is plausible
     temps = [Sample(float(i), "t", Quantity.TEMPERATURE, 295.0) for i in range(0, 200, 10)]
     falling = [Sample(float(i), "p", Quantity.PRESSURE, max(0.0, 1000.0 - 10.0 * i)) for i in range(200)]
     events = feed_all(m, sorted(temps + falling, key=lambda s: s.time))
@@ -350,3 +350,64 @@ def test_a_fast_transducer_keeps_the_volume_series_bounded():
     v = m.volumes["lab"]
     assert len(v.slope.series) <= 2 * 200 + 1
     assert len(v.air_temperature) <= 2 * 200 + 1
+
+
+def steady_pair(n, t0=0.0, p=101_325.0, seed=3):
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        t = t0 + i
+        out.append(Sample(t, "p", Quantity.PRESSURE, p + rng.gauss(0.0, 1.0)))
+        out.append(Sample(t, "t", Quantity.TEMPERATURE, 295.0))
+    return out
+
+
+def test_one_garbled_reading_is_set_aside_not_an_alarm():
+    m = Monitor(one_volume())
+    samples = steady_pair(1200)
+    samples[2 * 900] = Sample(900.0, "p", Quantity.PRESSURE, 60_000.0)  # in range, far below the alarms
+    events = feed_all(m, samples)
+    assert not [a for a in alarms(events) if a.alarm != "sensor_fault"]
+    assert not alarms(events, "sensor_fault")
+    notes = [e.message for e in events if isinstance(e, Notice)]
+    assert any("60000 Pa set aside" in n for n in notes)
+    assert m.sensors["p"].glitches == 1
+    last = [e for e in events if isinstance(e, Estimate)][-1]
+    assert last.leak_kg_per_day_sigma < 0.01  # the fit never saw it
+
+
+def test_hpa_on_a_pa_sensor_is_a_sensor_fault_that_says_so():
+    m = Monitor(one_volume())
+    samples = steady_pair(100)
+    samples[2 * 50] = Sample(50.0, "p", Quantity.PRESSURE, 1013.25)
+    events = feed_all(m, samples)
+    [fault] = alarms(events, "sensor_fault", "p")
+    assert "hPa" in fault.reason
+    assert not alarms(events, "low_pressure")
+
+
+def test_a_true_fall_raises_low_pressure_within_two_readings_of_crossing():
+    settings = ModuleSettings(
+        segments=(Segment("lab", 10.0),), sensors=(SensorSpec("p", "lab"), SensorSpec("t", "lab"))
+    )
+    m = Monitor(settings)
+    samples = steady_pair(300, p=96_000.0)
+    for i in range(300, 400):  # a hole: 50 Pa/s from 96 kPa, below 95 kPa from t = 320
+        samples.append(Sample(float(i), "p", Quantity.PRESSURE, 96_000.0 - 50.0 * (i - 300)))
+        samples.append(Sample(float(i), "t", Quantity.TEMPERATURE, 295.0))
+    events = feed_all(m, samples)
+    [low] = alarms(events, "low_pressure", "lab")
+    assert 320.0 < low.time <= 322.0
+    [rapid] = alarms(events, "rapid_depress", "lab")
+    assert rapid.time <= 303.0
+
+
+def test_an_offset_step_waits_one_reading_then_counts():
+    m = Monitor(one_volume())
+    samples = steady_pair(400)
+    samples = [
+        s._replace(value=s.value - 40.0) if s.quantity is Quantity.PRESSURE and s.time >= 200 else s for s in samples
+    ]
+    feed_all(m, samples)
+    assert m.sensors["p"].glitches == 0
+    assert m.sensors["p"].pressure < 101_300.0

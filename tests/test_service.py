@@ -139,7 +139,7 @@ def test_close_passes_the_last_samples_through_the_core_and_out(tmp_path):
     events = []
     daemon.outputs.append(events.append)
     t = time.time()
-    for i in range(5):
+    for i in range(15):  # 1.4 s: past low_pressure's on-delay
         daemon.samples.put(Sample(t + i * 0.1, "p", Quantity.PRESSURE, 50_000.0))
     daemon.close()
     alarms = {(e.alarm, e.severity.label) for e in events if isinstance(e, AlarmTransition)}

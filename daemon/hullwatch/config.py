@@ -574,7 +574,7 @@ class _Parser:
         low = section(
             "low_pressure",
             LowPressureLimits,
-            {"warning_pa": True, "emergency_pa": True, "hysteresis_pa": False},
+            {"warning_pa": True, "emergency_pa": True, "hysteresis_pa": False, "on_delay_s": False},
         )
         reserve = section(
             "reserve_time",

@@ -616,6 +616,7 @@ class Daemon:
         """
         mono = time.monotonic()
         stale_after = self.cfg.module.alarms.sensor.stale_after_s
+        glitches = self.monitor.glitches()
         out = {}
         for name, h in self._health.items():
             driver = self._driver_of.get(name)
@@ -624,6 +625,8 @@ class Daemon:
                 for attr, field in (TROUBLE_COUNTERS | RECOVERY_COUNTERS).items()
                 if isinstance(getattr(driver, attr, None), int)
             }
+            if name in glitches:  # readings the core set aside as one-reading jumps
+                counts["glitches"] = glitches[name]
             trouble = sum(v for k, v in counts.items() if k not in RECOVERY_COUNTERS.values())
             silent_s = mono - (h.seen if h.seen is not None else self._started_at)
             quality = h.quality if h.seen is not None else Quality.SUSPECT.value  # not heard from yet

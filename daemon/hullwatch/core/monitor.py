@@ -68,6 +68,8 @@ from hullwatch.core.topology import form_volumes
 
 DEFAULT_TEMPERATURE_K = 293.15
 DETECTION_WINDOWS_S = (600.0, 3600.0, 86400.0)  # 10 min, 1 h, a day
+JUMP_Z = 8.0  # a reading further than this many σ of a difference from the last waits for the next
+JUMP_FLOOR_PA = 5.0  # ... and further than this (a smooth or quantised stream has almost no noise)
 _HATCH, _PRESSURE, _BAD = Quantity.HATCH, Quantity.PRESSURE, Quality.BAD
 
 LEAK_RATE = "leak_rate"
@@ -93,6 +95,8 @@ class _Sensor:
         "fault",
         "delag",
         "track",
+        "held",
+        "glitches",
     )
 
     def __init__(self, spec: SensorSpec, severity: Severity) -> None:
@@ -108,6 +112,8 @@ class _Sensor:
         self.fault = Condition(SENSOR_FAULT, spec.name, severity, None)
         self.delag = Delag(spec.time_constant_s) if spec.time_constant_s > 0.0 else None
         self.track = PressureTrack(spec.name)
+        self.held: tuple[float, float] | None = None  # (time, pressure) of a jump awaiting the next reading
+        self.glitches = 0  # readings set aside as one-reading jumps
 
 
 class _Volume:
@@ -190,7 +196,7 @@ class Monitor:
         lo, hi = sensor.pressure_range if pressure else sensor.temperature_range
         if not lo <= value <= hi:
             unit = "Pa" if pressure else "K"
-            detail = f"{quantity.value} {value:g} {unit} outside [{lo:g}, {hi:g}]"
+            detail = f"{quantity.value} {value:g} {unit} outside [{lo:g}, {hi:g}]" + _unit_hint(value, lo, hi, pressure)
             self._set_fault(sensor, t, "out_of_range_" + quantity.value, detail, events)
             return events
         sensor.last_seen = t
@@ -199,21 +205,59 @@ class Monitor:
             if sensor.faults:  # still set apart (it disagrees with the others)
                 return events
         if pressure:
-            if sensor.pressure is None:
+            last = sensor.pressure
+            if last is None:
                 self._health_version += 1
-            sensor.pressure = value
-            volume = self._volume_of_segment[sensor.segment]
-            if volume.plan_version != self._health_version:
-                self._replan(volume, t, events)
-            fresh = volume.fresh
-            fresh[sensor.name] = value
-            if len(fresh) >= volume.expected:
-                self._point(volume, t, events)
+                self._take_pressure(sensor, t, value, events)
+            elif sensor.held is None and abs(value - last) <= _jump_limit(sensor.track):
+                self._take_pressure(sensor, t, value, events)
+            else:
+                self._judge_jump(sensor, t, value, last, events)
         else:
             if sensor.temperature is None:
                 self._health_version += 1
             sensor.temperature = value if sensor.delag is None else sensor.delag.correct(t, value)
         return events
+
+    def _take_pressure(self, sensor: _Sensor, t: float, value: float, events: list[Event]) -> None:
+        sensor.pressure = value
+        volume = self._volume_of_segment[sensor.segment]
+        if volume.plan_version != self._health_version:
+            self._replan(volume, t, events)
+        fresh = volume.fresh
+        fresh[sensor.name] = value
+        if len(fresh) >= volume.expected:
+            self._point(volume, t, events)
+
+    def _judge_jump(self, sensor: _Sensor, t: float, value: float, last: float, events: list[Event]) -> None:
+        """A reading that jumped beyond the sensor's noise waits for the next one to tell a glitch from a change."""
+        held = sensor.held
+        if held is None:
+            sensor.held = (t, value)
+            return
+        sensor.held = None
+        held_t, held_value = held
+        limit = _jump_limit(sensor.track)
+        jump = value - last
+        if abs(jump) > limit and (jump > 0.0) == (held_value > last):  # the change stayed: a real one
+            self._take_pressure(sensor, held_t, held_value, events)
+            if not sensor.faults:  # (the round it completed may have set it apart)
+                self._take_pressure(sensor, t, value, events)
+            return
+        sensor.glitches += 1
+        if _is_power_of_ten(sensor.glitches):
+            events.append(
+                Notice(
+                    held_t,
+                    f"sensor {sensor.name}: pressure {held_value:g} Pa set aside, a one-reading jump of"
+                    f" {held_value - last:+.0f} Pa that the next reading did not confirm"
+                    f" ({sensor.glitches} so far)",
+                )
+            )
+        if abs(jump) > limit:  # another jump, the other way: it waits in turn
+            sensor.held = (t, value)
+        else:
+            self._take_pressure(sensor, t, value, events)
 
     def tick(self, now: float) -> list[Event]:
         """Let time pass without a sample (the live daemon's clock): staleness."""
@@ -228,17 +272,23 @@ class Monitor:
         """The alarm conditions of a volume, one per configured threshold."""
         a = self.settings.alarms
         leak, reserve = a.leak_rate.confirmations, a.reserve_time.confirmations
+        low_delay = a.low_pressure.on_delay_s
+        low = 2 if low_delay > 0.0 else 1  # two readings, on_delay_s apart: one garbled line is not a pressure
         wanted = [
             (LEAK_RATE, Severity.CAUTION, a.leak_rate.caution_kg_per_day, leak),
             (LEAK_RATE, Severity.WARNING, a.leak_rate.warning_kg_per_day, leak),
             (RAPID_DEPRESS, Severity.EMERGENCY, a.rapid_depress.emergency_pa_per_s, 1),
-            (LOW_PRESSURE, Severity.WARNING, a.low_pressure.warning_pa, 1),
-            (LOW_PRESSURE, Severity.EMERGENCY, a.low_pressure.emergency_pa, 1),
+            (LOW_PRESSURE, Severity.WARNING, a.low_pressure.warning_pa, low),
+            (LOW_PRESSURE, Severity.EMERGENCY, a.low_pressure.emergency_pa, low),
             (RESERVE_TIME, Severity.CAUTION, a.reserve_time.caution_s, reserve),
             (RESERVE_TIME, Severity.WARNING, a.reserve_time.warning_s, reserve),
             (RESERVE_TIME, Severity.EMERGENCY, a.reserve_time.emergency_s, reserve),
         ]
-        return {(al, sev): Condition(al, vid, sev, th, n) for al, sev, th, n in wanted if th is not None}
+        return {
+            (al, sev): Condition(al, vid, sev, th, n, low_delay if al == LOW_PRESSURE else 0.0)
+            for al, sev, th, n in wanted
+            if th is not None
+        }
 
     def detection_limits(self, windows_s: Iterable[float] = DETECTION_WINDOWS_S) -> dict[str, dict[float, float]]:
         """Per volume with a leak fit: the smallest loss (kg/day) confirmed at k σ over each window.
@@ -254,6 +304,10 @@ class Monitor:
             per_day = v.mass * SECONDS_PER_DAY * self.k
             limits[vid] = {w: per_day * v.slope.slope_sigma(w, fit) for w in windows_s}
         return limits
+
+    def glitches(self) -> dict[str, int]:
+        """Per pressure sensor: readings set aside as one-reading jumps the next reading did not confirm."""
+        return {name: s.glitches for name, s in self.sensors.items() if s.pressure is not None}
 
     def active_alarms(self) -> list[tuple[str, str, Severity]]:
         """The (alarm, source, severity) of every active condition."""
@@ -287,6 +341,7 @@ class Monitor:
     def _set_fault(self, sensor: _Sensor, t: float, reason: str, detail: str, events: list[Event]) -> None:
         first = not sensor.faults
         sensor.faults[reason] = detail
+        sensor.held = None
         if first:
             self._health_version += 1
         volume = self._volume_of_segment.get(sensor.spec.segment)
@@ -409,10 +464,10 @@ class Monitor:
         v.fall.add(t, p)
         v.pressure = p
         v.mass = mass
-        # Both conditions below activate on their first evaluation (no on-delay), so an
-        # inactive one whose rule cannot activate needs no update.
+        # An inactive condition whose rule cannot activate, and that is not inside its on-delay,
+        # needs no update.
         for cond in v.low_pressure:
-            if cond.active or p < cond.threshold:
+            if cond.active or p < cond.threshold or cond.arming:
                 _append(events, cond.update(t, below(p, cond.threshold, self.low_pressure_hysteresis), p))
         cond = v.rapid_depress
         if cond is not None:
@@ -468,6 +523,28 @@ class Monitor:
                 rule = (longest < cond.threshold, shortest > cond.threshold * (1.0 + rt.hysteresis_fraction))
                 _append(events, cond.update(t, rule, longest if math.isfinite(longest) else None))
         return estimate
+
+
+def _jump_limit(track: PressureTrack) -> float:
+    """How far one reading may move from the last without waiting for the next to confirm it (Pa)."""
+    if track.differences < 2:
+        return math.inf  # its noise is not known yet
+    return max(JUMP_Z * math.sqrt(2.0 * track.noise_var), JUMP_FLOOR_PA)
+
+
+def _unit_hint(value: float, lo: float, hi: float, pressure: bool) -> str:
+    """A guess at a units mix-up behind an out-of-range pressure, for the fault's detail."""
+    if pressure:
+        for factor, unit in ((100.0, "hPa or mbar"), (1000.0, "kPa"), (6894.757, "psi")):
+            if lo <= value * factor <= hi:
+                return f": a reading in {unit}?"
+    return ""
+
+
+def _is_power_of_ten(n: int) -> bool:
+    while n % 10 == 0:
+        n //= 10
+    return n == 1
 
 
 def reserve_time_s(mass_kg: float, loss_kg_per_day: float, pressure_pa: float, minimum_pa: float) -> float:

@@ -32,7 +32,8 @@ class SensorSpec:
 
     name: str
     segment: str
-    pressure_range_pa: tuple[float, float] = (0.0, 500_000.0)
+    # absolute Pa a cabin's air can plausibly read: never 0 (a lost line), nor hPa sent as Pa
+    pressure_range_pa: tuple[float, float] = (2_000.0, 200_000.0)
     temperature_range_k: tuple[float, float] = (200.0, 350.0)
     time_constant_s: float = 0.0  # a thermometer's first-order lag behind the air (datasheet τ); 0: none
 
@@ -65,6 +66,7 @@ class LowPressureLimits:
     warning_pa: float | None = 95_000.0
     emergency_pa: float | None = 65_300.0
     hysteresis_pa: float = 50.0
+    on_delay_s: float = 1.0  # below the threshold on two readings at least this far apart
 
 
 @dataclass(frozen=True, slots=True)
