@@ -483,7 +483,9 @@ class Daemon:
             return leak.settle_s + (n + 1) * leak.report_interval_s + stale + CONFIRM_MARGIN_S
         if alarm in OWN_ALARMS:  # the daemon's own checks
             return SINK_FAULT_AFTER_S + 2 * FAULTS_EVERY_S
-        return stale + CONFIRM_MARGIN_S  # rapid_depress, low_pressure, sensor_fault: a few readings
+        if alarm == "low_pressure":  # two readings on_delay_s apart
+            return a.low_pressure.on_delay_s + stale + CONFIRM_MARGIN_S
+        return stale + CONFIRM_MARGIN_S  # rapid_depress, sensor_fault: a few readings
 
     def _save_book(self, rows: dict[str, dict | None]) -> None:
         """The alarm book's changed rows to the spool's file (its committer writes them at once)."""
