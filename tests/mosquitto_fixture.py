@@ -4,6 +4,7 @@
     broker = Broker(tmp_dir, users={"hullwatch": "pw"}, tls=certs)
     broker.start(); broker.stop(); broker.start()   # restartable on the same port
     Listener(broker.port).wait_for(...)             # a paho subscriber that records what arrives
+    ShippedBroker(tmp_dir, certs, users)            # deploy/mosquitto as shipped, its own acl file
 
 Every broker runs as `user root` (so it can read 0600 keys when tests run as root) with
 `persistence false`, binds 127.0.0.1 only and logs to a file in its directory. Processes are
@@ -27,6 +28,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+DEPLOY = Path(__file__).resolve().parent.parent / "deploy" / "mosquitto"
 HAVE_MOSQUITTO = shutil.which("mosquitto") is not None and shutil.which("mosquitto_passwd") is not None
 HAVE_OPENSSL = shutil.which("openssl") is not None
 
@@ -105,14 +107,10 @@ class Broker:
         tls: Certs | None = None,
         require_certificate: bool = True,
         acl: str | None = None,
+        acl_file: Path | None = None,
         port: int | None = None,
     ) -> None:
-        self.dir = Path(directory)
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self.port = port or free_port()
-        self.conf = self.dir / "mosquitto.conf"
-        self.log = self.dir / "mosquitto.log"
-        self.tls = tls
+        self._setup(directory, port, tls)
         lines = [
             "user root",
             "persistence false",
@@ -126,18 +124,25 @@ class Broker:
             f"allow_anonymous {'false' if users else 'true'}",
         ]
         if users:
-            pw = self.dir / "passwd"
-            for i, (user, password) in enumerate(users.items()):
-                args = ["mosquitto_passwd", "-b", *(["-c"] if i == 0 else []), str(pw), user, password]
-                subprocess.run(args, check=True, capture_output=True, timeout=10)
-            lines.append(f"password_file {pw}")
+            lines.append(f"password_file {write_passwords(self.dir / 'passwd', users)}")
         if acl is not None:
             (self.dir / "acl").write_text(acl)
             lines.append(f"acl_file {self.dir / 'acl'}")
+        elif acl_file is not None:
+            lines.append(f"acl_file {acl_file}")
         if tls is not None:
             lines += [f"cafile {tls.ca}", f"certfile {tls.server_cert}", f"keyfile {tls.server_key}"]
             lines.append(f"require_certificate {'true' if require_certificate else 'false'}")
         self.conf.write_text("\n".join(lines) + "\n")
+
+    def _setup(self, directory: Path, port: int | None, tls: Certs | None) -> None:
+        self.dir = Path(directory)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.port = port or free_port()
+        self.ports = [self.port]  # every listener, waited for at start
+        self.conf = self.dir / "mosquitto.conf"
+        self.log = self.dir / "mosquitto.log"
+        self.tls = tls
         self.proc: subprocess.Popen | None = None
 
     def start(self, timeout: float = 5.0) -> Broker:
@@ -147,7 +152,7 @@ class Broker:
         self.proc = subprocess.Popen(
             ["mosquitto", "-c", str(self.conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
         )
-        if not wait_port(self.port, timeout):
+        if not all(wait_port(p, timeout) for p in self.ports):
             err = b""
             if self.proc.poll() is not None and self.proc.stderr is not None:
                 err = self.proc.stderr.read()
@@ -188,6 +193,54 @@ class Broker:
         return {"port": self.port, "tls": self.tls}
 
 
+class ShippedBroker(Broker):
+    """deploy/mosquitto/mosquitto.conf as shipped, reading the shipped acl file itself.
+
+    Only what a test machine needs is changed: both listeners on free loopback ports (`port`
+    plain, `tls_port` with mutual TLS from `certs`), `user root`, persistence, the log and the
+    password file in `directory`. `users` maps user name to password.
+    """
+
+    def __init__(self, directory: Path, certs: Certs, users: dict[str, str]) -> None:
+        self._setup(directory, None, None)
+        self.tls_port = free_port()
+        self.ports.append(self.tls_port)
+        self.certs = certs
+        conf = (DEPLOY / "mosquitto.conf").read_text()
+        for shipped, here in (
+            ("user mosquitto", "user root"),
+            ("log_dest stderr", f"log_dest file {self.log}"),
+            ("persistence_location /var/lib/mosquitto/", f"persistence_location {self.dir}/"),
+            ("listener 1883 127.0.0.1\n", f"listener {self.port} 127.0.0.1\n"),
+            ("listener 8883\n", f"listener {self.tls_port} 127.0.0.1\n"),
+            ("password_file /etc/mosquitto/passwd\n", f"password_file {self.dir / 'passwd'}\n"),
+            ("acl_file /etc/mosquitto/acl\n", f"acl_file {DEPLOY / 'acl'}\n"),
+            ("cafile /etc/mosquitto/certs/ca.crt\n", f"cafile {certs.ca}\n"),
+            ("certfile /etc/mosquitto/certs/server.crt\n", f"certfile {certs.server_cert}\n"),
+            ("keyfile /etc/mosquitto/certs/server.key\n", f"keyfile {certs.server_key}\n"),
+        ):
+            if shipped not in conf:
+                raise AssertionError(f"deploy/mosquitto/mosquitto.conf no longer has {shipped.strip()!r}")
+            conf = conf.replace(shipped, here)
+        settings = "\n".join(line for line in conf.splitlines() if not line.lstrip().startswith("#"))
+        if "/etc/" in settings or "/var/" in settings:
+            raise AssertionError("deploy/mosquitto/mosquitto.conf names a path this fixture does not replace")
+        write_passwords(self.dir / "passwd", users)
+        self.conf.write_text(conf)
+
+    def tls_options(self) -> dict[str, Any]:
+        """Keyword arguments for Listener/publish() that reach the TLS listener."""
+        return {"port": self.tls_port, "tls": self.certs}
+
+
+def write_passwords(path: Path, users: dict[str, str]) -> Path:
+    """A mosquitto password file with these users (name -> password)."""
+    for i, (user, password) in enumerate(users.items()):
+        args = ["mosquitto_passwd", "-b", *(["-c"] if i == 0 else []), str(path), user, password]
+        subprocess.run(args, check=True, capture_output=True, timeout=10)
+    return path
+
+
 Message = tuple[float, str, bytes, bool]  # (arrival monotonic time, topic, payload, retained)
 
 
@@ -197,7 +250,7 @@ class Listener:
     def __init__(
         self,
         port: int,
-        topic: str = "#",
+        topic: str | list[str] = "#",
         *,
         tls: Certs | None = None,
         username: str | None = None,
@@ -205,17 +258,23 @@ class Listener:
         timeout: float = 5.0,
     ) -> None:
         self.messages: list[Message] = []
+        self.granted: list[bool] = []  # per topic filter, from the SUBACK: whether the broker took it
         self._lock = threading.Lock()
         self._subscribed = threading.Event()
         self.client = _client(tls, username, password)
         self.client.on_message = self._on_message
-        self.client.on_subscribe = lambda *a: self._subscribed.set()
-        self.client.on_connect = lambda c, u, f, rc, p: c.subscribe(topic, qos=1) if not rc.is_failure else None
+        self.client.on_subscribe = self._on_subscribe
+        filters = [(t, 1) for t in ([topic] if isinstance(topic, str) else topic)]
+        self.client.on_connect = lambda c, u, f, rc, p: c.subscribe(filters) if not rc.is_failure else None
         self.client.connect("127.0.0.1", port, keepalive=30)
         self.client.loop_start()
         if not self._subscribed.wait(timeout):
             self.close()
             raise RuntimeError(f"listener could not subscribe to {topic} on port {port}")
+
+    def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, reason_codes: Any, properties: Any) -> None:
+        self.granted = [not rc.is_failure for rc in reason_codes]
+        self._subscribed.set()
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         with self._lock:

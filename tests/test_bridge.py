@@ -116,7 +116,8 @@ def test_a_failed_commit_rolls_back_keeps_the_batch_and_acknowledges_nothing(tmp
         spool.commit()
         assert told == [1]
         spool.append("sample", T0 + 1, {"v": 2})
-        spool.append("sample", 1e12, {"v": 3})  # what a bridge must never append: over SQLite's INTEGER
+        spool.append("sample", T0 + 2, {"v": 3})
+        spool.counters["broken"] = 2**70  # fails inside the transaction: over SQLite's INTEGER
         with pytest.raises(OverflowError):
             spool.commit()
         assert not spool._db.in_transaction
@@ -124,6 +125,7 @@ def test_a_failed_commit_rolls_back_keeps_the_batch_and_acknowledges_nothing(tmp
         assert [r.body["v"] for r in spool.read(1, 10)] == [2, 3]  # still held, for the next try
     finally:
         spool._pending.clear()
+        spool.counters.pop("broken", None)
         spool.close()
 
 

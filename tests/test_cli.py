@@ -3,6 +3,7 @@
 import gzip
 import json
 import math
+import os
 import random
 import subprocess
 import sys
@@ -13,6 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from daemon_rig import station
 from hullwatch.cli import main
 
 EX_OK, EX_USAGE, EX_DATAERR, EX_NOINPUT, EX_CONFIG = 0, 64, 65, 66, 78
@@ -435,6 +437,10 @@ def test_a_file_that_is_no_config_is_one_line_and_exit_78(capsys, tmp_path, data
     assert message.startswith(f"{path}: ") and fragment in message
 
 
+STATION = station("bench", "/dev/null-not-there")
+MODBUS = '\n[[sensor]]\nname = "m"\nsegment = "lab"\ndriver = "modbus"\nport = "loop://"\nslave = 1\n{}\n'
+MODBUS += 'registers = [{{ quantity = "pressure", address = 0 }}]\n'
+SERIAL = '\n[[sensor]]\nname = "s"\nsegment = "lab"\ndriver = "serial"\nport = "loop://"\npoll = "P"\n{}\n'
 GPIO_CLASH = ANALYZE_TOML + "\n[annunciator]\nbuzzer_gpio = 18\nled_gpio = 18\n"
 SERIAL_URL = ANALYZE_TOML + '\n[[sensor]]\nname = "p3"\nsegment = "prk"\ndriver = "serial"\nport = "bogus://x"\n'
 
@@ -449,8 +455,30 @@ SERIAL_URL = ANALYZE_TOML + '\n[[sensor]]\nname = "p3"\nsegment = "prk"\ndriver 
         (ANALYZE_TOML + '\n[mqtt]\ntopic_prefix = "lab/#"\n', "mqtt.topic_prefix"),
         (ANALYZE_TOML + "\n[mqtt]\nkeepalive_s = 70000\n", "mqtt.keepalive_s"),
         (ANALYZE_TOML + '\n[influxdb]\nurl = "not a url"\nbucket = "b"\n', "influxdb.url"),
+        (STATION + MODBUS.format("interval_s = 1e300"), "sensor[1].interval_s"),
+        (STATION + MODBUS.format("timeout_s = 86400"), "sensor[1].timeout_s"),
+        (STATION + SERIAL.format("interval_s = 1e12"), "sensor[1].interval_s"),
+        (STATION + SERIAL.format("max_rate_hz = 0"), "sensor[1].max_rate_hz"),
+        (ANALYZE_TOML + "\n[alarms.sensor]\nstale_after_s = 1e9\n", "alarms.sensor.stale_after_s"),
+        (ANALYZE_TOML + "\n[leak]\nreport_interval_s = 1e9\n", "leak.report_interval_s"),
+        (ANALYZE_TOML + "\n[alarms]\nmax_shelve_s = 1e9\n", "alarms.max_shelve_s"),
     ],
-    ids=["gpio clash", "serial url", "minimum_pa 0", "spool path empty", "wildcard prefix", "keepalive", "url"],
+    ids=[
+        "gpio clash",
+        "serial url",
+        "minimum_pa 0",
+        "spool path empty",
+        "wildcard prefix",
+        "keepalive",
+        "url",
+        "modbus interval",
+        "modbus timeout",
+        "serial interval",
+        "serial rate",
+        "stale after",
+        "report interval",
+        "max shelve",
+    ],  # fmt: skip
 )
 def test_check_config_and_run_refuse_alike(capsys, write_file, text, key):
     """What `run` would trip over later is a configuration error for both, before anything starts."""
@@ -581,3 +609,122 @@ def test_sweep_garbage_samples(capsys, write_file, tmp_path, data, gz):
         assert "Traceback" not in err and "internal error" not in err, err
         if code == EX_DATAERR:
             assert one_line(err).startswith(f"{samples}:")
+
+
+# -- check-config builds what `run` builds: what run refuses, check-config refuses ------------------------------------
+
+
+SIMULATED = (
+    '[station]\nname = "x"\n[[segment]]\nname = "lab"\nvolume_m3 = 1.0\n[[sensor]]\nname = "p"\nsegment = "lab"\n'
+)
+SIMULATED += 'driver = "simulated"\n'
+REFUSED = [
+    ("password file missing", '[mqtt]\nusername = "u"\npassword_file = "{tmp}/none"\n', "mqtt.password_file"),
+    ("password file a directory", '[mqtt]\nusername = "u"\npassword_file = "{tmp}"\n', "mqtt.password_file"),
+    ("password without a user", '[mqtt]\npassword_file = "{tmp}/secret"\n', "mqtt.password_file"),
+    ("TLS CA missing", '[mqtt]\n[mqtt.tls]\nca_file = "{tmp}/none.crt"\n', "mqtt.tls"),
+    ("TLS key no key", '[mqtt]\n[mqtt.tls]\ncert_file = "{tmp}/secret"\nkey_file = "{tmp}/secret"\n', "mqtt.tls"),
+    ("influx token missing", '[influxdb]\nbucket = "b"\ntoken_file = "{tmp}/none"\n', "influxdb.token_file"),
+    (
+        "influx password missing",
+        '[influxdb]\napi = "v1"\ndatabase = "d"\nusername = "u"\npassword_file = "{tmp}/none"\n',
+        "influxdb.password_file",
+    ),
+    ("two outputs on one pin", "[annunciator]\nbuzzer_gpio = 18\nled_gpio = 18\n", "annunciator.led_gpio"),
+    ("no GPIO library", "[annunciator]\n", "annunciator"),
+    ("spool under a file", '[mqtt]\n[spool]\npath = "{tmp}/secret/s.sqlite"\n', "spool.path"),
+    ("spool a directory", '[mqtt]\n[spool]\npath = "{tmp}"\n', "spool.path"),
+    ("spool dir read-only", '[mqtt]\n[spool]\npath = "{ro}/s.sqlite"\n', "spool.path"),
+    ("spool dir to make read-only", '[mqtt]\n[spool]\npath = "{ro}/state/s.sqlite"\n', "spool.path"),
+    ("recorder under a file", '[recorder]\npath = "{tmp}/secret/x.csv"\n', "recorder.path"),
+    ("recorder dir read-only", '[recorder]\npath = "{ro}/x.csv"\n', "recorder.path"),
+    ("recorder gzip", '[recorder]\npath = "{tmp}/x.csv.gz"\n', "recorder.path"),
+    ("modbus interval", MODBUS.format("interval_s = 1e300").replace("{", "{{").replace("}", "}}"), "sensor[1]"),
+    ("scenario missing", SIMULATED + '[simulation]\nscenario = "{tmp}/none.toml"\n', "simulation"),
+]
+
+
+@pytest.mark.parametrize(("case", "extra", "key"), REFUSED, ids=[c[0] for c in REFUSED])
+def test_check_config_refuses_what_run_refuses_naming_the_key(capsys, monkeypatch, tmp_path, case, extra, key):
+    from gpiozero import Device
+
+    if "{ro}" in extra:
+        ro = tmp_path / "ro"
+        ro.mkdir()
+        if subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(ro)]).returncode:
+            pytest.skip("cannot mount a tmpfs here (needs root)")
+    (tmp_path / "secret").write_text("not a key, not a certificate\n")
+    path = tmp_path / "hullwatch.toml"
+    text = extra.format(tmp=tmp_path, ro=tmp_path / "ro")
+    path.write_text(text if text.startswith("[station]") else station("bench", "/dev/null-not-there", extra=text))
+    env = dict(os.environ, GPIOZERO_PIN_FACTORY="mock")
+    if case == "no GPIO library":
+        env.pop("GPIOZERO_PIN_FACTORY")
+    monkeypatch.setattr(Device, "pin_factory", None)
+    monkeypatch.setattr(os, "environ", env)
+    try:
+        code, out, err = run(capsys, ["check-config", "-c", str(path)])
+        ran = subprocess.run(
+            [sys.executable, "-m", "hullwatch", "run", "-c", str(path)], env=env, capture_output=True, text=True,
+            timeout=60,
+        )  # fmt: skip
+    finally:
+        subprocess.run(["umount", "-l", str(tmp_path / "ro")], capture_output=True, check=False)
+    assert ran.returncode == EX_CONFIG and f"{path}: {key}" in ran.stderr, ran.stderr  # run refuses it ...
+    assert code == EX_CONFIG and not out, err  # ... and so does check-config, in one line naming the key
+    assert one_line(err).startswith(f"{path}: {key}"), err
+
+
+def test_check_config_passes_a_config_run_takes_and_notes_what_it_cannot_see(capsys, monkeypatch, tmp_path):
+    """Secrets, TLS, both sinks, recorder, spool and annunciator: all good. Credentials that exist only
+    inside the service are noted, not refused; an empty client key is the unit's fallback that `run` takes."""
+    from gpiozero import Device
+
+    (tmp_path / "password").write_text("s3cret\n")
+    (tmp_path / "token").write_text("t0ken\n")
+    (tmp_path / "empty.key").write_text("\n")
+    extra = (
+        f'[mqtt]\nusername = "u"\npassword_file = "{tmp_path}/password"\n'
+        f'[mqtt.tls]\ncert_file = "{tmp_path}/token"\nkey_file = "{tmp_path}/empty.key"\n'
+        f'[influxdb]\nbucket = "b"\ntoken_file = "/run/credentials/hullwatch.service/influx-token"\n'
+        f'[recorder]\npath = "{tmp_path}/rec/samples.csv"\n[spool]\npath = "{tmp_path}/state/s.sqlite"\n'
+        "[annunciator]\n"
+    )
+    path = tmp_path / "hullwatch.toml"
+    path.write_text(station("bench", "/dev/null-not-there", extra=extra))
+    monkeypatch.setenv("GPIOZERO_PIN_FACTORY", "mock")
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
+    monkeypatch.setattr(Device, "pin_factory", None)
+    code, out, err = run(capsys, ["check-config", "-c", str(path)])
+    assert code == EX_OK, err
+    assert out.startswith(f"{path}: OK")
+    assert f"note: {path}: influxdb.token_file: /run/credentials/hullwatch.service/influx-token exists only" in out
+    assert f"note: {path}: mqtt.tls.key_file: {tmp_path}/empty.key is empty" in out  # the fallback run takes
+    assert "without a client certificate" in out and not err
+    assert Device.pin_factory is None, "nothing taken: the pin library was opened and closed again"
+    assert not (tmp_path / "state").exists() and not (tmp_path / "rec").exists(), "nothing made"
+
+
+def test_check_config_says_a_damaged_spool_will_be_moved_aside_and_a_held_one_is_in_use(capsys, tmp_path):
+    from hullwatch.sinks.spool import Spool
+
+    spool = tmp_path / "s.sqlite"
+    path = tmp_path / "hullwatch.toml"
+    path.write_text(station("bench", "/dev/null-not-there", extra=f'[mqtt]\n[spool]\npath = "{spool}"\n'))
+    spool.write_bytes(b"\0" * 8192)  # a zeroed header, as after a power cut on an SD card
+    code, out, err = run(capsys, ["check-config", "-c", str(path)])
+    assert code == EX_OK, err
+    assert f"note: {path}: spool.path: {spool} is damaged" in out and "will move it aside" in out
+    assert spool.read_bytes() == b"\0" * 8192 and sorted(p.name for p in tmp_path.iterdir()) == [
+        "hullwatch.toml",
+        "s.sqlite",
+    ], "looked at, not touched"
+    spool.unlink()
+    holder = Spool(str(spool))
+    try:
+        code, out, err = run(capsys, ["check-config", "-c", str(path)])
+        assert code == EX_OK and f"spool.path: {spool} is held by a running hullwatch" in out, (out, err)
+    finally:
+        holder.close()
+    code, out, err = run(capsys, ["check-config", "-c", str(path)])
+    assert code == EX_OK and "spool.path" not in out, out

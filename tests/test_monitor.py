@@ -295,15 +295,17 @@ def test_an_offset_step_is_a_step_event_not_a_leak_alarm():
     assert steps[0].to_dict()["type"] == "step"
 
 
-def test_leak_alarms_wait_for_the_volume_to_settle():
-    """A large leak from the very start: the rate is shown at once, its alarm only after settle_s."""
-    story = stories.leak_step(volume_m3=10.0, duration_s=1800.0, step_s=10.0, before=5.0, after=5.0)
+def test_leak_alarms_wait_for_the_air_to_settle_after_a_hatch_operation_not_at_start_up():
+    """A large leak from the start is alarmed at once; once the hatch closes, PrK's alarm waits settle_s."""
+    story = stories.isolation(close_s=1800.0, duration_s=4 * 3600.0, leak=20.0)
     samples = list(story.samples)
     events = list(run(Monitor(story.settings), samples))
-    t0 = samples[0].time
-    assert [e for e in estimates(events) if e.time - t0 < 600]
-    first = alarms(events, "leak_rate")
-    assert first and first[0].time - t0 >= story.settings.leak.settle_s
+    t0, closed = samples[0].time, story.truth["close_time"]
+    first = alarms(events, "leak_rate", "prk-zvezda")
+    assert first and first[0].time - t0 < 1800.0
+    assert [e for e in estimates(events) if e.volume == "prk" and closed < e.time < closed + 600.0]
+    after = alarms(events, "leak_rate", "prk")
+    assert after and after[0].time - closed >= story.settings.leak.settle_s
 
 
 def test_a_sensor_that_wanders_from_the_others_is_a_fault_until_it_agrees_again():

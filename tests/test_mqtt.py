@@ -1,4 +1,4 @@
-"""The MQTT sink against real mosquitto brokers (ICD §5), plus the deploy/mosquitto configuration."""
+"""The MQTT sink against real mosquitto brokers (ICD §5)."""
 
 from __future__ import annotations
 
@@ -10,14 +10,21 @@ import subprocess
 import sys
 import textwrap
 import time
-from dataclasses import replace
-from pathlib import Path
 
+import paho.mqtt.client as mqtt
 import pytest
+from paho.mqtt.enums import CallbackAPIVersion
 
 from hullwatch.config import MqttConfig, TlsConfig, parse
 from hullwatch.core.model import Estimate, Quality, Quantity, Sample
-from hullwatch.sinks.mqtt import MqttSetupError, MqttSink, StationDescription, _Throttle, _validate
+from hullwatch.sinks.mqtt import (
+    MqttSetupError,
+    MqttSink,
+    StationDescription,
+    _Throttle,
+    _validate,
+    apply_credentials,
+)
 from mosquitto_fixture import (
     HAVE_MOSQUITTO,
     HAVE_OPENSSL,
@@ -27,13 +34,11 @@ from mosquitto_fixture import (
     make_certs,
     publish,
     retained,
-    wait_port,
 )
 
 pytestmark = pytest.mark.skipif(not (HAVE_MOSQUITTO and HAVE_OPENSSL), reason="needs mosquitto and openssl")
 
 P = "hullwatch/lab"
-DEPLOY = Path(__file__).resolve().parent.parent / "deploy" / "mosquitto"
 
 
 class Commands:
@@ -456,7 +461,10 @@ def test_unusable_settings_raise_at_start(tmp_path):
     pw = tmp_path / "pw"
     pw.write_text("x")
     with pytest.raises(MqttSetupError, match="without mqtt.username"):
-        sink(password_file=str(pw)).start()
+        apply_credentials(mqtt.Client(CallbackAPIVersion.VERSION2), MqttConfig(password_file=str(pw)))
+    station = sink(password_file=str(pw))
+    station.prepare()  # a station's password without a user name: the station logs in with its name
+    assert station.username == "lab"
     with pytest.raises(MqttSetupError, match="mqtt.tls"):
         sink(tls=TlsConfig(ca_file=str(tmp_path / "no-ca.crt"))).start()
 
@@ -559,11 +567,11 @@ def test_home_assistant_discovery_and_resend_on_birth(broker, make_sink, listene
     assert len(configs) == expected
     kept = retained(broker.port, "homeassistant/#")
     assert set(kept) == set(configs)
-    node = "hullwatch_lab"
+    node = "lab"  # the station's name alone: the broker's ACL confines a station to it
     for topic, c in configs.items():
         assert topic.startswith("homeassistant/") and topic.endswith("/config") and f"/{node}/" in topic
-        assert c["availability_topic"] == f"{P}/status" and c["device"]["identifiers"] == [node]
-        assert c["unique_id"].startswith(node) and c["name"]
+        assert c["availability_topic"] == f"{P}/status" and c["device"]["identifiers"] == ["hullwatch_lab"]
+        assert c["unique_id"].startswith("hullwatch_lab_") and c["name"]
     p = configs[f"homeassistant/sensor/{node}/p_prk_pressure/config"]
     assert p["device_class"] == "pressure" and p["unit_of_measurement"] == "Pa"
     assert p["state_topic"] == f"{P}/sensor/p_prk" and "'pressure'" in p["value_template"]
@@ -644,71 +652,3 @@ def test_throttle_logs_once_per_interval_and_counts_the_rest(caplog):
         "problem b",
         "problem a (4 more like this since the last report)",
     ]
-
-
-# -- deploy/mosquitto ------------------------------------------------------------------------
-
-
-def test_deploy_config_and_acl(tmp_path, certs):
-    """Start deploy/mosquitto/mosquitto.conf (test ports and paths, user root) and check the ACL."""
-    plain, tls_port = free_port(), free_port()
-    conf = (DEPLOY / "mosquitto.conf").read_text()
-    conf = conf.replace("user mosquitto", "user root").replace("/var/lib/mosquitto/", f"{tmp_path}/")
-    conf = conf.replace("/etc/mosquitto/certs/ca.crt", certs.ca)
-    conf = conf.replace("/etc/mosquitto/certs/server.crt", certs.server_cert)
-    conf = conf.replace("/etc/mosquitto/certs/server.key", certs.server_key)
-    conf = conf.replace("/etc/mosquitto/", f"{tmp_path}/")
-    conf = conf.replace("listener 1883 127.0.0.1", f"listener {plain} 127.0.0.1")
-    conf = conf.replace("listener 8883\n", f"listener {tls_port} 127.0.0.1\n")
-    conf = conf.replace("log_dest stderr", f"log_dest file {tmp_path}/mosquitto.log")
-    (tmp_path / "mosquitto.conf").write_text(conf)
-    (tmp_path / "acl").write_text((DEPLOY / "acl").read_text())
-    users = {"hullwatch": "hw", "operator": "op", "homeassistant": "ha", "viewer": "vw"}
-    for i, (u, pw) in enumerate(users.items()):
-        args = ["mosquitto_passwd", "-b", *(["-c"] if i == 0 else []), str(tmp_path / "passwd"), u, pw]
-        subprocess.run(args, check=True, capture_output=True)
-    proc = subprocess.Popen(["mosquitto", "-c", str(tmp_path / "mosquitto.conf")], stderr=subprocess.PIPE)
-    try:
-        assert wait_port(plain) and wait_port(tls_port), proc.stderr.read().decode() if proc.poll() else "no port"
-        as_ = {u: {"username": u, "password": pw} for u, pw in users.items()}
-        viewer = Listener(tls_port, "hullwatch/#", tls=certs, **as_["viewer"])
-        daemon_cmds = Listener(plain, "hullwatch/+/cmd/#", **as_["hullwatch"])
-        try:
-            publish(plain, "hullwatch/lab/status", "online", retain=True, **as_["hullwatch"])
-            publish(plain, "hullwatch/lab/alarm/leak_rate/lab/warning", "{}", **as_["hullwatch"])
-            publish(plain, "hullwatch/lab/cmd/ack", "from-daemon", **as_["hullwatch"])  # denied
-            publish(plain, "hullwatch/lab/cmd/result", "result", **as_["hullwatch"])
-            publish(plain, "homeassistant/sensor/x/config", "{}", **as_["hullwatch"])
-            publish(tls_port, "hullwatch/lab/cmd/ack", "from-operator", tls=certs, **as_["operator"])
-            publish(tls_port, "hullwatch/lab/status", "spoofed", tls=certs, **as_["operator"])  # denied
-            publish(tls_port, "hullwatch/lab/cmd/result", "spoofed", tls=certs, **as_["operator"])  # denied
-            publish(tls_port, "hullwatch/lab/cmd/ack", "from-viewer", tls=certs, **as_["viewer"])  # denied
-            publish(tls_port, "hullwatch/lab/cmd/ack", "from-ha", tls=certs, **as_["homeassistant"])
-            publish(tls_port, "hullwatch/lab/cmd/reset", "ha-reset", tls=certs, **as_["homeassistant"])  # denied
-            publish(plain, "hullwatch/lab/metrics/done", "sentinel", **as_["hullwatch"])
-            assert viewer.wait_topic("hullwatch/lab/metrics/done")
-            time.sleep(0.1)
-            seen = {(t, p) for _, t, p, _ in viewer.messages}
-            assert seen == {
-                ("hullwatch/lab/status", b"online"),
-                ("hullwatch/lab/alarm/leak_rate/lab/warning", b"{}"),
-                ("hullwatch/lab/cmd/result", b"result"),
-                ("hullwatch/lab/cmd/ack", b"from-operator"),
-                ("hullwatch/lab/cmd/ack", b"from-ha"),
-                ("hullwatch/lab/metrics/done", b"sentinel"),
-            }
-            assert {p for _, t, p, _ in daemon_cmds.messages if t == "hullwatch/lab/cmd/ack"} == {
-                b"from-operator",
-                b"from-ha",
-            }
-        finally:
-            viewer.close()
-            daemon_cmds.close()
-        with pytest.raises(RuntimeError):  # a wrong password is refused
-            Listener(plain, "#", username="hullwatch", password="wrong", timeout=1.0)
-        with pytest.raises((RuntimeError, OSError)):  # TLS without a client certificate is refused
-            Listener(tls_port, "#", tls=replace(certs, client_cert="", client_key=""), timeout=1.0)
-    finally:
-        proc.terminate()
-        proc.wait(timeout=5)
-        proc.stderr.close()

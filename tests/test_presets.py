@@ -114,7 +114,7 @@ def test_serial_defaults_of_the_devices() -> None:
 
 def test_serial_keys() -> None:
     expected = {"port", "baudrate", "bytesize", "parity", "stopbits", "line_regex", "units", "poll", "interval_s"}
-    expected |= {"timeout_s", "preset", "max_line"}
+    expected |= {"timeout_s", "preset", "max_line", "max_rate_hz"}
     assert isinstance(SERIAL_KEYS, frozenset)
     assert set(SERIAL_KEYS) == expected
 

@@ -12,9 +12,9 @@ import pytest
 pytest.importorskip("matplotlib")
 np = pytest.importorskip("numpy")
 
-from hullwatch import config, report  # noqa: E402
+from hullwatch import config, present, report  # noqa: E402
 from hullwatch.cli import main  # noqa: E402
-from hullwatch.core.model import AlarmTransition, Estimate, HatchChange, Quantity  # noqa: E402
+from hullwatch.core.model import AlarmTransition, Estimate, HatchChange, LevelStep, Quantity, Sample  # noqa: E402
 from hullwatch.core.monitor import Monitor  # noqa: E402
 from hullwatch.core.monitor import run as run_monitor  # noqa: E402
 from hullwatch.core.settings import ModuleSettings, Segment, SensorSpec  # noqa: E402
@@ -148,6 +148,8 @@ def test_markdown_has_every_section_and_embeds_the_figure(isolation):
         "Configuration",
         "Figure",
         "Leak rate per volume period",
+        "Detection limits",
+        "Pressure sensor noise",
         "Leak attribution per segment",
         "Alarms",
         "Hatch changes",
@@ -392,3 +394,215 @@ def test_open_positioned_reports_the_offset_on_disk(tmp_path, name):
         rows = list(read_samples(path, {"p1": {Quantity.PRESSURE}, "t1": {Quantity.TEMPERATURE}}, stream))
         assert position() == size
     assert len(rows) == 1200
+
+
+# -- detection limits, sensor noise, level steps ---------------------------------------------
+
+STEP_TOML = """\
+[station]
+name = "lab"
+
+[[segment]]
+name = "lab"
+volume_m3 = 10.0
+
+[[sensor]]
+name = "p1"
+segment = "lab"
+driver = "simulated"
+
+[[sensor]]
+name = "p2"
+segment = "lab"
+driver = "simulated"
+
+[[sensor]]
+name = "p3"
+segment = "lab"
+driver = "simulated"
+
+[[sensor]]
+name = "t"
+segment = "lab"
+driver = "simulated"
+"""
+STEP_SIGMAS = {"p1": 1.0, "p2": 1.0, "p3": 5.0}  # white noise per 1 s reading (Pa)
+STEP_AT_S, STEP_PA, STEP_DURATION_S = 1500.0, 40.0, 3000
+
+
+@pytest.fixture(scope="module")
+def rezeroed(tmp_path_factory):
+    """A 10 m³ lab falling 0.01 Pa/s, three transducers of known white noise; p3 is re-zeroed by +40 Pa at 1500 s."""
+    tmp = tmp_path_factory.mktemp("steps")
+    rng = np.random.default_rng(5)
+    t0 = 1_780_000_000.0
+    samples = []
+    for i in range(STEP_DURATION_S):
+        for name, sigma in STEP_SIGMAS.items():
+            offset = STEP_PA if name == "p3" and i >= STEP_AT_S else 0.0
+            value = 101325.0 - 0.01 * i + rng.normal(0.0, sigma) + offset
+            samples.append(Sample(t0 + i + 0.1, name, Quantity.PRESSURE, round(value, 2)))
+        samples.append(Sample(t0 + i + 0.5, "t", Quantity.TEMPERATURE, 295.0))
+    csv = write_samples(tmp / "lab.csv", samples)
+    cfg = tmp / "lab.toml"
+    cfg.write_text(STEP_TOML, encoding="utf-8")
+    outdir = tmp / "out"
+    code, out, err = run_cli(["report", "-c", str(cfg), csv, "-o", str(outdir)])
+    assert code == EX_OK, err
+    monitor = Monitor(config.load(str(cfg)).module)
+    events = list(run_monitor(monitor, samples))
+    md = (outdir / "report.md").read_text(encoding="utf-8")
+    return {"dir": outdir, "md": md, "out": out, "events": events, "limits": monitor.detection_limits()}
+
+
+def table_rows(text: str) -> list[list[str]]:
+    """The body rows of the Markdown tables in a text (no header, no rule)."""
+    lines = text.splitlines()
+    body = [
+        line
+        for i, line in enumerate(lines)
+        if line.startswith("| ") and not (i + 1 < len(lines) and lines[i + 1].startswith("|---"))
+    ]
+    return [[c.strip() for c in line.strip("|").split("|")] for line in body]
+
+
+def test_isolation_report_has_the_new_sections(isolation):
+    md = (isolation["dir"] / "report.md").read_text(encoding="utf-8")
+    section(md, "Detection limits")
+    section(md, "Pressure sensor noise")
+    assert "](allan.png)" in md
+    assert "### Level steps" in section(md, "Alarms")
+
+
+def test_detection_limits_are_the_monitors_own_at_the_end(rezeroed):
+    text = section(rezeroed["md"], "Detection limits")
+    assert "3σ" in text
+    (row,) = [r for r in table_rows(text) if r[0] == "lab"]
+    limits = rezeroed["limits"]["lab"]
+    figures = [float(cell.rstrip("*")) for cell in row[2:5]]
+    assert figures == [float(report._two_digits(limits[w])) for w in (600.0, 3600.0, 86400.0)]
+    assert figures[0] > figures[1] > figures[2] > 0.0
+    # 50 min of data: the 1 h and 24 h figures extrapolate, and the report says so
+    assert not row[2].endswith("*") and row[3].endswith("*") and row[4].endswith("*")
+    assert "extrapolates from the measured noise and correlation" in text
+
+
+def test_noise_table_gives_each_sensors_known_white_noise(rezeroed):
+    text = section(rezeroed["md"], "Pressure sensor noise")
+    rows = {r[0]: r for r in table_rows(text)}
+    assert set(rows) == {"p1", "p2", "p3"}
+    for name, sigma in STEP_SIGMAS.items():
+        sensor, segment, readings, interval, white, tau1, tau10, tau100, tau1000 = rows[name]
+        assert segment == "lab" and readings == f"{STEP_DURATION_S:,}" and float(interval) == pytest.approx(1.0)
+        assert float(white) == pytest.approx(sigma, rel=0.1)
+        assert float(tau1) == float(white)
+        if name != "p3":  # p3's 40 Pa step shows from τ = 10 s up; the others are white throughout
+            assert float(tau10) == pytest.approx(sigma / np.sqrt(10.0), rel=0.15)
+            assert float(tau100) == pytest.approx(sigma / np.sqrt(100.0), rel=0.35)
+        assert float(tau1000) > 0.0  # three 1000 s averages fit 3000 s just once: a rough figure
+    assert "](allan.png)" in text
+
+
+def test_noise_plot_is_a_png(rezeroed):
+    data = (rezeroed["dir"] / "allan.png").read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "allan.png" in rezeroed["out"]
+
+
+def test_a_rezeroed_sensor_is_a_level_step_in_the_alarm_section(rezeroed):
+    steps = [e for e in rezeroed["events"] if isinstance(e, LevelStep)]
+    text = section(rezeroed["md"], "Alarms").split("### Level steps", 1)[1]
+    rows = table_rows(text)
+    assert [(r[0], r[2], r[3]) for r in rows] == [
+        (present.utc(s.time), s.volume, s.sensor or "— (the volume's fit)") for s in steps
+    ]
+    assert any(r[2:4] == ["lab", "p3"] and float(r[4]) == pytest.approx(STEP_PA, abs=4.0) for r in rows), rows
+
+
+def test_a_period_a_hatch_ended_has_the_limits_from_just_before_it(isolation):
+    cfg = config.load(isolation["cfg"])
+    monitor = Monitor(cfg.module)
+    for sample in read_samples(isolation["csv"], cfg.sample_names()):
+        if sample.quantity is Quantity.HATCH and sample.value == 0.0:
+            break
+        monitor.feed(sample)
+    joined = monitor.detection_limits()["prk-zvezda"]
+    rows = {
+        r[0]: r for r in table_rows(section((isolation["dir"] / "report.md").read_text("utf-8"), "Detection limits"))
+    }
+    assert set(rows) == {"prk-zvezda", "prk", "zvezda"}
+    assert [float(c.rstrip("*")) for c in rows["prk-zvezda"][2:5]] == [
+        float(report._two_digits(joined[w])) for w in (600.0, 3600.0, 86400.0)
+    ]
+    # the same sensors see a leak in the 4 m³ PrK alone far sooner than in the 79 m³ joined volume
+    assert float(rows["prk"][2]) < float(rows["prk-zvezda"][2]) / 5
+
+
+def test_draw_noise_is_log_log_and_says_what_it_shows(rezeroed, tmp_path):
+    settings = ModuleSettings((Segment("lab", 10.0),), sensors=(SensorSpec("p1", "lab"),))
+    rng = np.random.default_rng(2)
+    t = np.arange(5000.0)
+    noise = [report.SensorNoise("p1", "lab", 5000, 1.0, *report.hadamard_deviation(t, rng.normal(0.0, 1.0, 5000)))]
+    fig = report.draw_noise(noise, settings, "title", str(tmp_path / "a.png"))
+    (ax,) = fig.axes
+    assert ax.get_xscale() == "log" and ax.get_yscale() == "log"
+    assert "Hadamard" in ax.get_ylabel() and "(Pa)" in ax.get_ylabel() and "τ (s)" in ax.get_xlabel()
+    assert "linear drift" in ax.get_title()
+    assert (tmp_path / "a.png").stat().st_size > 10_000
+
+
+# -- the Hadamard deviation on known truth -----------------------------------------------------
+
+
+def test_white_noise_falls_as_one_over_root_tau_whatever_the_spacing_and_drift():
+    """σ = 2 Pa every 0.5 s (jittered): σ/√(τ/dt), and a linear drift (a leak) changes nothing."""
+    rng = np.random.default_rng(11)
+    n, dt, sigma = 200_000, 0.5, 2.0
+    t = np.arange(n) * dt + rng.uniform(-0.05, 0.05, n)
+    y = 101325.0 + rng.normal(0.0, sigma, n)
+    taus, dev = report.hadamard_deviation(t, y, [0.5, 5.0, 50.0, 500.0])
+    assert taus == pytest.approx([0.5, 5.0, 50.0, 500.0], rel=1e-3)
+    assert dev == pytest.approx(sigma / np.sqrt(taus / dt), rel=0.1)
+    _, drifted = report.hadamard_deviation(t, y - 0.02 * t, taus)
+    assert drifted == pytest.approx(dev, rel=1e-3)  # 2,000 Pa of drift over the record
+
+
+def test_random_walk_grows_as_root_tau():
+    rng = np.random.default_rng(12)
+    y = np.cumsum(rng.normal(0.0, 1.0, 200_000))
+    taus, dev = report.hadamard_deviation(np.arange(len(y), dtype=float), y)
+    long = (taus >= 10.0) & (taus <= 2000.0)
+    slope = np.polyfit(np.log(taus[long]), np.log(dev[long]), 1)[0]
+    assert slope == pytest.approx(0.5, abs=0.08)
+    assert taus.max() <= len(y) / 3
+
+
+def test_breaks_and_gaps_keep_runs_inside_one_stretch():
+    """A slope that changes at 50,000 s inflates the long τ unless the series is split there; a gap is skipped."""
+    rng = np.random.default_rng(13)
+    t = np.arange(100_000, dtype=float)
+    y = rng.normal(0.0, 1.0, len(t)) - np.where(t < 50_000, 0.0, 0.01 * (t - 50_000))
+    keep = (t < 20_000) | (t >= 20_500)  # a silent sensor for 500 s
+    taus, whole = report.hadamard_deviation(t[keep], y[keep], [1000.0])
+    _, split = report.hadamard_deviation(t[keep], y[keep], [1000.0], breaks=[50_000.0])
+    assert whole[0] > 2.0 * split[0]
+    assert split[0] == pytest.approx(1.0 / np.sqrt(1000.0), rel=0.15)
+    assert report.hadamard_deviation(t[:2], y[:2]) == (pytest.approx([]), pytest.approx([]))
+
+
+def test_fine_series_averages_onto_the_interval_and_stays_bounded():
+    rng = np.random.default_rng(14)
+    t = np.arange(100_000) * 0.1 + rng.uniform(-0.01, 0.01, 100_000)
+    v = 101325.0 + rng.normal(0.0, 1.0, len(t))
+    fine = report.FineSeries(max_bins=20_000)
+    for chunk in np.array_split(np.arange(len(t)), 9):
+        fine.add(t[chunk], v[chunk])
+    grid_t, grid_v = fine.result()
+    assert fine.interval == pytest.approx(0.1, rel=0.01)
+    assert fine.width == pytest.approx(0.8, rel=0.01)  # 10,000 s at 0.1 s, halved three times to fit 20,000 cells
+    assert len(grid_t) <= 20_000 and np.all(np.diff(grid_t) > 0)
+    for k in (0, 5000, len(grid_t) - 1):  # each cell's mean is that of the readings inside it
+        inside = np.abs(t - grid_t[k]) < fine.width / 2
+        assert grid_v[k] == pytest.approx(v[inside].mean(), abs=1e-9)
+    taus, dev = report.hadamard_deviation(grid_t, grid_v, [0.8, 8.0, 80.0], dt=fine.width)
+    assert dev == pytest.approx(1.0 / np.sqrt(taus / 0.1), rel=0.1)

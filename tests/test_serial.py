@@ -140,7 +140,8 @@ def test_garbage_and_a_huge_line_cost_nothing_and_good_lines_still_come(transduc
     bad = [s for s in run.samples if s.quality is Quality.BAD]
     assert [round(s.value, 6) for s in good[-5:]] == [101320.0 + i for i in range(5)]
     assert bad  # the garbage was reported as an unreadable episode
-    assert run.driver.bad_lines >= 1000
+    # a burst this fast is mostly dropped unread (max_rate_hz), the rest read as garbage: all counted
+    assert run.driver.rate_dropped > 0 and run.driver.bad_lines + run.driver.rate_dropped >= 1000
     assert len(run.driver.settings.parser.parse(b"P = 1013.25 hPa")) == 1
 
 

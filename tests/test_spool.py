@@ -14,7 +14,7 @@ import time
 import pytest
 
 import daemon_rig
-from hullwatch.sinks.spool import Forwarder, Record, SendResult, SinkUnavailable, Spool, SpoolInUse
+from hullwatch.sinks.spool import LIVE_BATCH, Forwarder, Record, SendResult, SinkUnavailable, Spool, SpoolInUse
 
 
 class FakeSink:
@@ -479,3 +479,81 @@ def test_the_alarm_book_moves_to_the_fresh_file_when_the_old_one_is_corrupt(tmp_
     assert wait_until(lambda: spool.recoveries == 1), "the forwarder met the bad page"
     assert wait_until(lambda: book_rows(path) == {"alarm/a": '{"state":"latched_unack"}'}), "the book is back"
     spool.close()
+
+
+def test_a_record_that_cannot_be_stored_is_set_aside_and_never_stops_a_commit(tmp_path):
+    spool = Spool(str(tmp_path / "s.sqlite"))
+    spool._sinks = ["fake"]
+    try:
+        spool.append("sample", 1000.0, {"v": 0})
+        assert spool.append("sample", 1e12, {"v": 1}) == 0  # a time in ms: year 33658, over SQLite's INTEGER
+        assert spool.append("sample", float("nan"), {"v": 2}) == 0
+        assert spool.append("sample", 1001.0, {"v": object()}) == 0  # no JSON for it
+        spool.append("sample", 1002.0, {"v": 3})
+        spool.commit()
+        spool.append("sample", 1003.0, {"v": 4})
+        spool.commit()
+        assert [r.body["v"] for r in spool.read(0, 10)] == [0, 3, 4]
+        assert spool.counters["unstorable"] == 3 and spool.stats()["unstorable"] == 3
+    finally:
+        spool.close()
+    db = sqlite3.connect(tmp_path / "s.sqlite")
+    kept = db.execute("SELECT sink, time_ns, reason FROM rejected ORDER BY rowid").fetchall()
+    assert [(sink, t) for sink, t, _ in kept] == [("spool", None), ("spool", None), ("spool", 1001_000_000_000)]
+    assert "years 1677..2262" in kept[0][2] and "TypeError" in kept[2][2]
+    assert db.execute("SELECT value FROM counter WHERE name = 'unstorable'").fetchone() == (3,)
+
+
+class FailingSink(FakeSink):
+    """A sink that raises an unexpected error on some records (a bug, a body it cannot encode), or on all."""
+
+    def __init__(self, live_batch: int = LIVE_BATCH) -> None:
+        super().__init__()
+        self.live_batch = live_batch
+        self.broken = False  # fails on everything (not an outage by its own word)
+
+    def send(self, records, replay):
+        if self.broken or any(r.body["v"] in self.poison for r in records):
+            raise KeyError("sensor")
+        return super().send(records, replay)
+
+
+@pytest.mark.parametrize("live_batch", [1, LIVE_BATCH], ids=["one at a time", "batches"])
+def test_a_record_a_sink_fails_on_is_set_aside_and_never_blocks_the_rest(tmp_path, live_batch):
+    spool = Spool(str(tmp_path / "s.sqlite"), commit_interval_s=0.05)
+    sink = FailingSink(live_batch)
+    sink.poison = {3}
+    spool.start([sink])
+    try:
+        for i in range(4):  # the poison record is the newest for a while: nothing tells it from an outage yet
+            spool.append("sample", 1000.0 + i, {"v": i})
+        assert wait_until(lambda: sink.values() == [0, 1, 2])
+        time.sleep(0.3)
+        assert spool.counters.get("rejected.fake", 0) == 0, "nothing went through after it: not set aside yet"
+        for i in range(4, 10):
+            spool.append("sample", 1000.0 + i, {"v": i})
+        assert wait_until(lambda: sink.values() == [0, 1, 2, 4, 5, 6, 7, 8, 9], timeout=30), sink.values()
+        assert spool.counters["rejected.fake"] == 1
+    finally:
+        spool.close()
+    db = sqlite3.connect(tmp_path / "s.sqlite")
+    assert db.execute("SELECT sink, reason FROM rejected").fetchall() == [
+        ("fake", "cannot be sent: KeyError: 'sensor'")
+    ]
+
+
+def test_a_sink_that_fails_on_everything_sets_nothing_aside(tmp_path):
+    spool = Spool(str(tmp_path / "s.sqlite"), commit_interval_s=0.05)
+    sink = FailingSink()
+    sink.broken = True
+    spool.start([sink])
+    try:
+        for i in range(20):
+            spool.append("sample", 1000.0 + i, {"v": i})
+        assert wait_until(lambda: spool.forwarder("fake").down_since is not None)
+        time.sleep(1.5)
+        assert spool.counters.get("rejected.fake", 0) == 0
+        sink.broken = False  # fixed: everything goes, nothing was lost
+        assert wait_until(lambda: sink.values() == list(range(20)), timeout=30), sink.values()
+    finally:
+        spool.close()

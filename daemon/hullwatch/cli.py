@@ -60,18 +60,19 @@ def _load_config(path: str | None, load: Callable[[str], Any] = config.load) -> 
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    """Validate a config and summarise what it describes."""
+    """Validate a config as `run` would build it (nothing taken or started) and summarise what it describes."""
     cfg = _load_config(args.config)
     if isinstance(cfg, int):
         return cfg
-    from hullwatch.service import build_drivers
+    from hullwatch import service
 
-    try:
-        build_drivers(cfg, for_run=False)  # validates every driver's own keys; opens nothing
-    except config.ConfigError as exc:
+    try:  # what `run` builds first, checked the same way; nothing is taken or started
+        prepared = service.prepare(cfg, for_run=False)
+    except service.BuildError as exc:
         for line in exc.problems:
             print(line, file=sys.stderr)
-        return EX_CONFIG
+        return exc.exit_code
+    prepared.close()
     m = cfg.module
     a = m.alarms
     out = [f"{cfg.path}: OK — station {cfg.station!r}"]
@@ -114,6 +115,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         if on
     ]
     out.append("outputs: " + (", ".join(outputs) if outputs else "none (log only)"))
+    out += [f"note: {line}" for line in prepared.notes]
     print("\n".join(out))
     return EX_OK
 

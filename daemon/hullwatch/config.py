@@ -464,7 +464,7 @@ class _Parser:
                 "must be above 0 K (the mass divides by T)",
             )
             options = {k: v for k, v in t.items() if k not in SENSOR_KEYS}
-            tau = self.value(t, "time_constant_s", where, "float", d.time_constant_s, _non_negative)
+            tau = self.value(t, "time_constant_s", where, "float", d.time_constant_s, _between(0.0, DAY_S, "s"))
             port = options.get("port")
             if driver in ("serial", "modbus") and isinstance(port, str) and port.strip():
                 msg = _serial_port(port)
@@ -523,9 +523,11 @@ class _Parser:
             return d
         return LeakSettings(
             self.value(t, "confidence_sigma", "leak", "float", d.confidence_sigma, _positive),
-            self.value(t, "report_interval_s", "leak", "float", d.report_interval_s, _positive),
-            self.value(t, "settle_s", "leak", "float", d.settle_s, _non_negative),
-            self.value(t, "thermometer_lag_sigma_s", "leak", "float", d.thermometer_lag_sigma_s, _non_negative),
+            self.value(t, "report_interval_s", "leak", "float", d.report_interval_s, _positive_at_most(DAY_S)),
+            self.value(t, "settle_s", "leak", "float", d.settle_s, _between(0.0, WEEK_S, "s")),
+            self.value(
+                t, "thermometer_lag_sigma_s", "leak", "float", d.thermometer_lag_sigma_s, _between(0.0, DAY_S, "s")
+            ),
         )
 
     def alarms(self, data: Mapping) -> AlarmLimits:
@@ -545,9 +547,11 @@ class _Parser:
         if not (isinstance(latching, list) and all(k in kinds for k in latching)):
             self.problem("alarms.latching", f"must be a list of alarm kinds ({', '.join(kinds)}), not {latching!r}")
             latching = []
-        max_shelve = self.value(top, "max_shelve_s", "alarms", "float", AlarmLimits().max_shelve_s, _positive)
+        max_shelve = self.value(
+            top, "max_shelve_s", "alarms", "float", AlarmLimits().max_shelve_s, _positive_at_most(WEEK_S)
+        )
         self.max_maintenance_s = self.value(
-            top, "max_maintenance_s", "alarms", "float", DEFAULT_MAX_MAINTENANCE_S, _positive
+            top, "max_maintenance_s", "alarms", "float", DEFAULT_MAX_MAINTENANCE_S, _positive_at_most(WEEK_S)
         )
 
         def section(name: str, cls: type, floats: dict[str, bool]) -> Any:
@@ -594,7 +598,7 @@ class _Parser:
         st = self.table(top, "sensor", "alarms.sensor", {"stale_after_s", "severity"}) or {}
         ds = SensorLimits()
         sensor = SensorLimits(
-            self.value(st, "stale_after_s", "alarms.sensor", "float", ds.stale_after_s, _positive),
+            self.value(st, "stale_after_s", "alarms.sensor", "float", ds.stale_after_s, _positive_at_most(DAY_S)),
             self.value(st, "severity", "alarms.sensor", "str", ds.severity, _one_of(SEVERITIES)),
         )
         for lo_key, hi_key, sec, lo, hi in (
@@ -732,6 +736,8 @@ class _Parser:
             if k not in known:
                 self.problem(f"{where}.{k}", f"unknown key (known: {', '.join(sorted(known))})")
 
+
+DAY_S, WEEK_S = 86_400.0, 7 * 86_400.0  # upper bounds of timing keys: beyond them a value is a typo
 
 _KIND_NAMES = {"str": "a string", "int": "an integer", "float": "a number", "bool": "true or false"}
 

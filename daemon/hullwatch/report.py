@@ -13,20 +13,28 @@ The report is made in three separate steps, each a plain function of the one bef
    * per sensor and quantity, the raw readings reduced on the fly to equal time buckets
      (count, mean time, mean, min, max). Readings are appended to compact `array`s and
      bucketed with numpy every 65,536 rows; when more than MAX_BUCKETS buckets exist the
-     bucket width doubles and neighbours merge. Memory stays bounded whatever the
-     recording's length, and the hot loop costs two appends per row.
+     bucket width doubles and neighbours merge. A pressure sensor's readings are also
+     averaged on a fine regular grid at its median sampling interval (`FineSeries`, at
+     most FINE_MAX_BINS cells, the width doubling beyond) for its noise spectrum. Memory
+     stays bounded whatever the recording's length, and the hot loop costs two appends
+     per row;
+   * every level step, and each volume's detection limits when its period ends.
 2. **Analyse** (`best_estimate`, `rate_changes`, `attribution`, `alarm_spans`,
-   `judge`). A period's rate is its *best estimate*: among the estimates after the last
-   restart of the fit (a detected rate change) and in the last quarter of the period,
-   the one with the longest fit window, the latest on a tie. A hatch change that splits
+   `judge`, `sensor_noise`). A period's rate is its *best estimate*: among the estimates
+   after the last restart of the fit (a detected rate change) and in the last quarter of
+   the period, the one with the longest fit window, the latest on a tie. A hatch change that splits
    a joined volume (or joins several) gives a comparison: the parts' rates, measured
    apart, against the joined rate, each scaled to the joined pressure (a choked leak's
    rate is proportional to the pressure). The verdict weighs the alarms that were
-   active and the final rates against the configured leak-rate limits.
-3. **Present** (`draw`, `markdown`). One multi-panel figure (PNG and PDF) on a time axis
-   in hours from the start, with a few thousand points per line at most, and a Markdown
-   document that embeds it. matplotlib and numpy are imported only here and in step 1's
-   bucketing, so the rest of hullwatch runs without them.
+   active and the final rates against the configured leak-rate limits. Each pressure
+   sensor's noise is its overlapping Hadamard deviation against the averaging time
+   (`hadamard_deviation`: the Allan deviation's three-sample form, blind to a linear
+   drift such as a leak), split at hatch changes and located rate changes.
+3. **Present** (`draw`, `draw_noise`, `markdown`). One multi-panel figure (PNG and PDF)
+   on a time axis in hours from the start, with a few thousand points per line at most,
+   a log-log plot of the sensors' noise (PNG), and a Markdown document that embeds both.
+   matplotlib and numpy are imported only here, in step 1's bucketing and in the noise
+   analysis, so the rest of hullwatch runs without them.
 """
 
 from __future__ import annotations
@@ -42,8 +50,18 @@ from typing import TYPE_CHECKING
 
 from hullwatch import __version__, present
 from hullwatch.cli import EX_DATAERR, EX_NOINPUT, EX_OK, EX_UNAVAILABLE, _load_config
-from hullwatch.core.model import AlarmState, AlarmTransition, Estimate, HatchChange, Notice, Quantity, Sample, Severity
-from hullwatch.core.monitor import LEAK_RATE, Monitor
+from hullwatch.core.model import (
+    AlarmState,
+    AlarmTransition,
+    Estimate,
+    HatchChange,
+    LevelStep,
+    Notice,
+    Quantity,
+    Sample,
+    Severity,
+)
+from hullwatch.core.monitor import DETECTION_WINDOWS_S, LEAK_RATE, Monitor
 from hullwatch.core.settings import ModuleSettings
 from hullwatch.progress import Progress, file_size, open_positioned
 from hullwatch.samples import SamplesError, read_samples
@@ -57,6 +75,8 @@ if TYPE_CHECKING:
 EX_CANTCREAT = 73  # sysexits: cannot create the output
 MAX_BUCKETS = 2048  # per raw series: the most points a line of the figure gets
 MAX_LINE_POINTS = 4000  # estimates per line in the figure (every n-th beyond that)
+FINE_MAX_BINS = 1 << 19  # per pressure sensor: the most grid cells behind its noise deviation
+NOISE_TABLE_TAUS_S = (1.0, 10.0, 100.0, 1000.0)  # the averaging times the noise table lists
 _FLUSH_MASK = 0xFFFF  # bucket the raw readings every 65,536 rows
 _PROGRESS_MASK = 0xFFF  # offer the progress line an update every 4,096 rows
 SEVERITY_COLOURS = {
@@ -65,7 +85,7 @@ SEVERITY_COLOURS = {
     Severity.WARNING: "#f07f0e",
     Severity.EMERGENCY: "#d62728",
 }
-PNG_NAME, PDF_NAME, MD_NAME = "report.png", "report.pdf", "report.md"
+PNG_NAME, PDF_NAME, MD_NAME, NOISE_PNG_NAME = "report.png", "report.pdf", "report.md", "allan.png"
 
 
 # -- 1. collect ---------------------------------------------------------------------------
@@ -85,10 +105,13 @@ class Decimated:
 class Decimator:
     """Min, mean and max of a time series in equal time buckets, kept under `max_buckets` by doubling the width."""
 
-    def __init__(self, origin: float, width_s: float = 0.125, max_buckets: int = MAX_BUCKETS) -> None:
+    def __init__(
+        self, origin: float, width_s: float = 0.125, max_buckets: int = MAX_BUCKETS, fine: FineSeries | None = None
+    ) -> None:
         self.origin = origin
         self.width = width_s
         self.max_buckets = max_buckets
+        self.fine = fine  # also given every reading, when set
         self.times = array("d")  # readings not yet bucketed
         self.values = array("d")
         self._cols: tuple | None = None  # (bucket index, count, Σt, Σv, min, max)
@@ -102,6 +125,8 @@ class Decimator:
         t = np.frombuffer(self.times, dtype=np.float64).copy()
         v = np.frombuffer(self.values, dtype=np.float64).copy()
         del self.times[:], self.values[:]
+        if self.fine is not None:
+            self.fine.add(t, v)
         new = (np.floor((t - self.origin) / self.width).astype(np.int64), np.ones(len(t)), t, v, v, v)
         cols = new if self._cols is None else tuple(np.concatenate(pair) for pair in zip(self._cols, new, strict=True))
         cols = _merge_buckets(cols)
@@ -120,6 +145,94 @@ class Decimator:
             return Decimated(empty, empty, empty, empty, 0)
         _, n, ts, vs, lo, hi = self._cols
         return Decimated(ts / n, vs / n, lo, hi, int(n.sum()))
+
+
+class FineSeries:
+    """A series averaged on a regular grid at its median sampling interval, at most `max_bins` cells.
+
+    The interval is measured from the first MIN_READINGS readings and the grid centred on
+    them; past `max_bins` cells the width doubles and pairs of cells merge (still a
+    regular grid). Empty cells are gaps. The input of `hadamard_deviation`.
+    """
+
+    MIN_READINGS = 16
+
+    def __init__(self, max_bins: int = FINE_MAX_BINS) -> None:
+        self.max_bins = max_bins
+        self.interval = math.nan  # the median time between readings
+        self.width = math.nan  # the grid's cell width: the interval, doubled as needed
+        self.origin = math.nan
+        self.reference = 0.0  # subtracted before summing, for precision
+        self._held: list[tuple[np.ndarray, np.ndarray]] = []  # readings before the interval is known
+        self._sums: np.ndarray | None = None
+        self._counts: np.ndarray | None = None
+        self._used = 0  # cells in use; the arrays grow by doubling
+
+    def add(self, t: np.ndarray, v: np.ndarray) -> None:
+        """Average more readings (times never decreasing) into the grid."""
+        import numpy as np
+
+        if not len(t):
+            return
+        if self._sums is None:
+            self._held.append((t, v))
+            if sum(len(h[0]) for h in self._held) >= self.MIN_READINGS:
+                self._start()
+            return
+        idx = np.floor((t - self.origin) / self.width).astype(np.int64)
+        np.maximum(idx, 0, out=idx)
+        while idx.max() >= self.max_bins:
+            self._halve()
+            idx //= 2
+        need = int(idx.max()) + 1
+        if need > len(self._sums):
+            size = min(self.max_bins, max(need, 2 * len(self._sums)))
+            self._sums = np.concatenate((self._sums, np.zeros(size - len(self._sums))))
+            self._counts = np.concatenate((self._counts, np.zeros(size - len(self._counts))))
+        lo = int(idx.min())
+        self._sums[lo:need] += np.bincount(idx - lo, weights=v - self.reference, minlength=need - lo)
+        self._counts[lo:need] += np.bincount(idx - lo, minlength=need - lo)
+        self._used = max(self._used, need)
+
+    def _start(self) -> None:
+        import numpy as np
+
+        t = np.concatenate([h[0] for h in self._held])
+        v = np.concatenate([h[1] for h in self._held])
+        self._held = []
+        steps = np.diff(t)
+        steps = steps[steps > 0.0]
+        self.interval = self.width = float(np.median(steps)) if len(steps) else 1.0
+        self.origin = float(t[0]) - self.width / 2.0
+        self.reference = float(v[0])
+        self._sums, self._counts = np.zeros(1024), np.zeros(1024)
+        self.add(t, v)
+
+    def _halve(self) -> None:
+        """Double the cell width: merge neighbouring pairs of cells."""
+        import numpy as np
+
+        used = self._used + self._used % 2
+        pad = max(0, used - len(self._sums))
+        sums, counts = (np.concatenate((a, np.zeros(pad)))[:used] for a in (self._sums, self._counts))
+        half = used // 2
+        self._sums = np.concatenate((sums.reshape(-1, 2).sum(axis=1), np.zeros(max(1024, half) - half)))
+        self._counts = np.concatenate((counts.reshape(-1, 2).sum(axis=1), np.zeros(max(1024, half) - half)))
+        self._used = half
+        self.width *= 2.0
+
+    def result(self) -> tuple[np.ndarray, np.ndarray]:
+        """(cell centre times, cell means) of the cells that hold readings."""
+        import numpy as np
+
+        if self._sums is None and self._held:
+            self._start()
+        if self._sums is None:
+            return np.empty(0), np.empty(0)
+        counts = self._counts[: self._used]
+        full = np.flatnonzero(counts > 0)
+        t = self.origin + (full + 0.5) * self.width
+        return t, self._sums[full] / counts[full] + self.reference
 
 
 def _merge_buckets(cols: tuple) -> tuple:
@@ -147,6 +260,7 @@ class Period:
     end: float = math.nan
     ended_by: str = "end of recording"
     estimates: list[Estimate] = field(default_factory=list)
+    detection: dict[float, float] | None = None  # at its end: window (s) -> smallest confirmed leak (kg/day)
 
     @property
     def rated(self) -> list[Estimate]:
@@ -168,6 +282,8 @@ class Recording:
     alarms: list[AlarmTransition]
     notices: list[Notice]
     active_at_end: list[tuple[str, str, Severity]]
+    steps: list[LevelStep] = field(default_factory=list)
+    fine: dict[str, FineSeries] = field(default_factory=dict)  # pressure sensor -> its readings on a fine grid
 
     @property
     def duration(self) -> float:
@@ -193,6 +309,9 @@ def collect(
     hatches: list[HatchChange] = []
     alarms: list[AlarmTransition] = []
     notices: list[Notice] = []
+    steps: list[LevelStep] = []
+    fine: dict[str, FineSeries] = {}
+    limits: dict[str, dict[float, float]] = {}
     rows = hatch_rows = 0
     start = end = math.nan
     for sample in samples:
@@ -205,10 +324,14 @@ def collect(
         rows += 1
         if quantity is hatch:
             hatch_rows += 1
+            limits = monitor.detection_limits()  # of the volumes this row may end
         else:
             app = appenders.get((name, quantity))
             if app is None:
-                d = decimators[(name, quantity)] = Decimator(start)
+                extra = None
+                if quantity is Quantity.PRESSURE:
+                    extra = fine[name] = FineSeries()
+                d = decimators[(name, quantity)] = Decimator(start, fine=extra)
                 app = appenders[(name, quantity)] = (d.times.append, d.values.append)
             app[0](t)
             app[1](value)
@@ -221,7 +344,9 @@ def collect(
                     alarms.append(ev)
                 elif isinstance(ev, HatchChange):
                     hatches.append(ev)
-                    _reform_periods(ev, current, periods, monitor)
+                    _reform_periods(ev, current, periods, monitor, limits)
+                elif isinstance(ev, LevelStep):
+                    steps.append(ev)
                 elif isinstance(ev, Notice):
                     notices.append(ev)
         if not rows & _PROGRESS_MASK:
@@ -235,8 +360,12 @@ def collect(
         progress(rows)
     if rows == 0:
         raise NoSamples("no samples after the header")
-    for p in current.values():
+    limits = monitor.detection_limits()
+    for vid, p in current.items():
         p.end = end
+        p.detection = limits.get(vid)
+    for d in decimators.values():
+        d.flush()  # the fine series get the last readings
     return Recording(
         start=start,
         end=end,
@@ -248,15 +377,23 @@ def collect(
         alarms=alarms,
         notices=notices,
         active_at_end=monitor.active_alarms(),
+        steps=steps,
+        fine=fine,
     )
 
 
-def _reform_periods(ev: HatchChange, current: dict[str, Period], periods: list[Period], monitor: Monitor) -> None:
-    """Close the periods of volumes a hatch change ended; open those of the volumes it formed."""
+def _reform_periods(
+    ev: HatchChange,
+    current: dict[str, Period],
+    periods: list[Period],
+    monitor: Monitor,
+    limits: dict[str, dict[float, float]],
+) -> None:
+    """Close the periods of volumes a hatch change ended (with their detection limits); open those it formed."""
     what = f"{ev.hatch} {'opened' if ev.open else 'closed'}"
     for vid in [v for v in current if v not in ev.volumes]:
         p = current.pop(vid)
-        p.end, p.ended_by = ev.time, what
+        p.end, p.ended_by, p.detection = ev.time, what, limits.get(vid)
     for vid in ev.volumes:
         if vid not in current:
             current[vid] = Period(vid, monitor.volumes[vid].segments, ev.time, what)
@@ -485,19 +622,151 @@ def judge(data: Recording, settings: ModuleSettings) -> Verdict:
     return Verdict("PASS", (reason,), ())
 
 
+def hadamard_deviation(
+    t: np.ndarray,
+    y: np.ndarray,
+    taus: Iterable[float] | None = None,
+    *,
+    dt: float | None = None,
+    breaks: Iterable[float] = (),
+) -> tuple[np.ndarray, np.ndarray]:
+    """The overlapping Hadamard deviation of readings y at times t: (τ, deviation), τ in seconds.
+
+    The Allan deviation's three-sample form, σ²(τ) = ⟨(ȳᵢ₊₂ − 2ȳᵢ₊₁ + ȳᵢ)²⟩ / 6 over every run
+    of three adjacent τ-averages: a linear drift (a steady leak) cancels, white noise of σ per
+    reading gives σ/√(τ/dt) and a random walk grows as √τ, as with the Allan deviation. The
+    readings are first averaged onto a grid of dt (default: their median interval); empty cells
+    are filled in linearly. A τ-average needs 90 % of its cells to hold readings (all, for τ
+    under 10 dt: a clock a little off the median interval leaves the odd cell empty), so no run
+    spans a gap; nor one of `breaks` (times where the series starts afresh).
+    Each τ (default: ten per decade) is rounded to a multiple of dt and kept up to a third of
+    the record; a τ that no run fits is left out.
+    """
+    import numpy as np
+
+    t, y = np.asarray(t, dtype=float), np.asarray(y, dtype=float)
+    keep = np.isfinite(t) & np.isfinite(y)
+    t, y = t[keep], y[keep]
+    nothing = np.empty(0), np.empty(0)
+    if len(t) < 3:
+        return nothing
+    if dt is None:
+        steps = np.diff(np.sort(t))
+        steps = steps[steps > 0.0]
+        if not len(steps):
+            return nothing
+        dt = float(np.median(steps))
+    origin = float(t.min()) - dt / 2.0
+    cell = np.floor((t - origin) / dt).astype(np.int64)
+    n = int(cell.max()) + 1
+    counts = np.bincount(cell, minlength=n)
+    sums = np.bincount(cell, weights=y - y[0], minlength=n)
+    full = counts > 0
+    held_cells = np.flatnonzero(full)
+    grid = np.interp(np.arange(n), held_cells, sums[full] / counts[full])  # empty cells filled in
+    y_cum = np.concatenate(([0.0], np.cumsum(grid)))
+    n_cum = np.concatenate(([0], np.cumsum(full)))
+    break_cells = {int(c) for c in np.floor((np.asarray(list(breaks), dtype=float) - origin) / dt) if 0 < c < n}
+    gaps = not full.all()
+    if taus is None:
+        ms = np.round(np.logspace(0.0, math.log10(max(n // 3, 1)), 1 + int(10 * math.log10(max(n // 3, 1)))))
+    else:
+        ms = np.round(np.asarray(list(taus), dtype=float) / dt)
+    ms = np.unique(np.maximum(ms, 1).astype(np.int64))
+    out_tau, out_dev = [], []
+    for m in ms[3 * ms <= n]:
+        runs = n - 3 * m + 1
+        total = y_cum[m:] - y_cum[:-m]  # the sum of the m cells from each start
+        d = total[2 * m : 2 * m + runs] - 2.0 * total[m : m + runs] + total[:runs]
+        ok = None
+        if gaps:
+            whole = n_cum[m:] - n_cum[:-m] >= m - m // 10  # enough of the m cells hold readings
+            ok = whole[:runs] & whole[m : m + runs] & whole[2 * m : 2 * m + runs]
+        for cell in break_cells:  # runs from cell - 3m + 1 to cell - 1 span the break
+            if ok is None:
+                ok = np.ones(runs, dtype=bool)
+            ok[max(0, cell - 3 * m + 1) : min(runs, cell)] = False
+        if ok is not None:
+            d = d[ok]
+        if len(d):
+            out_tau.append(m * dt)
+            out_dev.append(math.sqrt(float(np.dot(d, d)) / (6.0 * len(d))) / m)
+    return np.array(out_tau), np.array(out_dev)
+
+
+@dataclass(frozen=True)
+class SensorNoise:
+    """A pressure sensor's Hadamard deviation (Pa) against the averaging time τ (s)."""
+
+    sensor: str
+    segment: str
+    readings: int
+    interval_s: float  # the median time between its readings
+    taus: np.ndarray
+    deviation: np.ndarray
+
+    @property
+    def white_pa(self) -> float:
+        """The white noise of one reading: the shortest τ's deviation, scaled back to one interval."""
+        return float(self.deviation[0] * math.sqrt(self.taus[0] / self.interval_s))
+
+    def at(self, tau_s: float) -> tuple[float, float] | None:
+        """(τ, deviation) at the computed τ nearest to tau_s, if within 10 %; else None."""
+        if not len(self.taus):
+            return None
+        i = int(abs(self.taus - tau_s).argmin())
+        return (float(self.taus[i]), float(self.deviation[i])) if abs(self.taus[i] - tau_s) <= 0.1 * tau_s else None
+
+
+def sensor_noise(data: Recording, settings: ModuleSettings) -> list[SensorNoise]:
+    """Each pressure sensor's Hadamard deviation; none for too few readings.
+
+    The series is split where its slope changes by design or by a leak: at hatch changes and
+    at the rate changes the monitor located. A level step is left in (its time is when it was
+    recognised, not when it happened): it shows at the τ that span it.
+    """
+    segment_of = {s.name: s.segment for s in settings.sensors}
+    breaks = [h.time for h in data.hatches] + [c.located for p in data.periods for c in rate_changes(p)]
+    out = []
+    for name, series in sorted(data.fine.items(), key=lambda kv: (segment_of.get(kv[0], ""), kv[0])):
+        t, y = series.result()
+        if len(t) < 3:
+            continue
+        span = float(t[-1] - t[0]) + series.width
+        taus = sorted({*_log_taus(series.width, span / 3.0), *NOISE_TABLE_TAUS_S})
+        taus_s, dev = hadamard_deviation(t, y, taus, dt=series.width, breaks=breaks)
+        if len(taus_s):
+            readings = data.series[(name, Quantity.PRESSURE.value)].count
+            out.append(SensorNoise(name, segment_of.get(name, ""), readings, series.interval, taus_s, dev))
+    return out
+
+
+def _log_taus(shortest: float, longest: float, per_decade: int = 10) -> list[float]:
+    """Averaging times from `shortest` to `longest`, evenly spaced on a log scale."""
+    if longest < shortest:
+        return [shortest]
+    decades = math.log10(longest / shortest)
+    count = max(1, int(per_decade * decades))
+    return [shortest * 10 ** (decades * i / count) for i in range(count + 1)]
+
+
 # -- 3a. the figure -----------------------------------------------------------------------
 
 
 def _colours(settings: ModuleSettings, data: Recording) -> tuple[dict[str, str], dict[str, str]]:
     """A colour per segment (and its single-segment volume) and per joined volume."""
-    palette = ["#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#7f7f7f"]
-    segment = {s.name: palette[i % len(palette)] for i, s in enumerate(settings.segments)}
+    segment = _segment_colours(settings)
     volume = dict(segment)
     joined = ["#6a3d9a", "#b15928", "#33a02c", "#e31a1c", "#000000"]
     for p in data.periods:
         if p.volume not in volume:
             volume[p.volume] = joined[sum(len(v.split("-")) > 1 for v in volume) % len(joined)]
     return segment, volume
+
+
+def _segment_colours(settings: ModuleSettings) -> dict[str, str]:
+    palette = ["#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#7f7f7f"]
+    return {s.name: palette[i % len(palette)] for i, s in enumerate(settings.segments)}
 
 
 def _shade(colour: str, k: int) -> str:
@@ -699,6 +968,49 @@ def draw(data: Recording, settings: ModuleSettings, title: str, paths: Iterable[
     return fig
 
 
+def draw_noise(noise: list[SensorNoise], settings: ModuleSettings, title: str, path: str) -> Figure:
+    """The pressure sensors' Hadamard deviation against τ, log-log, with each one's white-noise line; saved to path."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import numpy as np
+    from matplotlib.figure import Figure
+
+    seg_colour = _segment_colours(settings)
+    fig = Figure(figsize=(10, 6.5), dpi=100, layout="constrained")
+    ax = fig.subplots()
+    fig.suptitle(title, fontsize=12, fontweight="bold")
+    count: dict[str, int] = {}
+    for n in noise:
+        colour = _shade(seg_colour.get(n.segment, "#333333"), count.get(n.segment, 0))
+        count[n.segment] = count.get(n.segment, 0) + 1
+        ax.loglog(
+            n.taus,
+            n.deviation,
+            "o-",
+            color=colour,
+            markersize=3.5,
+            linewidth=1.3,
+            label=f"{n.sensor} ({n.segment}): white {_three_digits(n.white_pa)} Pa per {n.interval_s:.3g} s reading",
+        )
+        ax.loglog(n.taus, n.white_pa * np.sqrt(n.interval_s / n.taus), "--", color=colour, linewidth=0.9, alpha=0.7)
+    if not noise:
+        ax.text(0.5, 0.5, "too few pressure readings", transform=ax.transAxes, ha="center", va="center")
+    ax.set_xlabel("averaging time τ (s)")
+    ax.set_ylabel("overlapping Hadamard deviation (Pa)")
+    ax.set_title(
+        "Hadamard deviation: the Allan deviation's three-sample form, in which a linear drift (a steady leak) "
+        "cancels;\nseries split at hatch changes and located rate changes. Dashed: white noise alone (1/√τ).",
+        fontsize=9.5,
+    )
+    ax.grid(True, which="both", color="0.88", linewidth=0.7)
+    ax.set_axisbelow(True)
+    if noise:
+        ax.legend(loc="best", fontsize=9, frameon=False)
+    fig.savefig(path)
+    return fig
+
+
 # -- 3b. the Markdown document ------------------------------------------------------------
 
 
@@ -731,8 +1043,10 @@ def _table(header: list[str], rows: list[list[object]]) -> list[str]:
     return lines + [""]
 
 
-def markdown(data: Recording, cfg: Config, samples_path: str, verdict: Verdict) -> str:
-    """The report document; the figure is `report.png` beside it."""
+def markdown(
+    data: Recording, cfg: Config, samples_path: str, verdict: Verdict, noise: list[SensorNoise] | None = None
+) -> str:
+    """The report document; the figure is `report.png` beside it, the noise plot `allan.png` when `noise` is given."""
     m = cfg.module
     t0 = data.start
     rel = lambda t: _hours(t - t0)  # noqa: E731
@@ -880,6 +1194,9 @@ def markdown(data: Recording, cfg: Config, samples_path: str, verdict: Verdict) 
             ],
         )
 
+    out += _detection_section(data, cfg, rel)
+    if noise is not None:
+        out += _noise_section(noise)
     out += _attribution_section(data, cfg, rel)
     out += _alarm_section(data, rel)
 
@@ -915,6 +1232,104 @@ def markdown(data: Recording, cfg: Config, samples_path: str, verdict: Verdict) 
 
 def _off(x: float | None, unit: str) -> str:
     return "off" if x is None else f"{x:g} {unit}"
+
+
+def _two_digits(x: float) -> str:
+    """A positive figure to two significant digits, without an exponent: 0.00012, 0.45, 12."""
+    if not math.isfinite(x) or x <= 0.0:
+        return "—"
+    return f"{x:.{max(0, 1 - math.floor(math.log10(x)))}f}"
+
+
+def _three_digits(x: float) -> str:
+    """A positive figure to three significant digits, trailing zeros kept: 2.00, 0.0329, 135."""
+    if not math.isfinite(x) or x <= 0.0:
+        return "—"
+    return f"{x:.{max(0, 2 - math.floor(math.log10(x)))}f}"
+
+
+def _detection_section(data: Recording, cfg: Config, rel: Callable[[float], str]) -> list[str]:
+    """Per volume period: the smallest leak it would confirm over 10 min, 1 h and a day."""
+    k = cfg.module.leak.confidence_sigma
+    out = [
+        "## Detection limits",
+        "",
+        f"The smallest leak each volume confirms at {k:g}σ (the leak-rate alarms' `confidence_sigma`) when fitted over "
+        "each window: from its measured noise, the correlation of its residuals and its point rate at the end of the "
+        "period (the monitor's own figures, as `hullwatch analyze --summary` gives them).",
+        "",
+    ]
+    rows, longer = [], False
+    for p in data.periods:
+        span = p.end - p.start
+        cells = []
+        for w in DETECTION_WINDOWS_S:
+            value = (p.detection or {}).get(w)
+            mark = "*" if value is not None and w > span else ""
+            longer |= bool(mark)
+            cells.append(_two_digits(value) + mark if value is not None else "—")
+        if p.detection is None:
+            cells[-1] += " (no leak fit)"
+        rows.append([p.volume, f"{rel(p.start)} – {rel(p.end)}", *cells])
+    out += _table(
+        ["volume", "period", *(f"in {present.window(w)} (kg/day)" for w in DETECTION_WINDOWS_S)],
+        rows,
+    )
+    if longer:
+        out += [
+            "\\* The window is longer than the period was: the figure extrapolates from the measured noise and "
+            "correlation, as if both stayed as they were.",
+            "",
+        ]
+    return out
+
+
+def _noise_section(noise: list[SensorNoise]) -> list[str]:
+    """Each pressure sensor's Hadamard deviation at a few averaging times, and the plot."""
+    out = [
+        "## Pressure sensor noise",
+        "",
+        "The overlapping Hadamard deviation of each pressure sensor's readings against the averaging time τ: the "
+        "readings averaged onto the sensor's median sampling interval, the series split at hatch changes and at the "
+        "rate changes the monitor located, τ up to a third of the record. It is the Allan deviation's three-sample "
+        "form, in which a linear drift (a steady leak) cancels: what remains is the transducer's noise and whatever "
+        "is not a straight line (slow wander, a thermal cycle, a level step, the curvature of a fast leak's "
+        "exponential decay). White noise falls as 1/√τ; where a curve flattens or rises, averaging longer stops "
+        "helping.",
+        "",
+    ]
+    if not noise:
+        return out + ["Too few pressure readings for a deviation.", ""]
+    rows = []
+    for n in noise:
+        cells = []
+        for tau in NOISE_TABLE_TAUS_S:
+            found = n.at(tau)
+            if found is None:
+                cells.append("—")
+            else:
+                at, dev = found
+                cells.append(_three_digits(dev) + (f" (τ {at:.3g} s)" if abs(at - tau) > 0.005 * tau else ""))
+        rows.append([n.sensor, n.segment, f"{n.readings:,}", f"{n.interval_s:.3g}", _three_digits(n.white_pa), *cells])
+    out += _table(
+        [
+            "sensor",
+            "segment",
+            "readings",
+            "interval (s)",
+            "white noise (Pa per reading)",
+            *(f"τ = {tau:g} s (Pa)" for tau in NOISE_TABLE_TAUS_S),
+        ],
+        rows,
+    )
+    return out + [
+        "A dash: the record is too short for that τ (it needs three τ-averages in one stretch), or τ is shorter "
+        "than the sampling interval. The longest τs rest on few independent averages (at a third of the record, "
+        "one): read them as good to a factor of about two.",
+        "",
+        f"![Hadamard deviation of each pressure sensor against the averaging time]({NOISE_PNG_NAME})",
+        "",
+    ]
 
 
 def _attribution_section(data: Recording, cfg: Config, rel: Callable[[float], str]) -> list[str]:
@@ -1003,10 +1418,10 @@ def _attribution_section(data: Recording, cfg: Config, rel: Callable[[float], st
 
 
 def _alarm_section(data: Recording, rel: Callable[[float], str]) -> list[str]:
-    """The alarm transitions as a table, and what was still active at the end."""
+    """The alarm transitions as a table, what was still active at the end, and the level steps."""
     out = ["## Alarms", ""]
     if not data.alarms:
-        return out + ["No alarm became active.", ""]
+        return out + ["No alarm became active.", ""] + _step_lines(data, rel)
     out += _table(
         ["time (UTC)", "t", "alarm", "source", "severity", "state", "value", "threshold", "reason"],
         [
@@ -1025,7 +1440,28 @@ def _alarm_section(data: Recording, rel: Callable[[float], str]) -> list[str]:
         ],
     )
     active = ", ".join(f"{alarm} {source} {sev.label}" for alarm, source, sev in data.active_at_end)
-    return out + [f"Active at the end of the recording: {active or 'none'}.", ""]
+    return out + [f"Active at the end of the recording: {active or 'none'}.", ""] + _step_lines(data, rel)
+
+
+def _step_lines(data: Recording, rel: Callable[[float], str]) -> list[str]:
+    """The level steps: sudden offsets taken as offsets, not leaks."""
+    out = [
+        "### Level steps",
+        "",
+        "A level step is a sudden offset in a volume's readings (a re-zeroed or bumped transducer): the monitor takes "
+        "it as an offset, not as a leak. The size is the jump in Pa; the sensor is named when the others tell which "
+        "one stepped.",
+        "",
+    ]
+    if not data.steps:
+        return out + ["No level step was found.", ""]
+    return out + _table(
+        ["time (UTC)", "t", "volume", "sensor", "size (Pa)"],
+        [
+            [present.utc(s.time), rel(s.time), s.volume, s.sensor or "— (the volume's fit)", f"{s.size_pa:+.1f}"]
+            for s in data.steps
+        ],
+    )
 
 
 # -- the command ----------------------------------------------------------------------------
@@ -1075,14 +1511,16 @@ def run(args: argparse.Namespace) -> int:
         f"Pressure-decay test: {cfg.station} — {name}\n"
         f"start {present.utc(data.start)} UTC, duration {present.duration(data.duration)} — verdict {verdict.outcome}"
     )
-    paths = {n: os.path.join(outdir, n) for n in (PNG_NAME, PDF_NAME, MD_NAME)}
+    paths = {n: os.path.join(outdir, n) for n in (PNG_NAME, PDF_NAME, MD_NAME, NOISE_PNG_NAME)}
+    noise = sensor_noise(data, cfg.module)
     try:
         draw(data, cfg.module, title, [paths[PNG_NAME], paths[PDF_NAME]])
+        draw_noise(noise, cfg.module, f"Pressure sensor noise: {cfg.station} — {name}", paths[NOISE_PNG_NAME])
         with open(paths[MD_NAME], "w", encoding="utf-8") as f:
-            f.write(markdown(data, cfg, args.samples, verdict))
+            f.write(markdown(data, cfg, args.samples, verdict, noise))
     except OSError as exc:
         print(f"{exc.filename or outdir}: cannot write the report: {exc.strerror or exc}", file=sys.stderr)
         return EX_CANTCREAT
     print(verdict.line())
-    print(f"report: {paths[MD_NAME]} (figure {paths[PNG_NAME]}, {paths[PDF_NAME]})")
+    print(f"report: {paths[MD_NAME]} (figure {paths[PNG_NAME]}, {paths[PDF_NAME]}; noise {paths[NOISE_PNG_NAME]})")
     return EX_OK

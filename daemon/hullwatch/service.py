@@ -12,6 +12,9 @@ annunciator is driven directly, before anything else.
 Build, then swap. `build()` makes every resource a configuration needs — drivers, files,
 credentials, sinks, spool, recorder, GPIO pins — into a daemon that does not run yet, or
 raises BuildError (one line per problem and a sysexits code); nothing it made is left open.
+Its first half, `prepare()`, makes or checks everything that needs nothing taken — drivers, the
+GPIO pin library, credentials and TLS files, sinks, the places of the recorder and spool files —
+and `check-config` calls that alone, so it refuses what `run` would refuse.
 `run()` starts it. A reload (`rebuild()`) builds the new daemon completely while the old one
 runs, taking over what the old one holds with unchanged settings (the spool file, the
 recorder file, the annunciator's pins); if the new annunciator needs pins the old one holds,
@@ -28,11 +31,13 @@ themselves. Nothing they do stops sensors → core → annunciator.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import math
 import os
 import queue
+import tempfile
 import threading
 import time
 import warnings
@@ -93,7 +98,8 @@ TROUBLE_COUNTERS = {
     "rail_readings": "rail_readings",
     "missed_edges": "missed_edges",
 }
-RECOVERY_COUNTERS = {"reconnects": "reconnects"}
+# counted, but no trouble of the sensor: it came back; it delivered more than max_rate_hz (the excess dropped)
+INFO_COUNTERS = {"reconnects": "reconnects", "rate_dropped": "rate_dropped"}
 
 
 class BuildError(Exception):
@@ -130,9 +136,10 @@ def build_drivers(cfg: Config, pin_factory: Any = None, for_run: bool = True) ->
         try:
             sim = SimulatedModule.from_config(cfg)
         except (OSError, ValueError) as exc:
-            raise ConfigError([f"{cfg.path}: simulation: {exc}"]) from None
-        drivers.append(sim)
-        clock = sim.clock
+            problems.append(f"{cfg.path}: simulation: {exc}")
+        else:
+            drivers.append(sim)
+            clock = sim.clock
     for i, s in enumerate(cfg.sensors):
         if s.driver == "simulated":
             continue
@@ -171,6 +178,292 @@ def _driver(kind: str, name: str, options: Mapping[str, Any], pin_factory: Any) 
     raise OptionError("driver", f"unknown driver {kind!r}")
 
 
+@dataclass
+class Prepared:
+    """What a configuration needs that can be made without taking or starting anything.
+
+    The drivers (built, not running), the sinks (credentials and TLS read, not connected), and
+    `notes`: what is worth telling but stops nothing (a damaged spool that `run` will move aside).
+    """
+
+    drivers: list[Driver]
+    clock: Callable[[], float]
+    mqtt: Any
+    influx: Any
+    commands: _Route  # where the MQTT sink's remote commands go (the daemon, once it exists)
+    notes: list[str]
+
+    def close(self) -> None:
+        """Release the sinks (when no daemon takes them)."""
+        if self.mqtt is not None:
+            self.mqtt.stop()
+        if self.influx is not None:
+            self.influx.close()
+
+
+def prepare(cfg: Config, pin_factory: Any = None, for_run: bool = True) -> Prepared:
+    """Every resource `cfg` needs, made or checked without taking or starting anything.
+
+    `run` and a reload call it before they take anything (files, locks, pins); `check-config`
+    calls it alone (for_run False: simulated sensors need no [simulation], systemd credentials
+    that exist only inside the service are not read, and the spool file is only looked at).
+    Checked: every driver's options, a GPIO pin library for the annunciator, every credential,
+    TLS and password file, the sinks, and the recorder's and the spool's files and directories.
+    BuildError lists every problem, one line each naming the key and the file; its exit code is
+    78 (configuration) unless every problem is a device or service that may yet appear (69).
+    """
+    problems: list[str] = []
+    codes: set[int] = set()
+
+    def attempt(fn: Callable[..., Any], *args: Any) -> Any:
+        try:
+            return fn(*args)
+        except BuildError as exc:
+            problems.extend(exc.problems)
+            codes.add(exc.exit_code)
+        except ConfigError as exc:
+            problems.extend(exc.problems)
+            codes.add(EX_CONFIG)
+        except Exception as exc:  # a failure nobody foresaw (a library missing ...): one line, as build() says it
+            log.debug("preparing %s failed", cfg.path, exc_info=True)
+            problems.append(f"{cfg.path}: cannot start: {type(exc).__name__}: {exc}")
+            codes.add(EX_UNAVAILABLE)
+        return None
+
+    notes: list[str] = []
+    built = attempt(build_drivers, cfg, pin_factory, for_run)
+    if not for_run and cfg.simulation is None:
+        notes += [
+            f"{cfg.path}: sensor[{i}].driver: simulated: `run` needs a [simulation] section "
+            "(`analyze` and `report` take the values from a samples file)"
+            for i, s in enumerate(cfg.sensors)
+            if s.driver == "simulated"
+        ][:1]
+    notes += attempt(_check_gpio, cfg, pin_factory, for_run) or []
+    commands = _Route()
+    secrets_cfg = cfg if for_run else _outside_the_service(cfg, notes)
+    drivers = built.drivers if built is not None else []
+    mqtt = attempt(_mqtt, secrets_cfg, drivers, commands, None if for_run else notes) if cfg.mqtt else None
+    influx = attempt(_influx, secrets_cfg) if cfg.influxdb else None
+    if cfg.recorder is not None:
+        attempt(_check_recorder, cfg)
+    notes += attempt(_check_spool, cfg, for_run) or []  # the sinks' records, and the alarm book in any case
+    prepared = Prepared(drivers, built.clock if built else time.time, mqtt, influx, commands, notes)
+    if problems:
+        prepared.close()
+        raise BuildError(problems, EX_UNAVAILABLE if codes == {EX_UNAVAILABLE} else EX_CONFIG)
+    return prepared
+
+
+CREDENTIALS_ROOT = "/run/credentials/"  # systemd's credentials of system services (LoadCredential=)
+
+
+def _outside_the_service(cfg: Config, notes: list[str]) -> Config:
+    """`cfg` less the systemd credentials that exist only inside the running service (when not in it).
+
+    Each one left out is noted; a client key or certificate left out takes its partner with it.
+    """
+    if os.environ.get("CREDENTIALS_DIRECTORY"):
+        return cfg
+
+    def hidden(key: str, path: str | None) -> bool:
+        if path and path.startswith(CREDENTIALS_ROOT) and not os.path.exists(path):
+            notes.append(f"{cfg.path}: {key}: {path} exists only inside the running service: not checked here")
+            return True
+        return False
+
+    mqtt, influx = cfg.mqtt, cfg.influxdb
+    if mqtt is not None:
+        if hidden("mqtt.password_file", mqtt.password_file):
+            mqtt = replace(mqtt, password_file=None)
+        tls = mqtt.tls
+        if tls is not None:
+            if hidden("mqtt.tls.ca_file", tls.ca_file):
+                tls = replace(tls, ca_file=None)
+            if hidden("mqtt.tls.cert_file", tls.cert_file) | hidden("mqtt.tls.key_file", tls.key_file):
+                tls = replace(tls, cert_file=None, key_file=None)
+            mqtt = replace(mqtt, tls=tls)
+    if influx is not None:
+        if hidden("influxdb.token_file", influx.token_file):
+            influx = replace(influx, token_file=None)
+        if hidden("influxdb.password_file", influx.password_file):
+            influx = replace(influx, password_file=None)
+    return replace(cfg, mqtt=mqtt, influxdb=influx)
+
+
+def _gpio_users(cfg: Config) -> list[str]:
+    """The configuration keys that need GPIO pins: the annunciator, reed switches, MCP3008 converters."""
+    users = ["annunciator"] if cfg.annunciator is not None else []
+    users += [f"hatch[{i}].gpio" for i, h in enumerate(cfg.module.hatches) if h.name in cfg.hatch_switches]
+    users += [f"sensor[{i}]" for i, s in enumerate(cfg.sensors) if s.driver == "mcp3008"]
+    return users
+
+
+def _check_gpio(cfg: Config, pin_factory: Any, for_run: bool) -> list[str]:
+    """A GPIO pin library that works here, as gpiozero finds it for `run` (no pin is taken).
+
+    Without one the annunciator cannot be built (a problem); reed switches and converters are
+    retried while the monitor runs (a note). In a run, the library found becomes gpiozero's
+    default, as the first device would make it; check-config opens it in a scratch directory
+    (lgpio makes its notification pipes in the working directory, the service's state directory)
+    and closes it again.
+    """
+    from hullwatch.sensors.gpio import gpiozero_module
+
+    users = _gpio_users(cfg)
+    if not users or pin_factory is not None:
+        return []
+    try:
+        gpiozero = gpiozero_module()
+    except RuntimeError as exc:
+        return _gpio_trouble(cfg, users, str(exc), EX_UNAVAILABLE)
+    device = gpiozero.Device
+    if device.pin_factory is not None:
+        return []
+    scratch = tempfile.TemporaryDirectory(prefix="hullwatch-gpio-") if not for_run else None
+    here = os.getcwd() if scratch else ""
+    try:
+        if scratch:
+            os.chdir(scratch.name)
+        with warnings.catch_warnings(record=True) as fallbacks:  # gpiozero says which libraries it tried
+            warnings.simplefilter("always")
+            try:
+                factory = device._default_pin_factory()
+            except gpiozero.BadPinFactory as exc:
+                tried = "; ".join(str(w.message) for w in fallbacks) or str(exc)
+                return _gpio_trouble(cfg, users, _NO_PIN_LIBRARY + tried, EX_CONFIG)
+            except Exception as exc:  # a pin library that fails to open the chip
+                return _gpio_trouble(cfg, users, f"cannot use the GPIO pins: {exc}", EX_UNAVAILABLE)
+    finally:
+        if scratch:
+            os.chdir(here)
+    if for_run:
+        device.pin_factory = factory
+    else:
+        with contextlib.suppress(Exception):
+            factory.close()
+        with contextlib.suppress(OSError):
+            scratch.cleanup()
+    return []
+
+
+_NO_PIN_LIBRARY = (
+    "gpiozero finds no GPIO library that works here (on a Raspberry Pi 5: apt install python3-lgpio, "
+    "or pip install lgpio; without a Pi: GPIOZERO_PIN_FACTORY=mock); tried: "
+)
+
+
+def _gpio_trouble(cfg: Config, users: list[str], reason: str, code: int) -> list[str]:
+    """BuildError if the annunciator needs the pins; else a note for each user that will not be read."""
+    if users[0] == "annunciator":
+        raise BuildError([f"{cfg.path}: annunciator: {reason}"], code)
+    return [f"{cfg.path}: {key}: {reason}: not read until that is fixed" for key in users]
+
+
+def _check_recorder(cfg: Config) -> None:
+    """The recorder's file can be written (plain CSV; its directory there or makeable)."""
+    path = cfg.recorder.path
+    if path.endswith(".gz"):
+        raise BuildError(
+            [f"{cfg.path}: recorder.path: {path}: the recorder writes plain CSV (a .gz file cannot be appended)"]
+        )
+    problem = _unwritable(path)
+    if problem:
+        raise BuildError([f"{cfg.path}: recorder.path: cannot write {path}: {problem}"])
+
+
+def _check_spool(cfg: Config, for_run: bool) -> list[str]:
+    """The spool's file and directory can be written; for check-config, also how the file looks.
+
+    A run opens the file itself (moving a damaged one aside). check-config does not take the
+    file's lock nor let SQLite make anything: it reads the file's header and schema as they are,
+    and says when the file is held by a running hullwatch or damaged.
+    """
+    path = _spool_path(cfg)
+    if path is None:
+        return []
+    for name in (path, path + "-wal", path + "-shm", os.path.realpath(path) + ".lock"):
+        problem = _unwritable(name)
+        if problem:
+            raise BuildError([f"{cfg.path}: spool.path: cannot open {name}: {problem}"])
+    if for_run or not os.path.exists(path):
+        return []
+    if _locked(os.path.realpath(path) + ".lock"):
+        return [f"{cfg.path}: spool.path: {path} is held by a running hullwatch (a second `run` would be refused)"]
+    damage = _spool_damage(path)
+    if damage is None:
+        return []
+    return [
+        f"{cfg.path}: spool.path: {path} is damaged ({damage}): `run` will move it aside as "
+        f"{path}.corrupt-<time> and start a fresh spool"
+    ]
+
+
+def _unwritable(path: str) -> str | None:
+    """Why a file could not be opened for writing (made if missing, with its directories), or None."""
+    if os.path.isdir(path):
+        return "Is a directory"
+    if os.path.lexists(path):
+        if not os.path.exists(path):
+            return "a dangling symbolic link"
+        return None if os.access(path, os.R_OK | os.W_OK) else os.strerror(errno.EACCES)
+    directory = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(directory):  # the nearest directory that is there must let us make the rest
+        directory = os.path.dirname(directory)
+    if not os.path.isdir(directory):
+        return os.strerror(errno.ENOTDIR)
+    if not os.access(directory, os.W_OK | os.X_OK):
+        code = errno.EROFS if _read_only(directory) else errno.EACCES
+        return f"{os.strerror(code)} ({directory})"
+    return None
+
+
+def _read_only(directory: str) -> bool:
+    try:
+        return bool(os.statvfs(directory).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
+
+
+def _locked(lock_path: str) -> bool:
+    """Whether a process holds an flock on this file (read from /proc/locks: nothing is taken to find out)."""
+    try:
+        st = os.stat(lock_path)
+        with open("/proc/locks", encoding="ascii", errors="replace") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return False
+    file_id = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    for line in lines:  # `1: FLOCK  ADVISORY  WRITE 1234 00:2e:5678 0 EOF` (waiters have `->` after the number)
+        fields = line.split()
+        if len(fields) >= 6 and fields[1] == "FLOCK" and fields[5] == file_id:
+            return True
+    return False
+
+
+def _spool_damage(path: str) -> str | None:
+    """What SQLite finds wrong when it opens the spool as `run` does, read as it is (no lock, no journal)."""
+    import sqlite3
+    import urllib.parse
+
+    from hullwatch.sinks.spool import is_corrupt
+
+    uri = "file:" + urllib.parse.quote(os.path.abspath(path)) + "?immutable=1"
+    try:
+        db = sqlite3.connect(uri, uri=True)
+    except sqlite3.Error as exc:
+        return str(exc)
+    try:
+        tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if "record" in tables:
+            db.execute("SELECT min(id), max(id) FROM record").fetchone()
+    except sqlite3.DatabaseError as exc:
+        return str(exc) if is_corrupt(exc) else None
+    finally:
+        db.close()
+    return None
+
+
 def build(cfg: Config, pin_factory: Any = None, previous: Daemon | None = None) -> Daemon:
     """Every resource `cfg` needs, in a daemon that does not run yet; BuildError if one cannot be made."""
     try:
@@ -193,14 +486,14 @@ def rebuild(old: Daemon, path: str) -> Daemon:
     return build(cfg, old.pin_factory, previous=old)
 
 
-class _AckRoute:
-    """Where the acknowledge button goes: the daemon running now (a reload hands the annunciator over)."""
+class _Route:
+    """Where a callback goes: the daemon running now (the acknowledge button, remote commands)."""
 
     def __init__(self) -> None:
-        self.target: Callable[[], Any] = lambda: None
+        self.target: Callable[..., Any] = lambda *_: None
 
-    def __call__(self) -> None:
-        self.target()
+    def __call__(self, *args: Any) -> Any:
+        return self.target(*args)
 
 
 class _FaultWatch:
@@ -251,16 +544,14 @@ class Daemon:
         self.pin_factory = pin_factory
         self.annunciator: Any = None
         self._annunciating = False  # the annunciator shows the desk's state (from run() until close())
-        self._ack_route = _AckRoute()
+        self._ack_route = _Route()
         self.note = ""  # said on STATUS, e.g. why a reload was refused
         self.samples: queue.SimpleQueue[Sample] = queue.SimpleQueue()
         self.outputs: list[Callable[[Event], None]] = [EventLog().write]
-        try:
-            built = build_drivers(cfg, pin_factory)
-        except ConfigError as exc:
-            raise BuildError(exc.problems) from None
-        self.drivers = built.drivers
-        self.clock = built.clock
+        parts = prepare(cfg, pin_factory)
+        parts.commands.target = self._command
+        self.drivers = parts.drivers
+        self.clock = parts.clock
         self.monitor = Monitor(cfg.module)
         limits = cfg.module.alarms
         book = AlarmBook(limits.latching, limits.max_shelve_s, cfg.max_maintenance_s, _source_names(cfg))
@@ -268,14 +559,12 @@ class Daemon:
         self.desk.outputs.append(self._unconfirmed_cleared)
         self._previous_book = previous.desk.book if previous is not None else None  # a reload takes it at start
         with contextlib.ExitStack() as undo:
+            undo.callback(parts.close)
             self.recorder = self._take_or_build_recorder(previous, undo)
-            self.mqtt = _mqtt(cfg, self.drivers, self._command) if cfg.mqtt else None
+            self.mqtt = parts.mqtt
             if self.mqtt is not None:
-                undo.callback(self.mqtt.stop)
                 self.desk.outputs.append(self._publish_alarm)
-            self.influx = _influx(cfg) if cfg.influxdb else None
-            if self.influx is not None:
-                undo.callback(self.influx.close)
+            self.influx = parts.influx
             self.sinks = [s for s in (self.mqtt, self.influx) if s is not None]
             self.store, self._spool_path = self._take_or_build_spool(previous, undo)
             self.spool = self.store if self.sinks else None  # records go to the file only for sinks
@@ -624,12 +913,12 @@ class Daemon:
             driver = self._driver_of.get(name)
             counts = {
                 field: int(getattr(driver, attr))
-                for attr, field in (TROUBLE_COUNTERS | RECOVERY_COUNTERS).items()
+                for attr, field in (TROUBLE_COUNTERS | INFO_COUNTERS).items()
                 if isinstance(getattr(driver, attr, None), int)
             }
             if name in glitches:  # readings the core set aside as one-reading jumps
                 counts["glitches"] = glitches[name]
-            trouble = sum(v for k, v in counts.items() if k not in RECOVERY_COUNTERS.values())
+            trouble = sum(v for k, v in counts.items() if k not in INFO_COUNTERS.values())
             silent_s = mono - (h.seen if h.seen is not None else self._started_at)
             quality = h.quality if h.seen is not None else Quality.SUSPECT.value  # not heard from yet
             if silent_s > stale_after:
@@ -649,7 +938,7 @@ class Daemon:
     def _self_metrics(self, now: float) -> None:
         """Spool and sink health and sensor health: to the spool (InfluxDB) and to `P/metrics` (retained)."""
         stats = self.spool.stats()
-        spool = {k: stats[k] for k in ("depth", "oldest_unsent_s", "dropped", "size_bytes", "corrupt")}
+        spool = {k: stats[k] for k in ("depth", "oldest_unsent_s", "dropped", "size_bytes", "corrupt", "unstorable")}
         sinks = {}
         for sink in self.sinks:
             sinks[sink.name] = {
@@ -864,8 +1153,8 @@ def _same_file(a: str | None, b: str | None) -> bool:
     return os.path.realpath(a) == os.path.realpath(b)
 
 
-def _mqtt(cfg: Config, drivers: list[Driver], on_command: Callable[[str, dict, str], dict]) -> Any:
-    """The MQTT sink with its credentials and TLS read (it connects only when started)."""
+def _mqtt(cfg: Config, drivers: list[Driver], on_command: Callable[..., Any], notes: list[str] | None = None) -> Any:
+    """The MQTT sink with its credentials and TLS read (it connects only when started); `notes` for check-config."""
     from hullwatch.sinks.mqtt import MqttSetupError, MqttSink, StationDescription
 
     quantities = {
@@ -873,7 +1162,7 @@ def _mqtt(cfg: Config, drivers: list[Driver], on_command: Callable[[str, dict, s
         for d in drivers
         if hasattr(d, "settings") and hasattr(d.settings, "parser")
     }
-    settings = _without_empty_client_key(cfg.mqtt, cfg.path)
+    settings = _without_empty_client_key(cfg.mqtt, cfg.path, notes)
     sink = MqttSink(
         settings,
         cfg.station,
@@ -889,7 +1178,7 @@ def _mqtt(cfg: Config, drivers: list[Driver], on_command: Callable[[str, dict, s
     return sink
 
 
-def _without_empty_client_key(m: MqttConfig, path: str) -> MqttConfig:
+def _without_empty_client_key(m: MqttConfig, path: str, notes: list[str] | None = None) -> MqttConfig:
     """[mqtt.tls] without the client certificate when its key (or certificate) file is empty.
 
     The unit's `SetCredential=mqtt-client-key:` fallback makes an empty key file when
@@ -903,13 +1192,14 @@ def _without_empty_client_key(m: MqttConfig, path: str) -> MqttConfig:
     if not empty:
         return m
     key = "key_file" if tls.key_file in empty else "cert_file"
-    log.warning(
-        "%s: mqtt.tls.%s: %s is empty (the service's fallback when the file is not installed): "
-        "connecting to the broker without a client certificate",
-        path,
-        key,
-        empty[0],
+    line = (
+        f"{path}: mqtt.tls.{key}: {empty[0]} is empty (the service's fallback when the file is not installed): "
+        "connecting to the broker without a client certificate"
     )
+    if notes is None:
+        log.warning("%s", line)
+    else:
+        notes.append(line)
     return replace(m, tls=replace(tls, cert_file=None, key_file=None))
 
 

@@ -24,7 +24,7 @@ Points feed three estimators per volume:
   σ also carries what a thermometer lagging by `thermometer_lag_sigma_s` would make of
   the temperature's changing rate (the bend of the volume's mean temperature over the
   window). Level shifts the fit absorbs are LevelStep events. The conditions wait
-  `settle_s` after the volume formed: the rate is shown, not judged, meanwhile;
+  `settle_s` after a hatch re-formed the volume: the rate is shown, not judged, meanwhile;
 * the short-window rate of fall of P (estimator.FallRate), every point: rapid_depress;
 * P itself, every point: low_pressure.
 When the set of sensors behind a volume's mass changes (one goes stale, one returns) the
@@ -129,6 +129,8 @@ class _Volume:
         self.sensors = [s for _, members in self.parts for s in members]
         self.size_m3 = sum(vol for vol, _ in self.parts)
         self.formed_at = time
+        # after a hatch operation the air mixes: leak-rate and reserve-time alarms wait (not at start-up)
+        self.settle_until = time + monitor.settings.leak.settle_s
         self.slope = AdaptiveSlope()
         self.fall = FallRate()
         self.air_temperature = LineSeries()  # the volume's mean temperature, MIN_SPACING_S apart
@@ -507,7 +509,7 @@ class Monitor:
             fit.window_s,
             k * sigma,
         )
-        if t - v.formed_at < self.settings.leak.settle_s:
+        if t < v.settle_until:
             return estimate  # the air and the sensors are still settling: the rate is shown, not judged
         for sev in (Severity.CAUTION, Severity.WARNING):
             cond = v.conditions.get((LEAK_RATE, sev))

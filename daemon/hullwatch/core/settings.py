@@ -44,7 +44,7 @@ class LeakSettings:
 
     confidence_sigma: float = 3.0
     report_interval_s: float = 10.0
-    settle_s: float = 600.0  # a volume's leak-rate and reserve-time alarms wait this long after it forms
+    settle_s: float = 600.0  # after a hatch re-forms a volume, its leak-rate and reserve-time alarms wait this long
     thermometer_lag_sigma_s: float = 60.0  # how far (1 σ) thermometers may still lag the air
 
 

@@ -15,7 +15,9 @@ timestamp, taken when the reading arrived.
 from __future__ import annotations
 
 import logging
+import math
 import threading
+import time
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
@@ -118,3 +120,36 @@ class Backoff:
 
     def reset(self) -> None:
         self.delay = self.first
+
+
+class RateLimit:
+    """A token bucket: at most `rate_hz` a second on average, `burst` at once; the rest dropped and counted.
+
+    A device that delivers far more than it should (a transmitter streaming thousands of lines a
+    second) would otherwise flood the queue and the core. Each drop is counted (`dropped`); an
+    episode of drops is logged when it begins and when no drop has come for a second.
+    """
+
+    def __init__(self, log: logging.Logger, what: str, rate_hz: float, burst: float | None = None) -> None:
+        self.rate_hz = rate_hz
+        self.burst = max(1.0, rate_hz if burst is None else burst)  # a second's worth by default
+        self._tokens = self.burst
+        self._at = time.monotonic()
+        self._last_drop = -math.inf
+        self.dropped = 0
+        self._episode = Episode(log, what)
+
+    def allow(self, now: float | None = None) -> bool:
+        """Whether one more item may pass now (else it is counted as dropped)."""
+        now = time.monotonic() if now is None else now
+        self._tokens = min(self.burst, self._tokens + (now - self._at) * self.rate_hz)
+        self._at = now
+        if self._tokens >= 1.0:
+            self._tokens -= 1.0
+            if self._episode.active and now - self._last_drop > 1.0:
+                self._episode.over()
+            return True
+        self.dropped += 1
+        self._last_drop = now
+        self._episode.happened(f"more than {self.rate_hz:g} a second; dropping the excess (counted)")
+        return False

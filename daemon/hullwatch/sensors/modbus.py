@@ -59,6 +59,8 @@ log = logging.getLogger("hullwatch.sensors.modbus")
 UNREADABLE_AFTER = 3  # consecutive failures of a reading before one BAD sample says it is unreadable
 READ_SLICE_S = 0.1  # longest single blocking read: bounds the reaction to stop
 WRITE_TIMEOUT_S = 0.5  # a request is 8 bytes; a port that cannot take them is broken
+MAX_INTERVAL_S = 3600.0  # a reading at least every hour (a far longer wait overflows the thread's timer)
+MAX_TIMEOUT_S = 60.0  # a reply longer in coming than a minute is no reply
 
 # Register types and how many 16-bit registers each spans.
 TYPES: dict[str, int] = {"int16": 1, "uint16": 1, "int32": 2, "uint32": 2, "float32": 2}
@@ -155,8 +157,8 @@ def modbus_settings(options: Mapping[str, Any]) -> ModbusSettings:
     stopbits = option(options, "stopbits", (int, float), 1.0)
     if stopbits not in STOPBITS:
         raise OptionError("stopbits", f"must be 1, 1.5 or 2, not {options['stopbits']!r}")
-    timeout_s = _positive(options, "timeout_s", 0.5)
-    interval_s = _positive(options, "interval_s", 1.0)
+    timeout_s = _seconds(options, "timeout_s", 0.5, MAX_TIMEOUT_S)
+    interval_s = _seconds(options, "interval_s", 1.0, MAX_INTERVAL_S)
     return ModbusSettings(
         port=port,
         slave=slave,
@@ -170,10 +172,11 @@ def modbus_settings(options: Mapping[str, Any]) -> ModbusSettings:
     )
 
 
-def _positive(options: Mapping[str, Any], key: str, default: float) -> float:
+def _seconds(options: Mapping[str, Any], key: str, default: float, most: float) -> float:
+    """A number of seconds above 0 and at most `most`."""
     value = option(options, key, (int, float), default)
-    if not (math.isfinite(value) and value > 0):
-        raise OptionError(key, f"must be a positive number of seconds, not {value!r}")
+    if not (math.isfinite(value) and 0 < value <= most):
+        raise OptionError(key, f"must be above 0 and at most {most:g} s, not {value!r}")
     return value
 
 

@@ -44,6 +44,9 @@ _FROM_SI: dict[Quantity, Callable[[float, str], float]] = {
 _SI_UNIT = {Quantity.PRESSURE: "Pa", Quantity.TEMPERATURE: "K"}
 
 _PARITIES = ("N", "E", "O")
+MAX_INTERVAL_S = 3600.0  # longest poll interval and reply timeout: beyond it a value is a typo
+DEFAULT_MAX_RATE_HZ = 50.0  # lines a second a streaming transducer may deliver (the excess is dropped, counted)
+MAX_RATE_HZ = 10_000.0
 _STOPBITS = (1.0, 1.5, 2.0)
 
 
@@ -181,6 +184,7 @@ SERIAL_KEYS: frozenset[str] = frozenset(
         "timeout_s",
         "preset",
         "max_line",
+        "max_rate_hz",
     }
 )
 
@@ -277,6 +281,7 @@ class SerialSettings:
     max_line: int
     parser: LineParser
     preset: str | None
+    max_rate_hz: float = DEFAULT_MAX_RATE_HZ  # lines a second taken at most; the excess is dropped and counted
 
 
 def serial_settings(options: Mapping[str, Any]) -> SerialSettings:
@@ -314,11 +319,17 @@ def serial_settings(options: Mapping[str, Any]) -> SerialSettings:
         except UnicodeEncodeError:
             raise OptionError("poll", f"must be ASCII, not {text!r}") from None
 
-    interval_s = _positive(options, "interval_s", 1.0)
-    timeout_s = _positive(options, "timeout_s", 1.0)
+    interval_s = _positive(options, "interval_s", 1.0, MAX_INTERVAL_S)
+    timeout_s = _positive(options, "timeout_s", 1.0, MAX_INTERVAL_S)
     max_line = option(options, "max_line", int, 4096)
     if max_line <= 0:
         raise OptionError("max_line", f"must be a positive number of bytes, not {max_line}")
+    # a polled device answers once per poll: room for twice that; a streaming one gets the default
+    default_rate = max(DEFAULT_MAX_RATE_HZ, 2.0 / interval_s) if poll is not None else DEFAULT_MAX_RATE_HZ
+    max_rate_hz = float(option(options, "max_rate_hz", (int, float), default_rate))
+    if not (math.isfinite(max_rate_hz) and 0 < max_rate_hz <= MAX_RATE_HZ):
+        raise OptionError("max_rate_hz", f"must be above 0 and at most {MAX_RATE_HZ:g} lines a second, not "
+                          f"{options.get('max_rate_hz')!r}")  # fmt: skip
 
     return SerialSettings(
         port,
@@ -332,6 +343,7 @@ def serial_settings(options: Mapping[str, Any]) -> SerialSettings:
         max_line,
         _parser(options, base),
         preset_name,
+        max_rate_hz,
     )
 
 
@@ -360,9 +372,9 @@ def _group_names(line_regex: str) -> frozenset[str]:
         return frozenset()
 
 
-def _positive(options: Mapping[str, Any], key: str, default: float) -> float:
-    """A finite positive number of seconds."""
+def _positive(options: Mapping[str, Any], key: str, default: float, most: float) -> float:
+    """A number of seconds above 0 and at most `most`."""
     value = option(options, key, (int, float), default)
-    if not (math.isfinite(value) and value > 0):
-        raise OptionError(key, f"must be a positive number of seconds, not {options.get(key)!r}")
+    if not (math.isfinite(value) and 0 < value <= most):
+        raise OptionError(key, f"must be above 0 and at most {most:g} s, not {options.get(key)!r}")
     return float(value)

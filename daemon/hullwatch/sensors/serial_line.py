@@ -6,6 +6,9 @@ The port is opened with `serial.serial_for_url()`, so a device path, a pty, `soc
 no newline costs bounded memory. Each problem — the port missing or vanishing, no
 reply to a poll, unparseable lines — is counted and logged once per episode; after
 three unreadable lines in a row one BAD sample tells the core the sensor is unreadable.
+At most `max_rate_hz` lines a second are read (50 for a streaming device, at least twice
+the poll rate for a polled one): a transmitter streaming thousands of lines a second would
+flood the core, so the excess is dropped before parsing and counted (`rate_dropped`).
 A vanished port is reopened with backoff until it returns.
 """
 
@@ -20,7 +23,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from hullwatch.core.model import Quality, Sample
-from hullwatch.sensors.base import Backoff, Emit, Episode
+from hullwatch.sensors.base import Backoff, Emit, Episode, RateLimit
 from hullwatch.sensors.presets import SerialSettings, serial_settings
 
 log = logging.getLogger("hullwatch.sensors.serial")
@@ -39,6 +42,12 @@ class SerialDriver:
         self.lines = 0  # good lines
         self.bad_lines = 0
         self.reconnects = 0
+        self._rate = RateLimit(log, f"{name}: lines", settings.max_rate_hz)
+
+    @property
+    def rate_dropped(self) -> int:
+        """Lines dropped unread because the device delivered more than max_rate_hz."""
+        return self._rate.dropped
 
     @classmethod
     def from_options(cls, name: str, options: Mapping[str, Any]) -> SerialDriver:
@@ -121,6 +130,8 @@ class SerialDriver:
                     continue
                 line = bytes(buffer)
                 buffer.clear()
+                if not self._rate.allow():  # a device far faster than it should be: not parsed at all
+                    continue
                 values = s.parser.parse(line)
                 if not values:
                     self.bad_lines += 1

@@ -17,7 +17,7 @@ import threading
 import time
 import tty
 
-from hullwatch.sensors.presets import PRESETS
+from hullwatch.sensors.presets import DEFAULT_MAX_RATE_HZ, MAX_RATE_HZ, PRESETS
 from hullwatch.sim.live import Playback
 from hullwatch.sim.scenario import Scenario
 
@@ -68,17 +68,20 @@ def station_config(scenario: Scenario, ports: list[PtyTransducer], speed: float)
             f'initial = "{"open" if is_open else "closed"}"',
             "",
         ]
-    segment_of = {t.name: t.segment for t in scenario.transducers}
+    by_name = {t.name: t for t in scenario.transducers}
     for p in ports:
         lines += [
             "[[sensor]]",
             f'name = "{p.name}"',
-            f'segment = "{segment_of[p.name]}"',
+            f'segment = "{by_name[p.name].segment}"',
             'driver = "serial"',
             f'port = "{p.path}"',
             f'preset = "{p.preset_name}"',
-            "",
         ]
+        streamed_hz = by_name[p.name].rate_hz * speed
+        if p.preset.poll is None and 2 * streamed_hz > DEFAULT_MAX_RATE_HZ:  # room for the sped-up stream
+            lines.append(f"max_rate_hz = {min(2 * streamed_hz, MAX_RATE_HZ)!r}")
+        lines.append("")
     lines += [
         "[alarms.leak_rate]",
         f"caution_kg_per_day = {0.5 * speed!r}",

@@ -92,7 +92,8 @@ def _read_secret(path: str | None, key: str) -> str | None:
         with open(path, encoding="utf-8") as f:
             return f.read().strip()
     except (OSError, UnicodeDecodeError) as exc:
-        raise InfluxSetupError(f"influxdb.{key}: cannot read {path}: {exc}") from None
+        reason = getattr(exc, "strerror", None) or exc
+        raise InfluxSetupError(f"influxdb.{key}: cannot read {path}: {reason}") from None
 
 
 def _finite(x: Any) -> bool:

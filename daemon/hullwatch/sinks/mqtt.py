@@ -9,7 +9,9 @@ thread, so no call ever waits for the network. Every public method and every pah
 wrapped so that no exception escapes: a bug or a bad payload is logged (rate-limited), never
 allowed to kill paho's thread or the caller's loop.
 
-Connection. `start()` reads the password file, sets up TLS, sets the Last Will (`P/status` =
+Connection. `start()` reads the password file (a password without a user name logs in as the
+station: the shipped broker ACL confines user `<station>` to `hullwatch/<station>/` and
+`homeassistant/+/<station>/+/config`), sets up TLS, sets the Last Will (`P/status` =
 `offline`, retained) and connects asynchronously; paho retries forever, every 1 s then 2 s
 (`reconnect_delay_set(1, 2)`): a refused connect to a LAN broker costs nothing, and 2 s is the
 longest a restarted broker waits for us. Failures are logged at most once a minute per kind.
@@ -232,8 +234,12 @@ def _guarded(kind: str) -> Callable[[F], F]:
     return wrap
 
 
-def apply_credentials(client: mqtt.Client, cfg: MqttConfig) -> None:
-    """[mqtt] username, password (read from its file) and TLS onto a paho client; MqttSetupError naming the key."""
+def apply_credentials(client: mqtt.Client, cfg: MqttConfig, default_username: str | None = None) -> str | None:
+    """[mqtt] username, password (read from its file) and TLS onto a paho client; MqttSetupError naming the key.
+
+    A password without a user name logs in as `default_username` (a station: its own name).
+    Returns the user name used, None for an anonymous connection.
+    """
     password = None
     if cfg.password_file:
         try:
@@ -242,15 +248,46 @@ def apply_credentials(client: mqtt.Client, cfg: MqttConfig) -> None:
         except (OSError, UnicodeDecodeError) as exc:
             reason = getattr(exc, "strerror", None) or exc
             raise MqttSetupError(f"mqtt.password_file: cannot read {cfg.password_file}: {reason}") from None
-    if password is not None and not cfg.username:
+    username = cfg.username or (default_username if password is not None else None)
+    if password is not None and not username:
         raise MqttSetupError("mqtt.password_file: given without mqtt.username")
-    if cfg.username:
-        client.username_pw_set(cfg.username, password)
+    if username:
+        client.username_pw_set(username, password)
     if cfg.tls is not None:
+        _check_tls_files(cfg.tls)
         try:
             client.tls_set(ca_certs=cfg.tls.ca_file, certfile=cfg.tls.cert_file, keyfile=cfg.tls.key_file)
         except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
             raise MqttSetupError(f"mqtt.tls: {exc}") from None
+    return username
+
+
+def _check_tls_files(tls: Any) -> None:
+    """Each [mqtt.tls] file readable and what it should be; MqttSetupError naming the key and the file."""
+    import ssl
+
+    for key in ("ca_file", "cert_file", "key_file"):
+        path = getattr(tls, key)
+        if path is None:
+            continue
+        try:
+            with open(path, "rb"):
+                pass
+        except OSError as exc:
+            raise MqttSetupError(f"mqtt.tls.{key}: cannot read {path}: {exc.strerror or exc}") from None
+    if tls.ca_file:
+        try:
+            ssl.create_default_context(cafile=tls.ca_file)
+        except (ssl.SSLError, ValueError) as exc:
+            raise MqttSetupError(f"mqtt.tls.ca_file: {tls.ca_file} holds no usable CA certificate ({exc})") from None
+    if tls.cert_file:
+        try:
+            ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_cert_chain(tls.cert_file, tls.key_file)
+        except (ssl.SSLError, ValueError) as exc:
+            files = f"{tls.cert_file} and {tls.key_file}" if tls.key_file else tls.cert_file
+            raise MqttSetupError(
+                f"mqtt.tls.cert_file: {files} are no client certificate with its private key ({exc})"
+            ) from None
 
 
 def sample_payload(s: Sample) -> dict:
@@ -394,6 +431,7 @@ class MqttSink:
         self._discovery_prefix = discovery_prefix.rstrip("/")
         self._ha_status_topic = f"{self._discovery_prefix}/status"
         self._client_id = client_id or f"hullwatch-{station}-{os.getpid()}"
+        self.username: str | None = None  # set by prepare(): the user name the broker knows us by
         self._max_queued = max_queued
         self._throttle = _Throttle(log)
         # _lock guards the retained snapshot and is held across paho's publish() for retained
@@ -431,7 +469,7 @@ class MqttSink:
         client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self._client_id, protocol=mqtt.MQTTv5)
         client.suppress_exceptions = True  # belt and braces: our callbacks catch everything themselves
         client.enable_logger(_paho_log)
-        apply_credentials(client, cfg)
+        self.username = apply_credentials(client, cfg, default_username=self.station)
         client.will_set(self.status_topic, b"offline", qos=self.qos, retain=True)
         client.reconnect_delay_set(RECONNECT_MIN_S, RECONNECT_MAX_S)
         client.max_queued_messages_set(self._max_queued)
@@ -455,7 +493,23 @@ class MqttSink:
         cfg = self.cfg
         self._client.connect_async(cfg.host, cfg.port, keepalive=cfg.keepalive_s, clean_start=True)
         self._client.loop_start()
-        log.info("MQTT: connecting to %s:%d as %s, topics under %s/", cfg.host, cfg.port, self._client_id, self.prefix)
+        log.info(
+            "MQTT: connecting to %s:%d as %s (user %s), topics under %s/",
+            cfg.host,
+            cfg.port,
+            self._client_id,
+            self.username or "anonymous",
+            self.prefix,
+        )
+        if self.username and (self.username != self.station or self.prefix != f"hullwatch/{self.username}"):
+            log.warning(
+                "MQTT: user %s, station %s, topics under %s/: the shipped broker ACL (deploy/mosquitto/acl) "
+                "drops whatever a station publishes outside hullwatch/<its user name>/; "
+                "log in with the station's name",
+                self.username,
+                self.station,
+                self.prefix,
+            )
 
     def stop(self, timeout_s: float = 2.0) -> None:
         """Publish `offline` (retained), disconnect cleanly and stop paho's thread."""
@@ -658,13 +712,16 @@ class MqttSink:
         if d is None:
             return []
         p = self.prefix
-        node = _slug(f"hullwatch_{d.station}")
+        # The node id is the station's name alone, a whole topic level, so that the broker's ACL
+        # can confine a station to homeassistant/+/<its user name>/+/config (mosquitto's %u).
+        node = _slug(d.station)
+        device = _slug(f"hullwatch_{d.station}")  # ids Home Assistant keeps in its registry
         common = {
             "availability_topic": self.status_topic,
             "payload_available": "online",
             "payload_not_available": "offline",
             "device": {
-                "identifiers": [node],
+                "identifiers": [device],
                 "name": f"hullwatch {d.station}",
                 "manufacturer": "hullwatch",
                 "model": "pressure-integrity monitor",
@@ -677,7 +734,7 @@ class MqttSink:
         def add(component: str, object_id: str, name: str, cfg: dict) -> None:
             oid = _slug(object_id)
             topic = f"{self._discovery_prefix}/{component}/{node}/{oid}/config"
-            out.append((topic, {"name": name, "unique_id": f"{node}_{oid}", **cfg, **common}))
+            out.append((topic, {"name": name, "unique_id": f"{device}_{oid}", **cfg, **common}))
 
         for sensor, quantities in sorted(d.sensors.items()):
             for q in quantities:

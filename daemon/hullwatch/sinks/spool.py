@@ -44,6 +44,14 @@ an acknowledgement is on disk within milliseconds, not at the next interval. The
 whole table in memory as well, so a file moved aside for corruption gets the book back in full
 on the fresh one.
 
+Records that cannot be stored. `append` encodes each body once; a record whose body JSON cannot
+hold or whose time is outside SQLite's INTEGER nanoseconds (years 1677..2262) never joins the
+batch: it is counted (`unstorable`) and kept in the `rejected` table (sink `spool`) at the next
+commit, so no record can make a commit fail for ever. Likewise a record a sink fails on in a way
+it does not call an outage (an exception other than SinkUnavailable): the forwarder sends the
+records one at a time, and one that fails alone while a later one goes through is set aside as
+rejected with the error, so it never blocks the records behind it.
+
 Statistics come from running counters and one index seek (`stats()`), never from a scan, so
 the service can ask every few seconds whatever the depth.
 """
@@ -72,6 +80,8 @@ IDLE_WAIT_S = 0.5
 RETRY_FIRST_S = 1.0
 RETRY_MAX_S = 15.0
 MAX_PENDING = 100_000  # records held in memory when the file cannot be written (about 37 MB)
+UNSTORABLE_KEPT, UNSTORABLE_BYTES = 1000, 2000  # unstorable records kept in `rejected` a run, and their size
+ISOLATE_BATCH = 50  # records read after an unexpected send failure, to tell a poison record from an outage
 SQLITE_CORRUPT, SQLITE_NOTADB = 11, 26  # the primary result codes of a damaged file
 
 SCHEMA = """
@@ -93,6 +103,7 @@ class Record:
     kind: str
     time_ns: int
     body: dict
+    text: str | None = field(default=None, compare=False, repr=False)  # the body as JSON, made once at append
 
 
 class SpoolInUse(Exception):
@@ -232,6 +243,8 @@ class Spool:
         self.problem: str | None = None  # why the file cannot be written right now
         self.last_fault = ""  # the latest corrupt file moved aside, for people
         self.recoveries = 0  # corrupt files this spool moved aside
+        self.unstorable = 0  # records refused at append since start (a time or a body the file cannot hold)
+        self._unstorable: list[tuple] = []  # of them, rows for the `rejected` table at the next commit
         self._db: sqlite3.Connection | None = None  # the writer's connection, used under _write_lock
         self._loaded = False  # ids and counters came from the file (once; a recovery keeps them)
         self._next_id = 1
@@ -400,11 +413,18 @@ class Spool:
     # -- writing --------------------------------------------------------------------------------
 
     def append(self, kind: str, t: float, body: dict) -> int:
-        """Spool one record (in memory until the next commit); its id."""
+        """Spool one record (in memory until the next commit); its id (0 if it cannot be stored: set aside)."""
+        try:
+            text, t_ns = json.dumps(body, separators=(",", ":")), time_ns(t)
+            if not -(2**63) <= t_ns < 2**63:  # SQLite's INTEGER: years 1677..2262
+                raise OverflowError(f"time {t!r} is outside the years 1677..2262")
+        except (TypeError, ValueError, OverflowError, RecursionError) as exc:
+            self._set_aside_unstorable(kind, t, body, exc)
+            return 0
         with self._lock:
             rid = self._next_id
             self._next_id += 1
-            self._pending.append(Record(rid, kind, time_ns(t), body))
+            self._pending.append(Record(rid, kind, t_ns, body, text))
             if len(self._pending) > MAX_PENDING:
                 gone = len(self._pending) - MAX_PENDING
                 del self._pending[:gone]
@@ -432,6 +452,29 @@ class Spool:
                 self._book_dirty.add(name)
         self._wake.set()
 
+    def _set_aside_unstorable(self, kind: str, t: Any, body: Any, exc: BaseException) -> None:
+        """A record the file cannot hold (a time out of range, a body JSON cannot hold): counted, and kept
+        (up to UNSTORABLE_KEPT a run) for the `rejected` table at the next commit; it never reaches a
+        transaction, so it can never stop one."""
+        reason = f"cannot be stored: {type(exc).__name__}: {exc}"[:300]
+        with self._lock:
+            self._count("unstorable", 1)
+            self.unstorable += 1
+            if len(self._unstorable) < UNSTORABLE_KEPT:
+                try:
+                    text = json.dumps(body, default=repr)[:UNSTORABLE_BYTES]
+                except (TypeError, ValueError, OverflowError, RecursionError):
+                    text = repr(body)[:UNSTORABLE_BYTES]
+                try:
+                    t_ns = time_ns(t) if -(2**63) <= time_ns(t) < 2**63 else None
+                except (TypeError, ValueError, OverflowError):
+                    t_ns = None
+                self._unstorable.append((0, "spool", str(kind), t_ns, text, reason, time.time()))
+            first = self.unstorable == 1
+        if first or self.unstorable % 1000 == 0:  # the first, then every thousandth: never a flood of lines
+            log.error("spool: %d record(s) that cannot be stored set aside so far; the latest %s", self.unstorable,
+                      reason)  # fmt: skip
+
     def commit(self) -> None:
         """Write what was appended, save the cursors, delete what every sink has, keep the budget."""
         if self._db is None:
@@ -455,12 +498,14 @@ class Spool:
                 book_names, self._book_dirty = self._book_dirty, set()
                 book_rows = [(n, self._book[n]) for n in book_names if n in self._book]
                 book_gone = [(n,) for n in book_names if n not in self._book]
+                unstorable, self._unstorable = self._unstorable, []
             try:  # whatever fails, the transaction is rolled back and the batch kept for the next try
-                rows = [(r.id, r.kind, r.time_ns, json.dumps(r.body, separators=(",", ":"))) for r in batch]
+                rows = [(r.id, r.kind, r.time_ns, r.text or json.dumps(r.body, separators=(",", ":"))) for r in batch]
                 db.execute("BEGIN")
                 db.executemany("INSERT OR REPLACE INTO alarm_book VALUES (?, ?)", book_rows)
                 db.executemany("DELETE FROM alarm_book WHERE name = ?", book_gone)
                 db.executemany("INSERT OR REPLACE INTO record (id, kind, time_ns, body) VALUES (?, ?, ?, ?)", rows)
+                db.executemany("INSERT INTO rejected VALUES (?, ?, ?, ?, ?, ?, ?)", unstorable)
                 db.executemany("INSERT OR REPLACE INTO cursor VALUES (?, ?)", cursors)
                 db.executemany("INSERT OR REPLACE INTO counter VALUES (?, ?)", counters)
                 if floor is not None:
@@ -473,6 +518,7 @@ class Spool:
                     self._pending = batch + self._pending  # keep them for the next try
                     self._committing = []
                     self._book_dirty |= book_names
+                    self._unstorable = unstorable + self._unstorable
                 raise
             with self._lock:
                 self._committing = []
@@ -599,6 +645,7 @@ class Spool:
             backlog = {f"backlog.{s}": max(0, last - self.cursors.get(s, 0)) for s in self._sinks}
             dropped = self.counters.get("dropped", 0)
             corrupt = self.counters.get("corrupt", 0)
+            unstorable = self.counters.get("unstorable", 0)
 
         def look() -> tuple[int | None, int]:
             db = self._reader()
@@ -617,6 +664,7 @@ class Spool:
             "size_bytes": size,
             "dropped": dropped,
             "corrupt": corrupt,
+            "unstorable": unstorable,
             "commits": self.commits,
             **backlog,
         }
@@ -730,6 +778,7 @@ class Forwarder:
         self.live_interval_s = getattr(sink, "live_interval_s", 0.0)
         self._next_live = 0.0
         self.sent = 0
+        self._suspect = False  # a send failed unexpectedly: read more records, to isolate a poison one
         self.down_since: float | None = None  # monotonic time the sink became unavailable; None while it works
         self.last_error = ""  # why, for people
 
@@ -770,7 +819,7 @@ class Forwarder:
             self._split_if_backlog()
         busy = False
         if time.monotonic() >= self._next_live:
-            live = self.spool.read(self.live_done, self.live_batch)
+            live = self.spool.read(self.live_done, max(self.live_batch, ISOLATE_BATCH if self._suspect else 0))
             if live:
                 if len(live) < self.live_batch:  # caught up: let the next ones gather for an interval
                     self._next_live = time.monotonic() + self.live_interval_s
@@ -803,13 +852,43 @@ class Forwarder:
         wanted = [r for r in records if r.kind in self.sink.kinds]
         if not wanted:
             return records[-1].id
-        result = self.sink.send(wanted, replay)
+        try:
+            result = self.sink.send(wanted, replay)
+            self._suspect = False
+        except SinkUnavailable:
+            raise
+        except Exception as exc:  # not an outage by the sink's own word: perhaps a record it can never send
+            self._suspect = True
+            result = self._isolate(wanted, replay, exc)
         if result.rejected:
             self.spool.reject(self.sink.name, wanted, result.rejected)
         self.sent += result.confirmed - len(result.rejected)
         if result.confirmed < len(wanted):  # the rest stays for the next round
             return wanted[result.confirmed].id - 1 if result.confirmed else records[0].id - 1
         return records[-1].id
+
+    def _isolate(self, records: list[Record], replay: bool, failure: Exception) -> SendResult:
+        """After an unexpected failure: send the records one at a time. One that fails alone, when a later
+        one then goes through, is one the sink can never send: set aside with its reason (as a sink's own
+        refusals are). If none goes through, the failure stands (an outage: retried with backoff)."""
+        confirmed, rejected, suspects = 0, {}, {}
+        for i, r in enumerate(records[:ISOLATE_BATCH]):
+            try:
+                one = self.sink.send([r], replay)
+            except SinkUnavailable:
+                break
+            except Exception as exc:
+                suspects[r.id] = f"cannot be sent: {type(exc).__name__}: {exc}"[:300]
+                continue
+            if one.confirmed < 1:
+                break
+            rejected |= suspects | one.rejected
+            suspects = {}
+            confirmed = i + 1
+        if not confirmed:
+            raise failure
+        self._suspect = bool(suspects)
+        return SendResult(confirmed, rejected)
 
     def _split_if_backlog(self) -> None:
         waiting = self.spool.last_id - self.done
