@@ -69,7 +69,7 @@ def wait_record(listener: Listener, topic: str, pred, since: int = 0, timeout: f
 
 def saved_book(path: Path) -> dict[str, dict]:
     """The alarm book as the spool file holds it (read as another process would)."""
-    db = sqlite3.connect(path, timeout=10)
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
     try:
         return {name: json.loads(body) for name, body in db.execute("SELECT name, body FROM alarm_book")}
     finally:

@@ -430,11 +430,16 @@ def test_a_full_disk_holds_records_in_memory_says_so_and_catches_up(tmp_path):
 # -- the alarm book's table ------------------------------------------------------------------------------------------
 
 
-def book_rows(path: str) -> dict[str, str]:
-    """The alarm_book table as another process reads it."""
-    db = sqlite3.connect(path, timeout=10)
+def book_rows(path: str) -> dict[str, str] | None:
+    """The alarm_book table as another process reads it (read-only); None while there is none (a file moving)."""
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
+    except sqlite3.OperationalError:
+        return None
     try:
         return dict(db.execute("SELECT name, body FROM alarm_book").fetchall())
+    except sqlite3.OperationalError:
+        return None
     finally:
         db.close()
 
