@@ -621,7 +621,6 @@ SIMULATED += 'driver = "simulated"\n'
 REFUSED = [
     ("password file missing", '[mqtt]\nusername = "u"\npassword_file = "{tmp}/none"\n', "mqtt.password_file"),
     ("password file a directory", '[mqtt]\nusername = "u"\npassword_file = "{tmp}"\n', "mqtt.password_file"),
-    ("password without a user", '[mqtt]\npassword_file = "{tmp}/secret"\n', "mqtt.password_file"),
     ("TLS CA missing", '[mqtt]\n[mqtt.tls]\nca_file = "{tmp}/none.crt"\n', "mqtt.tls"),
     ("TLS key no key", '[mqtt]\n[mqtt.tls]\ncert_file = "{tmp}/secret"\nkey_file = "{tmp}/secret"\n', "mqtt.tls"),
     ("influx token missing", '[influxdb]\nbucket = "b"\ntoken_file = "{tmp}/none"\n', "influxdb.token_file"),

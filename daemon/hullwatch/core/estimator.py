@@ -609,8 +609,12 @@ class FallRate:
         if len(s) > 2 * _COMPACT_AFTER:
             s.trim_before(t - self.WINDOWS_S[-1])
 
-    def bounds(self, k: float) -> tuple[float, float, float] | None:
-        """(fall rate, its lower bound, the highest upper bound) in Pa/s at k sigma; None if too few points."""
+    def bounds(self, k: float, faster_than: float = -math.inf) -> tuple[float, float, float] | None:
+        """(fall rate, its lower bound, the highest upper bound) in Pa/s at k sigma; None if too few points.
+
+        Windows whose fall is no faster than `faster_than` are passed over (cheaply): enough to
+        tell whether some window's lower bound exceeds it, the question while no alarm is active.
+        """
         s = self.series
         xs = s.xs
         end = len(xs)
@@ -633,6 +637,8 @@ class FallRate:
                 continue
             dxy = exy - sxy[i] - tx * ty / n
             fall = -dxy / dxx
+            if fall <= faster_than:
+                continue
             sse = eyy - syy[i] - ty * ty / n + fall * dxy
             half = k * math.sqrt(sse / (n - 2) / dxx) if sse > 0.0 else 0.0
             if fall - half > best_lower:

@@ -473,8 +473,9 @@ class Monitor:
                 _append(events, cond.update(t, below(p, cond.threshold, self.low_pressure_hysteresis), p))
         cond = v.rapid_depress
         if cond is not None:
-            bounds = v.fall.bounds(self.k)
-            if bounds is not None and (cond.active or bounds[1] > cond.threshold):
+            # an inactive alarm needs a window falling faster than its threshold at all
+            bounds = v.fall.bounds(self.k, -math.inf if cond.active else cond.threshold)
+            if bounds is not None:
                 fall, lower, upper = bounds
                 _append(events, cond.update(t, (lower > cond.threshold, upper < cond.threshold), fall))
         if t >= v.next_report:
