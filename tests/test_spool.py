@@ -472,6 +472,19 @@ def test_an_unreadable_book_row_is_reported_and_deleted(tmp_path):
     assert book_rows(path) == {"alarm/good": "{}"}
 
 
+def test_an_alarm_book_table_of_another_shape_starts_afresh(tmp_path, caplog):
+    path = str(tmp_path / "s.sqlite")
+    db = sqlite3.connect(path)
+    db.execute("CREATE TABLE alarm_book (key TEXT, state TEXT)")
+    db.commit()
+    db.close()
+    spool = Spool(path)
+    assert spool.load_book() == ({}, []) and "starting it afresh" in caplog.text
+    spool.save_book({"alarm/a": "{}"})
+    spool.close()
+    assert book_rows(path) == {"alarm/a": "{}"}
+
+
 def test_the_alarm_book_moves_to_the_fresh_file_when_the_old_one_is_corrupt(tmp_path):
     path = str(tmp_path / "s.sqlite")
     spool_with_backlog(path)

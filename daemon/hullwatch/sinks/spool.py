@@ -284,7 +284,16 @@ class Spool:
         first, last = db.execute("SELECT min(id), max(id) FROM record").fetchone()
         cursors = dict(db.execute("SELECT sink, done FROM cursor").fetchall())
         counters = dict(db.execute("SELECT name, value FROM counter").fetchall())
-        book = db.execute("SELECT name, body FROM alarm_book").fetchall()
+        try:
+            book = db.execute("SELECT name, body FROM alarm_book").fetchall()
+        except sqlite3.DatabaseError as exc:
+            if is_corrupt(exc):
+                raise
+            # a table of another shape (not ours): the book starts afresh, the spool opens all the same
+            log.warning("spool: %s: the alarm book's table cannot be read (%s); starting it afresh", self.path, exc)
+            db.execute("DROP TABLE IF EXISTS alarm_book")
+            db.executescript(SCHEMA)
+            book = []
         with self._lock:
             if not self._loaded:  # the book as the previous run left it
                 for name, body in book:
