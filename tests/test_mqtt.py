@@ -306,20 +306,51 @@ def test_ack_reaches_on_command_and_the_result_is_published(broker, make_sink, l
     assert all(r["ok"] for r in live.json(f"{P}/cmd/result"))
 
 
-def test_a_retained_command_is_ignored(broker, make_sink, listener, caplog):
+def test_a_retained_command_is_refused_however_it_arrives(broker, make_sink, listener, caplog):
     caplog.set_level(logging.INFO, logger="hullwatch.sinks.mqtt")
+    # left on the broker before the daemon connects: handed over with the subscription
     publish(broker.port, f"{P}/cmd/ack", '{"all": true}', retain=True)
     live = listener(broker.port, f"{P}/#")
     sink, commands = make_sink(broker.port)
-    assert live.wait_topic(f"{P}/status", payload=b"online")
-    time.sleep(0.4)
+    refused = live.wait_topic(f"{P}/cmd/result")
+    assert refused is not None
+    result = json.loads(refused[2])
+    assert (result["ok"], result["error"], result["command"]) == (False, "retained", "ack")
+    assert "mosquitto_pub -r -n -t hullwatch/lab/cmd/ack" in result["message"]
+    assert commands.calls == [] and "retained commands are refused" in caplog.text
+    # published retained while the daemon listens: delivered live, still seen as retained (MQTT 5)
+    n = live.count()
+    publish(broker.port, f"{P}/cmd/reset", '{"all": true}', retain=True)
+    m = live.wait_for(lambda m: m[1] == f"{P}/cmd/result", since=n)
+    assert m is not None and json.loads(m[2])["error"] == "retained"
     assert commands.calls == []
-    assert live.on(f"{P}/cmd/result") == []
-    assert "ignoring retained command" in caplog.text
-    # clearing it (an empty retained publish, delivered live) is no command either
-    publish(broker.port, f"{P}/cmd/ack", b"", retain=True)
+    # clearing them (empty retained messages) is no command, and gets no answer
+    n = live.count()
+    for name in ("ack", "reset"):
+        publish(broker.port, f"{P}/cmd/{name}", b"", retain=True)
+    publish(broker.port, f"{P}/cmd/ack", '{"all": true}')  # a plain command after them: the only one answered
+    m = live.wait_for(lambda m: m[1] == f"{P}/cmd/result", since=n)
+    assert m is not None and json.loads(m[2])["ok"] is True
     time.sleep(0.2)
-    assert commands.calls == [] and live.on(f"{P}/cmd/result") == []
+    assert len([m for m in live.messages[n:] if m[1] == f"{P}/cmd/result"]) == 1
+    assert commands.calls == [("ack", {"all": True}, "mqtt")]
+
+
+def test_a_command_names_its_sender(broker, make_sink, listener):
+    live = listener(broker.port, f"{P}/cmd/result")
+    sink, commands = make_sink(broker.port)
+    assert sink.synced.wait(5)
+    publish(broker.port, f"{P}/cmd/ack", '{"all": true}', user_properties={"by": "alice"})  # MQTT 5
+    publish(broker.port, f"{P}/cmd/ack", '{"all": true, "by": "bob"}')  # in the payload (MQTT 3.1.1 clients)
+    publish(broker.port, f"{P}/cmd/ack", '{"all": true, "by": "bob"}', user_properties={"by": "carol"})
+    publish(broker.port, f"{P}/cmd/ack", '{"all": true}')
+    publish(broker.port, f"{P}/cmd/ack", '{"all": true, "by": ""}')
+    publish(broker.port, f"{P}/cmd/ack", '{"all": true}', user_properties={"by": "x" * 65})
+    assert wait_until(lambda: len(live.on(f"{P}/cmd/result")) == 6)
+    assert [c[2] for c in commands.calls] == ["mqtt:alice", "mqtt:bob", "mqtt:carol", "mqtt"]
+    results = live.json(f"{P}/cmd/result")
+    assert [r.get("by") for r in results[:4]] == ["mqtt:alice", "mqtt:bob", "mqtt:carol", "mqtt"]
+    assert [r.get("error") for r in results[4:]] == ["bad_fields", "bad_fields"]
 
 
 MALFORMED = [
@@ -335,6 +366,12 @@ MALFORMED = [
     ("shelve", b'{"alarm": "leak_rate", "source": "lab", "severity": "caution", "duration_s": NaN}', "bad_fields"),
     ("maintenance", b'{"on": "yes"}', "bad_fields"),
     ("maintenance", b'{"on": true, "sources": "p_prk"}', "bad_fields"),
+    ("maintenance", b'{"on": true}', "bad_fields"),
+    ("maintenance", b'{"on": true, "sources": []}', "bad_fields"),
+    ("maintenance", b'{"on": true, "all": true, "sources": ["lab"]}', "bad_fields"),
+    ("maintenance", b'{"on": true, "all": "yes"}', "bad_fields"),
+    ("maintenance", b'{"on": true, "all": true, "duration_s": -5}', "bad_fields"),
+    ("ack", b'{"all": true, "by": 7}', "bad_fields"),
     ("frobnicate", b"{}", "unknown_command"),
     ("ack/extra", b'{"all": true}', "unknown_command"),
 ]
@@ -694,6 +731,12 @@ def test_validate():
     assert _validate("maintenance", {"on": False, "sources": []}) is None
     assert _validate("maintenance", {"on": 1})
     assert _validate("maintenance", {"on": True, "sources": [1]})
+    assert _validate("maintenance", {"on": True})
+    assert _validate("maintenance", {"on": True, "all": True}) is None
+    assert _validate("maintenance", {"on": True, "sources": ["lab"], "duration_s": 600}) is None
+    assert _validate("maintenance", {"on": False, "all": True}) is None
+    assert _validate("ack", {"all": True, "by": "alice"}) is None
+    assert _validate("ack", {"all": True, "by": "a\nb"})
 
 
 def test_station_description_from_config(two_segment_toml):

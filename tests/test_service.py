@@ -291,6 +291,26 @@ def test_a_reload_hands_the_annunciator_and_its_pins_over(tmp_path, mock_pins):
     assert not running.thread.is_alive()
 
 
+def test_a_reload_keeps_the_alarm_book(tmp_path):
+    path = tmp_path / "hullwatch.toml"
+    path.write_text(station("bench", "/dev/null-not-there", 2.0, "[alarms]\nmax_maintenance_s = 600.0\n"))
+    running = Running(build(config.load(str(path))), path)
+    try:
+        first = running.daemon
+        assert wait_for(lambda: first._annunciating)
+        sound(first)
+        first.desk.command("ack", {"all": True}, "mqtt:alice")
+        assert first.desk.command("maintenance", {"on": True, "sources": ["p"]}, "mqtt:dave")["ok"]
+        second = running.reload()
+        assert isinstance(second, Daemon) and second is not first
+        assert wait_for(lambda: second._annunciating)
+        record = second.desk.book.record(("low_pressure", "lab", Severity.EMERGENCY))
+        assert record is not None and record.state.value == "acked" and record.by == "mqtt:alice"
+        assert second.desk.book.maintenance()["p"] == first.desk.book.maintenance()["p"]
+    finally:
+        running.close()
+
+
 def test_a_reload_that_cannot_be_built_leaves_nothing_open(tmp_path):
     path = tmp_path / "hullwatch.toml"
     recorder = f'\n[recorder]\npath = "{tmp_path}/samples.csv"\n'

@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import logging
 import math
 import os
@@ -56,7 +57,14 @@ from typing import Any
 
 from hullwatch import config, present, timebase
 from hullwatch.config import Config, ConfigError, MqttConfig
-from hullwatch.core.lifecycle import AlarmBook, LifecycleChange
+from hullwatch.core.lifecycle import (
+    ALL_SOURCES,
+    NOT_CONFIRMED,
+    AlarmBook,
+    AlarmRecord,
+    LifecycleChange,
+    LifecycleEvent,
+)
 from hullwatch.core.model import (
     AlarmState,
     AlarmTransition,
@@ -91,6 +99,7 @@ SINK_FAULT_AFTER_S = 30.0  # a sink unavailable this long raises sink_fault (a b
 # SIGTERM: what each part of the stop may take, well within the unit's TimeoutStopSec=10
 STOP_DRIVERS_S, STOP_DRAIN_S, STOP_RECORDER_S, STOP_SPOOL_S, STOP_SINK_S = 1.0, 1.5, 1.0, 1.5, 1.0
 OWN_ALARMS = frozenset({"spool_full", "spool_fault", "sink_fault", "recorder_fault", "reload_fault"})
+CONFIRM_MARGIN_S = 30.0  # after a restart, what a restored active alarm's condition gets beyond its kind's own delays
 # drivers' own trouble counters, as sensor_health fields (the driver's `errors` becomes `device_errors`)
 TROUBLE_COUNTERS = {
     "bad_lines": "bad_lines",
@@ -248,8 +257,7 @@ def prepare(cfg: Config, pin_factory: Any = None, for_run: bool = True) -> Prepa
     influx = attempt(_influx, secrets_cfg) if cfg.influxdb else None
     if cfg.recorder is not None:
         attempt(_check_recorder, cfg)
-    if cfg.mqtt or cfg.influxdb:
-        notes += attempt(_check_spool, cfg, for_run) or []
+    notes += attempt(_check_spool, cfg, for_run) or []  # the sinks' records, and the alarm book in any case
     prepared = Prepared(drivers, built.timebase if built else timebase.STEADY, mqtt, influx, commands, notes)
     if problems:
         prepared.close()
@@ -590,7 +598,10 @@ class Daemon:
         self.clock = self.timebase.now
         self.monitor = Monitor(cfg.module)
         limits = cfg.module.alarms
-        self.desk = AlarmDesk(AlarmBook(limits.latching, limits.max_shelve_s), self.clock, self._show)
+        book = AlarmBook(limits.latching, limits.max_shelve_s, cfg.max_maintenance_s, _source_names(cfg))
+        self.desk = AlarmDesk(book, self.clock, self._show, self._save_book)
+        self.desk.outputs.append(self._unconfirmed_cleared)
+        self._previous_book = previous.desk.book if previous is not None else None  # a reload takes it at start
         with contextlib.ExitStack() as undo:
             undo.callback(parts.close)
             self.recorder = self._take_or_build_recorder(previous, undo)
@@ -599,17 +610,18 @@ class Daemon:
                 self.desk.outputs.append(self._publish_alarm)
             self.influx = parts.influx
             self.sinks = [s for s in (self.mqtt, self.influx) if s is not None]
-            self.spool, self._spool_path = self._take_or_build_spool(previous, undo)
+            self.store, self._spool_path = self._take_or_build_spool(previous, undo)
+            self.spool = self.store if self.sinks else None  # records go to the file only for sinks
             self.annunciator = self._take_or_build_annunciator(previous)  # last: nothing after it can fail
             undo.pop_all()
         self.metrics_every_s = METRICS_EVERY_S
         self._next_metrics = time.monotonic()  # the first right away: the backlog found at start shows
         self._next_faults = time.monotonic()
-        taken = self.spool is not None and previous is not None and previous.spool is self.spool
-        dropped = self.spool.counters.get("dropped", 0) if self.spool else 0
+        taken = self.store is not None and previous is not None and previous.store is self.store
+        dropped = self.store.counters.get("dropped", 0) if self.store else 0
         self._watches = {
             "spool_full": _FaultWatch("spool_full", "spool", dropped),
-            "spool_fault": _FaultWatch("spool_fault", "spool", self.spool.recoveries if taken else 0),
+            "spool_fault": _FaultWatch("spool_fault", "spool", self.store.recoveries if taken else 0),
             "recorder_fault": _FaultWatch("recorder_fault", "recorder", self.recorder.dropped if self.recorder else 0),
             **{f"sink_fault.{s.name}": _FaultWatch("sink_fault", s.name) for s in self.sinks},
         }
@@ -659,11 +671,12 @@ class Daemon:
         return recorder
 
     def _take_or_build_spool(self, previous: Daemon | None, undo: contextlib.ExitStack) -> tuple[Any, str | None]:
-        if not self.sinks:
-            return None, None
+        """The spool file: the sinks' records and the alarm book (without sinks, the book alone if it can be kept)."""
         path = _spool_path(self.cfg)
-        if previous is not None and previous.spool is not None and _same_file(previous._spool_path, path):
-            return previous.spool, path
+        if not self.sinks and path is None:
+            return None, None
+        if previous is not None and previous.store is not None and _same_file(previous._spool_path, path):
+            return previous.store, path
         spool = _spool(self.cfg, path)
         undo.callback(spool.close)
         return spool, path
@@ -751,6 +764,7 @@ class Daemon:
     def _start(self) -> None:
         """Start what was built: recorder, spool and sinks, drivers, annunciator."""
         cfg = self.cfg
+        self._restore_book()
         self._ack_route.target = self._button
         self._annunciating = True
         self.desk.show(self.desk.book.annunciation())  # through desk.show: callers may have wrapped it
@@ -759,11 +773,81 @@ class Daemon:
             self.recorder.start()
         if self.mqtt is not None:
             self.mqtt.start()  # connects in the background, retrying for ever
-        if self.spool is not None:
-            self.spool.configure(cfg.spool.max_mb, cfg.spool.commit_interval_s, cfg.spool.replay_per_s)
-            self.spool.start(self.sinks)
+        if self.store is not None:
+            self.store.configure(cfg.spool.max_mb, cfg.spool.commit_interval_s, cfg.spool.replay_per_s)
+            self.store.start(self.sinks)
         running = {id(r.driver) for r in self._runs}  # taken over: they run already, their samples sent here
         self._runs += [_DriverRun(d, self.samples.put) for d in self.drivers if id(d) not in running]
+
+    def _restore_book(self) -> None:
+        """The alarm book as the previous run (or, on a reload, the running daemon) left it; then shown and published.
+
+        A saved row that cannot be read is logged (WARNING) and dropped: that alarm starts clean.
+        Afterwards the file holds exactly the book restored.
+        """
+        stored: dict[str, str] = {}
+        rows: dict[str, object] = {}
+        if self.store is None or self.store.temporary:
+            _say_once(
+                "alarm book: not kept across restarts (no [spool] path and no $STATE_DIRECTORY): latches, "
+                "acknowledgements, shelving and maintenance start afresh at every start"
+            )
+        if self.store is not None:
+            stored, unreadable = self.store.load_book()
+            for name in unreadable:
+                log.warning("alarm book: skipping a saved row that cannot be read: %s", name)
+        if self._previous_book is not None:
+            rows = dict(self._previous_book.rows())
+            self._previous_book = None
+        else:
+            for name, text in stored.items():
+                try:
+                    rows[name] = json.loads(text)
+                except ValueError as exc:
+                    log.warning("alarm book: skipping a saved row that is not JSON: %s: %s", name, exc)
+        self.desk.restore(rows, self._confirm_within)
+        if self.store is not None:
+            now = self.desk.book.rows()
+            replace = {name: None for name in stored if name not in now}
+            replace.update({name: _dumps(row) for name, row in now.items()})
+            self.store.save_book(replace)
+        if self.mqtt is not None:
+            for record in self.desk.book.records():
+                self._publish_record(record)
+            for vid in self.monitor.volumes:
+                self.mqtt.volume_alarm(
+                    vid, any(r.condition_active for r in self.desk.book.records() if r.source == vid)
+                )
+
+    def _confirm_within(self, alarm: str) -> float:
+        """How long after a restart the monitor may take to raise a condition of this kind again, if it holds."""
+        module = self.cfg.module
+        a, leak = module.alarms, module.leak
+        stale = a.sensor.stale_after_s
+        if alarm in ("leak_rate", "reserve_time"):  # judged only after settle_s, on consecutive estimates
+            n = a.leak_rate.confirmations if alarm == "leak_rate" else a.reserve_time.confirmations
+            return leak.settle_s + (n + 1) * leak.report_interval_s + stale + CONFIRM_MARGIN_S
+        if alarm in OWN_ALARMS:  # the daemon's own checks
+            return SINK_FAULT_AFTER_S + 2 * FAULTS_EVERY_S
+        if alarm == "low_pressure":  # two readings on_delay_s apart
+            return a.low_pressure.on_delay_s + stale + CONFIRM_MARGIN_S
+        return stale + CONFIRM_MARGIN_S  # rapid_depress, sensor_fault: a few readings
+
+    def _save_book(self, rows: dict[str, dict | None]) -> None:
+        """The alarm book's changed rows to the spool's file (its committer writes them at once)."""
+        if self.store is not None:
+            self.store.save_book({name: None if row is None else _dumps(row) for name, row in rows.items()})
+
+    def _unconfirmed_cleared(self, change: LifecycleChange) -> None:
+        """A restored condition the monitor did not raise again: its clearing is stored and logged like any."""
+        last = change.record.last
+        if change.cause is not LifecycleEvent.CONDITION_CLEARED or last.reason != NOT_CONFIRMED:
+            return
+        last = self._at_wall(last)
+        if self.spool is not None:
+            self.spool.append("alarm", last.time, last.to_dict())
+        for output in self.outputs:
+            output(last)
 
     def samples_fresh(self) -> bool:
         """Whether a good sample arrived within the stale limit."""
@@ -784,6 +868,11 @@ class Daemon:
         active = [r for r in book.records() if r.condition_active]
         worst = max((r.severity for r in active), default=None)
         alarms = f"{len(active)} active alarm(s), worst {worst.label}" if worst else "no active alarms"
+        windows = book.maintenance()
+        if windows:
+            names = ", ".join("all sources" if s == ALL_SOURCES else s for s in sorted(windows))
+            until = time.strftime("%H:%M:%SZ", time.gmtime(max(w.until for w in windows.values())))
+            alarms += f" | maintenance: {names} until {until}"
         return "; ".join(parts) + f" | {alarms}" + (f" | {self.note}" if self.note else "")
 
     def step(self, wait_s: float) -> list[Event]:
@@ -982,13 +1071,13 @@ class Daemon:
             if change is not None:
                 due.append((watch, change, float(count) if count else None))
 
-        if self.spool is not None:
-            dropped = self.spool.counters.get("dropped", 0)
+        if self.store is not None:
+            dropped = self.store.counters.get("dropped", 0)
             check("spool_full", None, dropped, f"spool full: {dropped} oldest record(s) dropped")
-            check("spool_fault", self.spool.problem, self.spool.recoveries, self.spool.last_fault)
+            check("spool_fault", self.store.problem, self.store.recoveries, self.store.last_fault)
             mono = time.monotonic()
             for sink in self.sinks:
-                f = self.spool.forwarder(sink.name)
+                f = self.store.forwarder(sink.name)
                 down = f is not None and f.down_since is not None and mono - f.down_since > SINK_FAULT_AFTER_S
                 check(f"sink_fault.{sink.name}", f"{sink.name} unavailable: {f.last_error}" if down else None)
         if self.recorder is not None:
@@ -1066,11 +1155,11 @@ class Daemon:
             self.recorder.close(STOP_RECORDER_S)
         if self.annunciator is not None and self.annunciator is not keep.annunciator:
             self.annunciator.close()
-        if self.spool is not None:
-            if self.spool is keep.spool:
-                self.spool.stop_forwarding(STOP_SPOOL_S)
+        if self.store is not None:
+            if self.store is keep.store:
+                self.store.stop_forwarding(STOP_SPOOL_S)
             else:
-                self.spool.close(drain_s=0.5, timeout_s=STOP_SPOOL_S)
+                self.store.close(drain_s=0.5, timeout_s=STOP_SPOOL_S)
         if self.influx is not None:
             _bounded(self.influx.close, STOP_SINK_S / 2, "InfluxDB sink")
         if self.mqtt is not None:
@@ -1094,13 +1183,17 @@ class Daemon:
 
     def _publish_alarm(self, change: LifecycleChange) -> None:
         """An alarm's lifecycle changed: its retained MQTT topic, and its volume's any-alarm flag."""
-        alarm, source, severity = change.key
-        record = change.record.to_dict()
+        self._publish_record(change.record, change.gone)
+
+    def _publish_record(self, record: AlarmRecord, gone: bool = False) -> None:
+        """One alarm's retained MQTT topic (empty when gone), and its volume's any-alarm flag."""
+        alarm, source, severity = record.key
+        payload = record.to_dict()
         for key in ("time", "shelved_until", "changed_at"):  # steady time inside, wall clock outside
-            if isinstance(record.get(key), int | float):
-                record[key] = self.timebase.to_wall(record[key])
-        self.mqtt.alarm(record, alarm, source, severity.label, gone=change.gone)
-        if source in self.monitor.volumes or (change.gone and alarm not in OWN_ALARMS):
+            if isinstance(payload.get(key), int | float):
+                payload[key] = self.timebase.to_wall(payload[key])
+        self.mqtt.alarm(payload, alarm, source, severity.label, gone=gone)
+        if source in self.monitor.volumes or (gone and alarm not in OWN_ALARMS):
             active = any(r.condition_active for r in self.desk.book.records() if r.source == source)
             self.mqtt.volume_alarm(source, active)
 
@@ -1108,7 +1201,35 @@ class Daemon:
 class _Nothing:
     """A successor that takes nothing over."""
 
-    recorder = annunciator = spool = None
+    recorder = annunciator = store = None
+
+
+_said: set[str] = set()
+
+
+def _say_once(message: str) -> None:
+    """A warning logged once per process (builds and reloads repeat it otherwise)."""
+    if message not in _said:
+        _said.add(message)
+        log.warning("%s", message)
+
+
+def _dumps(row: dict) -> str:
+    return json.dumps(row, separators=(",", ":"))
+
+
+def _source_names(cfg: Config) -> Callable[[str], bool]:
+    """Which names maintenance may take: a sensor, or a volume (segment names, sorted, joined by "-")."""
+    sensors = {s.name for s in cfg.sensors}
+    segments = {s.name for s in cfg.module.segments}
+
+    def known(name: str) -> bool:
+        if name in sensors:
+            return True
+        parts = name.split("-")
+        return all(p in segments for p in parts) and parts == sorted(set(parts))
+
+    return known
 
 
 def _bounded(fn: Callable[[], Any], timeout_s: float, what: str) -> None:

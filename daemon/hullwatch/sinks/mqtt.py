@@ -55,9 +55,15 @@ that queue is ever full when a retained message is due, the snapshot is re-sent 
 room again.
 
 Commands. `P/cmd/<name>` messages are validated (UTF-8, JSON object, at most 64 KiB, field
-types) and passed to `on_command(name, payload, "mqtt")`; its result, or the reason for a
-rejection, is published on `P/cmd/result` (not retained). Retained commands are ignored: a
-stale retained `ack` must not acknowledge tomorrow's alarm.
+types) and passed to `on_command(name, payload, by)`; its result, or the reason for a
+rejection, is published on `P/cmd/result` (not retained). `by` names the sender as far as it
+can be told: "mqtt:<who>" from the MQTT 5 user property `by`, else the payload's `"by"`, else
+just "mqtt" (the broker's ACL decides who may publish commands at all). Retained commands are
+refused, however they arrive: a stale retained `ack` must not acknowledge tomorrow's alarm.
+The sink speaks MQTT 5 and subscribes to `P/cmd/#` with "retain as published", so a command
+published with the retain flag is seen as retained when it is delivered live too, not only
+when the broker hands it to a new subscription. An empty message (what clearing a retained
+command looks like) is no command and gets no answer.
 """
 
 from __future__ import annotations
@@ -81,6 +87,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from hullwatch import __version__
 from hullwatch.core.model import Estimate, Quantity, Sample
@@ -104,6 +111,7 @@ RESYNC_INTERVAL_S = 1.0
 PUBACK_TIMEOUT_S = 10.0
 MAX_INFLIGHT = 100
 ORIGIN = "mqtt"
+MAX_SENDER_CHARS = 64  # a sender's name (`by`)
 
 OnCommand = Callable[[str, dict, str], Mapping[str, Any]]
 F = TypeVar("F", bound=Callable[..., Any])
@@ -343,12 +351,32 @@ def _echo(raw: bytes) -> str:
     return text
 
 
+def _user_property(msg: mqtt.MQTTMessage, name: str) -> str | None:
+    """The value of an MQTT 5 user property of a message (the last one of that name), or None."""
+    found = None
+    for key, value in getattr(getattr(msg, "properties", None), "UserProperty", None) or ():
+        if key == name:
+            found = value
+    return found
+
+
 def _is_str(v: Any) -> bool:
     return isinstance(v, str) and v != ""
 
 
+def _sender_problem(who: object) -> str | None:
+    """Why a sender's name (`by`) is not one, or None."""
+    if not isinstance(who, str) or not who or len(who) > MAX_SENDER_CHARS or not who.isprintable():
+        return f'"by" must name the sender: printable text of 1 to {MAX_SENDER_CHARS} characters'
+    return None
+
+
 def _validate(name: str, obj: dict) -> str | None:
     """Why a command object is malformed, or None if its fields have the right types."""
+    if "by" in obj:
+        problem = _sender_problem(obj["by"])
+        if problem:
+            return problem
 
     def key() -> str | None:
         for field in ("alarm", "source", "severity"):
@@ -373,11 +401,21 @@ def _validate(name: str, obj: dict) -> str | None:
             return '"duration_s" must be a positive number of seconds'
         return None
     if name == "maintenance":
-        if not isinstance(obj.get("on"), bool):
+        on = obj.get("on")
+        if not isinstance(on, bool):
             return '"on" must be true or false'
         sources = obj.get("sources")
         if sources is not None and (not isinstance(sources, list) or not all(_is_str(s) for s in sources)):
             return '"sources" must be a list of non-empty strings'
+        if "all" in obj and not isinstance(obj["all"], bool):
+            return '"all" must be true or false'
+        if on and not sources and obj.get("all") is not True:
+            return 'maintenance needs "sources": [...] (volumes or sensors), or "all": true'
+        if sources and obj.get("all") is True:
+            return 'give "sources" or "all": true, not both'
+        d = obj.get("duration_s")
+        if d is not None and (isinstance(d, bool) or not isinstance(d, int | float) or not math.isfinite(d) or d <= 0):
+            return '"duration_s" must be a positive number of seconds'
         return None
     return f"unknown command {name!r}"
 
@@ -449,9 +487,7 @@ class MqttSink:
         if self._client is not None:
             return
         cfg = self.cfg
-        client = mqtt.Client(
-            CallbackAPIVersion.VERSION2, client_id=self._client_id, protocol=mqtt.MQTTv311, clean_session=True
-        )
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self._client_id, protocol=mqtt.MQTTv5)
         client.suppress_exceptions = True  # belt and braces: our callbacks catch everything themselves
         client.enable_logger(_paho_log)
         self.username = apply_credentials(client, cfg, default_username=self.station)
@@ -476,7 +512,7 @@ class MqttSink:
             return
         self._started = True
         cfg = self.cfg
-        self._client.connect_async(cfg.host, cfg.port, keepalive=cfg.keepalive_s)
+        self._client.connect_async(cfg.host, cfg.port, keepalive=cfg.keepalive_s, clean_start=True)
         self._client.loop_start()
         log.info(
             "MQTT: connecting to %s:%d as %s (user %s), topics under %s/",
@@ -837,10 +873,11 @@ class MqttSink:
             self._throttle("reconnected", logging.INFO, "MQTT: connected again after %.1f s", down_s)
         self._down_since = None
         self._send(client, self.status_topic, b"online", self.qos, True)
-        topics = [(f"{self._cmd_prefix}#", self.qos)]
+        # retain as published: a command published retained shows as such even when delivered live
+        topics = [(f"{self._cmd_prefix}#", SubscribeOptions(qos=self.qos, retainAsPublished=True))]
         if self._homeassistant:
-            topics.append((self._ha_status_topic, self.qos))
-        topics += [(f, 0) for f in self.reconcile_filters()]  # what the broker keeps of ours, read back
+            topics.append((self._ha_status_topic, SubscribeOptions(qos=self.qos)))
+        topics += [(f, SubscribeOptions(qos=0)) for f in self.reconcile_filters()]  # what the broker keeps of ours
         self._sub_filters = [t for t, _ in topics]
         rc, mid = client.subscribe(topics)
         if rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
@@ -922,24 +959,19 @@ class MqttSink:
         name = topic[len(self._cmd_prefix) :]
         if name == "result":  # our own replies
             return
-        if msg.retain:
-            self._throttle(
-                "retained",
-                logging.INFO,
-                "MQTT: ignoring retained command on %s (clear it: mosquitto_pub -r -n -t %s)",
-                topic,
-                topic,
-            )
-            return
-        if not msg.payload:  # what clearing a retained command looks like to a live subscriber
+        if not msg.payload:  # what clearing a retained command looks like
             log.debug("MQTT: ignoring empty command on %s", topic)
             return
-        self._command(client, name, bytes(msg.payload))
+        if msg.retain:
+            reason = f"retained commands are refused (clear this one: mosquitto_pub -r -n -t {topic})"
+            return self._reject(name, bytes(msg.payload), "retained", reason)
+        self._command(client, name, bytes(msg.payload), _user_property(msg, "by"))
+        return None
 
     # -- commands -----------------------------------------------------------------------------
 
-    def _command(self, client: mqtt.Client, name: str, raw: bytes) -> None:
-        """Validate one command, run it through on_command and publish the result."""
+    def _command(self, client: mqtt.Client, name: str, raw: bytes, sender: str | None = None) -> None:
+        """Validate one command, run it through on_command (with who sent it) and publish the result."""
         if name not in COMMANDS:
             return self._reject(
                 name, raw, "unknown_command", f"unknown command {name!r} (known: {', '.join(COMMANDS)})"
@@ -956,12 +988,14 @@ class MqttSink:
             return self._reject(name, raw, "not_json", f"payload is not JSON ({str(exc)[:80]})")
         if not isinstance(obj, dict):
             return self._reject(name, raw, "not_object", f"payload must be a JSON object, not {type(obj).__name__}")
-        problem = _validate(name, obj)
+        problem = _validate(name, obj) or (_sender_problem(sender) if sender is not None else None)
         if problem:
             return self._reject(name, raw, "bad_fields", problem)
+        who = sender if sender is not None else obj.get("by")
+        by = f"{ORIGIN}:{who}" if who else ORIGIN
         self._counts["commands"] += 1
         try:
-            result = self._on_command(name, obj, ORIGIN)
+            result = self._on_command(name, obj, by)
             if not isinstance(result, Mapping):
                 raise TypeError(f"on_command returned {type(result).__name__}, not a dict")
         except Exception as exc:
@@ -969,8 +1003,8 @@ class MqttSink:
                 "command_error", logging.ERROR, "MQTT: command %s %s failed", name, text[:200], exc_info=True
             )
             result = {"ok": False, "message": f"internal error: {type(exc).__name__}: {exc}"}
-        log.debug("MQTT: command %s %s -> %s", name, text[:200], result)
-        self._reply(name, raw, obj, result)
+        log.debug("MQTT: command %s %s from %s -> %s", name, text[:200], by, result)
+        self._reply(name, raw, obj, {**result, "by": by})
         return None
 
     def _reject(self, name: str, raw: bytes, kind: str, reason: str) -> None:
