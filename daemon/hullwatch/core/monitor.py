@@ -27,7 +27,8 @@ Points feed three estimators per volume:
   volume formed (start-up, a hatch operation), and until its fit has seen a window long
   enough to measure the noise's correlation (about 48 min), the conditions act only on
   overwhelming evidence (SETTLE_K_FACTOR × k σ): the air is mixing, and minutes of data
-  cannot tell a sensor's slow wander from a leak;
+  cannot tell a sensor's slow wander from a leak. A window just cut by a change is not
+  judged until it holds ALARM_MIN_POINTS: a step it holds may yet be found as a step;
 * the short-window rate of fall of P (estimator.FallRate), every point: rapid_depress;
 * P itself, every point: low_pressure.
 When the set of sensors behind a volume's mass changes (one goes stale, one returns) the
@@ -49,7 +50,15 @@ import math
 from collections.abc import Iterable
 
 from hullwatch.core.conditions import Condition, below, confidently_above
-from hullwatch.core.estimator import MIN_SPACING_S, AdaptiveSlope, Delag, FallRate, SlopeEstimate, curvature_bound
+from hullwatch.core.estimator import (
+    MIN_POINTS,
+    MIN_SPACING_S,
+    AdaptiveSlope,
+    Delag,
+    FallRate,
+    SlopeEstimate,
+    curvature_bound,
+)
 from hullwatch.core.fusion import PressureTrack, combine
 from hullwatch.core.linefit import LineSeries
 from hullwatch.core.model import (
@@ -71,6 +80,7 @@ from hullwatch.core.topology import form_volumes
 
 DEFAULT_TEMPERATURE_K = 293.15
 DETECTION_WINDOWS_S = (600.0, 3600.0, 86400.0)  # 10 min, 1 h, a day
+ALARM_MIN_POINTS = 3 * MIN_POINTS  # leak-rate and reserve-time alarms judge windows of at least this many points
 SETTLE_K_FACTOR = 3.0  # while a volume settles or its noise is unmeasured, alarms act at this many times k σ
 JUMP_Z = 8.0  # a reading further than this many σ of a difference from the last waits for the next
 JUMP_FLOOR_PA = 5.0  # ... and further than this (a smooth or quantised stream has almost no noise)
@@ -514,6 +524,8 @@ class Monitor:
             fit.window_s,
             k * sigma,
         )
+        if fit.n < ALARM_MIN_POINTS:  # a window just cut by a change: the next minute tells it from a step
+            return estimate
         if t < v.settle_until or v.slope.warming_up:
             k *= SETTLE_K_FACTOR  # the air mixing, or the noise's correlation unmeasured: overwhelming evidence only
         for sev in (Severity.CAUTION, Severity.WARNING):
