@@ -224,7 +224,7 @@ def test_a_redundant_transducer_with_an_offset_leaving_and_returning_keeps_the_f
 @pytest.mark.xfail(
     strict=True,
     raises=AssertionError,
-    reason="σ is 2-3x too small in the first half hour under coloured noise or wander (the correlation"
+    reason="σ is 1.8-2.8x too small in the first half hour under coloured noise or wander (the correlation"
     " is not yet measured): a rate 0.05 below the caution threshold is confirmed above it after settle_s",
 )
 def test_coloured_noise_just_below_the_caution_threshold_raises_no_caution_at_start():
