@@ -4,8 +4,8 @@ Each stream is synthetic with its truth kept (hullwatch.sim.phenomena): a 75 m³
 1 Hz, a few hours long. The tests ask what a test engineer asks: no alarm where nothing
 happened, the right alarm no earlier than the truth allows, an uncertainty that covers the
 error, the operator told what did happen (a step, a spike, a sensor away). The margins hold
-for 20 other seeds of every story, not only the ones fixed here. Alarms raised in the first
-half hour are the start-up's own test.
+for 20 other seeds of every story, not only the ones fixed here. Under coloured noise and a
+wander, alarms raised in the first half hour are left to the start-up test.
 
 The last section holds what the monitor does not yet do (strict xfails): each is a
 reproducer, and passes once the shortfall is mended.
@@ -24,7 +24,7 @@ from hullwatch.sim.phenomena import HOUR, T0, true_loss
 
 LEAK_ALARMS = ("leak_rate", "reserve_time", "rapid_depress")
 CAUTION, WARNING = 0.5, 0.9  # kg/day, the default leak_rate thresholds
-SETTLED_S = 1800.0  # start-up: σ can be too small before this (see the start-up test at the end)
+SETTLED_S = 1800.0  # under correlated noise σ can be too small before this (see the start-up test at the end)
 
 
 def play(story):
@@ -95,7 +95,7 @@ def test_a_lagging_thermometer_under_hvac_swings_raises_no_alarm(told):
     """The air swings ±0.2 K every 20 min, the thermometer lags it by 60 s; 0.45 kg/day."""
     story = phenomena.lagged_hvac(seed=553, time_constant_s=60.0 if told else 0.0)
     events = play(story)
-    assert not settled(events, *LEAK_ALARMS)
+    assert not activations(events, *LEAK_ALARMS)
     est = rated(events)
     err = errors(story, est)
     assert abs(statistics.median(err)) < 0.02
@@ -115,7 +115,7 @@ def test_an_offset_step_is_reported_with_its_size_and_is_not_a_leak(size, down, 
     jump = -size if down else size
     story = phenomena.offset_steps(seed=seed, duration_s=2.5 * HOUR, steps=[(1.5 * HOUR, jump)])
     events = play(story)
-    assert not settled(events, *LEAK_ALARMS)
+    assert not activations(events, *LEAK_ALARMS)
     steps = [e for e in events if isinstance(e, LevelStep)]
     assert len(steps) == 1
     assert abs(steps[0].time - (T0 + 1.5 * HOUR)) <= 60.0
@@ -141,7 +141,7 @@ def test_two_offset_steps_are_both_reported_and_not_a_leak(first, seed):
     steps = [(1.5 * HOUR, first), (2.5 * HOUR, -30.0 if first > 0 else 20.0)]
     story = phenomena.offset_steps(seed=seed, duration_s=3.5 * HOUR, steps=steps)
     events = play(story)
-    assert not settled(events, *LEAK_ALARMS)
+    assert not activations(events, *LEAK_ALARMS)
     found = [e for e in events if isinstance(e, LevelStep)]
     assert len(found) == 2
     for event, (at, jump) in zip(found, steps, strict=True):
@@ -155,7 +155,7 @@ def test_single_sample_spikes_are_set_aside():
         story = phenomena.spikes(seed=seed)
         monitor = Monitor(story.settings)
         events = list(run(monitor, story.samples))
-        assert not settled(events)
+        assert not activations(events)
         assert monitor.glitches() == {"p1": 4}
         est = rated(events)
         assert max(e.detectable_kg_per_day for e in est) < 0.05
@@ -166,7 +166,7 @@ def test_repressurisation_raises_no_alarm_and_the_rate_comes_back():
     """0.2 kg let in over 5 min, twice; 0.45 kg/day throughout."""
     story = phenomena.repress(seed=559)
     events = play(story)
-    assert not settled(events)
+    assert not activations(events)
     assert not [e for e in events if isinstance(e, LevelStep)]
     est = rated(events, 0.0)
     limit = 2.0 * phenomena.confirm_window_s(75.0, 2.0, 0.002, 1.0, 0.1)
@@ -211,7 +211,7 @@ def test_a_redundant_transducer_with_an_offset_leaving_and_returning_keeps_the_f
     story = phenomena.redundant_gap(seed=571, offset=40.0)
     events = play(story)
     gone, back = story.truth["gap"]
-    assert [(a.alarm, a.source) for a in settled(events)] == [("sensor_fault", "p3")]
+    assert [(a.alarm, a.source) for a in activations(events)] == [("sensor_fault", "p3")]
     assert not [e for e in events if isinstance(e, Notice) and "restarted" in e.message]
     assert not [e for e in events if isinstance(e, LevelStep) and e.time - T0 > 60.0]
     est = rated(events)
@@ -233,18 +233,18 @@ def test_a_redundant_transducer_with_an_offset_leaving_and_returning_keeps_the_f
 @pytest.mark.xfail(
     strict=True,
     raises=AssertionError,
-    reason="leak alarms are judged from the first estimate, and in the first half hour σ is 1.8-2.8x too small"
-    " under coloured noise (its correlation not yet measured) or a de-lagged thermometer (its derivative"
-    " from a few readings): 17 of 100 half hours of coloured noise at 0.2 kg/day raise a caution, 47 at 0.45",
+    reason="in the first half hour σ is 1.8-2.8x too small under coloured noise or a wander (their correlation"
+    " not yet measured), and settle_s's 3kσ bar covers the first 10 min only: of 100 half hours, 1 of coloured"
+    " noise at 0.2 kg/day raises a caution, 18 at 0.45, 3 of a wander at 0.2",
 )
 @pytest.mark.parametrize(
     "story",
     [
-        lambda: phenomena.coloured(seed=8, rate=0.2, duration_s=1800.0),
-        lambda: phenomena.coloured(seed=0, rate=0.45, duration_s=1800.0),
-        lambda: phenomena.lagged_hvac(seed=553, time_constant_s=60.0, duration_s=1800.0),
+        lambda: phenomena.coloured(seed=88, rate=0.2, duration_s=1800.0),
+        lambda: phenomena.coloured(seed=2, rate=0.45, duration_s=1800.0),
+        lambda: phenomena.wander(seed=21, duration_s=1800.0),
     ],
-    ids=["coloured-0.2", "coloured-0.45", "lag-told"],
+    ids=["coloured-0.2", "coloured-0.45", "wander-0.2"],
 )
 def test_no_false_leak_alarm_at_start_up(story):
     assert not activations(play(story()), *LEAK_ALARMS)
