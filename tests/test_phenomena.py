@@ -126,7 +126,8 @@ SECOND_STEP_LOST = pytest.mark.xfail(
     strict=True,
     raises=AssertionError,
     reason="after a step is absorbed the window can restart; while it re-locates, a second step"
-    " lands inside a window cut to ~30 points: no step event, and a false leak_rate warning",
+    " lands inside a window cut to ~30 points and is never reported as a step (no alarm: leak alarms"
+    " judge windows of at least 90 points)",
 )
 
 
@@ -135,8 +136,7 @@ SECOND_STEP_LOST = pytest.mark.xfail(
 def test_two_offset_steps_are_both_reported_and_not_a_leak(first, seed):
     """Recalibrations 1 h apart, −30 then +20 Pa or +20 then −30 Pa; 0.45 kg/day.
 
-    Seed 545 (and 544, 2 of 16 seeds tried) loses the second step; up-down it raises
-    reserve_time and leak_rate warnings.
+    Seed 545 (and 544, 2 of 16 seeds tried) loses the second step.
     """
     steps = [(1.5 * HOUR, first), (2.5 * HOUR, -30.0 if first > 0 else 20.0)]
     story = phenomena.offset_steps(seed=seed, duration_s=3.5 * HOUR, steps=steps)
@@ -230,24 +230,27 @@ def test_a_redundant_transducer_with_an_offset_leaving_and_returning_keeps_the_f
 # -- what the monitor does not yet do ----------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="in the first half hour σ is 1.8-2.8x too small under coloured noise or a wander (their correlation"
-    " not yet measured), and settle_s's 3kσ bar covers the first 10 min only: of 100 half hours, 1 of coloured"
-    " noise at 0.2 kg/day raises a caution, 18 at 0.45, 3 of a wander at 0.2",
-)
 @pytest.mark.parametrize(
     "story",
     [
         lambda: phenomena.coloured(seed=88, rate=0.2, duration_s=1800.0),
         lambda: phenomena.coloured(seed=2, rate=0.45, duration_s=1800.0),
-        lambda: phenomena.wander(seed=21, duration_s=1800.0),
     ],
-    ids=["coloured-0.2", "coloured-0.45", "wander-0.2"],
+    ids=["coloured-0.2", "coloured-0.45"],
 )
 def test_no_false_leak_alarm_at_start_up(story):
+    """Until a long window has measured the noise's correlation, alarms ask 3 k σ."""
     assert not activations(play(story()), *LEAK_ALARMS)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="a wander slower than the window can look like a leak in the first half hour even at 3 k σ"
+    " (this seed raises a caution)",
+)
+def test_no_false_leak_alarm_at_start_up_under_a_wandering_zero():
+    assert not activations(play(phenomena.wander(seed=21, duration_s=1800.0)), *LEAK_ALARMS)
 
 
 @pytest.mark.xfail(
