@@ -12,7 +12,8 @@ packages="python3 python3-venv python3-dev gcc mosquitto mosquitto-clients influ
 venv_flags=""
 if [ "${1:-}" = "--test" ]; then
     target=".[tools,test]"
-    packages="$packages socat openssl"
+    # victoria-metrics: a real server for the InfluxDB v2 write path (no InfluxDB 2.x is packaged)
+    packages="$packages socat openssl victoria-metrics"
 fi
 if grep -qs "Raspberry Pi" /proc/device-tree/model; then
     # gpiozero's pin library comes from Raspberry Pi OS (lgpio works on every Pi, the 5 included)
@@ -31,6 +32,12 @@ if [ -n "$missing" ]; then
     $sudo apt-get update -qq
     # shellcheck disable=SC2086
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq $missing >/dev/null
+    case "$missing " in
+    *" victoria-metrics "*)
+        # the tests start private instances: the system-wide one the package enables (port 8428) is not wanted
+        [ -d /run/systemd/system ] && $sudo systemctl disable --now victoria-metrics.service >/dev/null 2>&1 || true
+        ;;
+    esac
 fi
 
 # shellcheck disable=SC2086

@@ -7,7 +7,8 @@
     ShippedBroker(tmp_dir, certs, users)            # deploy/mosquitto as shipped, its own acl file
 
 Every broker runs as `user root` (so it can read 0600 keys when tests run as root) with
-`persistence false`, binds 127.0.0.1 only and logs to a file in its directory. Processes are
+`persistence false` (unless `persistence=True`: retained messages saved in its directory at
+a clean stop and restored at start), binds 127.0.0.1 only and logs to a file in its directory. Processes are
 stopped by their own handle, never by name.
 """
 
@@ -25,6 +26,8 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy" / "mosquitto"
 HAVE_MOSQUITTO = shutil.which("mosquitto") is not None and shutil.which("mosquitto_passwd") is not None
@@ -107,11 +110,12 @@ class Broker:
         acl: str | None = None,
         acl_file: Path | None = None,
         port: int | None = None,
+        persistence: bool = False,
     ) -> None:
         self._setup(directory, port, tls)
         lines = [
             "user root",
-            "persistence false",
+            *(["persistence true", f"persistence_location {self.dir}/"] if persistence else ["persistence false"]),
             f"log_dest file {self.log}",
             "log_type error",
             "log_type warning",
@@ -315,8 +319,10 @@ class Listener:
         self.client.loop_stop()
 
 
-def _client(tls: Certs | None, username: str | None, password: str | None) -> mqtt.Client:
-    c = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv311)
+def _client(
+    tls: Certs | None, username: str | None, password: str | None, protocol: int = mqtt.MQTTv311
+) -> mqtt.Client:
+    c = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=protocol)
     if username:
         c.username_pw_set(username, password)
     if tls is not None:
@@ -344,14 +350,23 @@ def publish(
     retain: bool = False,
     qos: int = 1,
     tls: Certs | None = None,
+    user_properties: dict[str, str] | None = None,
     **auth: Any,
 ) -> None:
-    """Publish one message with a throw-away paho client and wait until the broker has it."""
-    c = _client(tls, auth.get("username"), auth.get("password"))
+    """Publish one message with a throw-away paho client and wait until the broker has it.
+
+    With user_properties, the client speaks MQTT 5 and the message carries them.
+    """
+    protocol = mqtt.MQTTv5 if user_properties is not None else mqtt.MQTTv311
+    c = _client(tls, auth.get("username"), auth.get("password"), protocol)
+    properties = None
+    if user_properties is not None:
+        properties = Properties(PacketTypes.PUBLISH)
+        properties.UserProperty = list(user_properties.items())
     c.connect("127.0.0.1", port, keepalive=30)
     c.loop_start()
     try:
-        info = c.publish(topic, payload, qos=qos, retain=retain)
+        info = c.publish(topic, payload, qos=qos, retain=retain, properties=properties)
         info.wait_for_publish(5)
     finally:
         c.disconnect()

@@ -29,11 +29,16 @@ def test_messages_become_records():
         T0,
         {"station": "prk", "sensor": "p1", "quantity": "pressure", "value": 101325.0, "quality": "good"},
     )
-    assert to_record("hullwatch/prk/hatch/h1", b"closed", "hullwatch", 5.0) == (
+    # a hatch is stored from its event, with the event's time; the retained state (no time) stores nothing
+    event = json.dumps({"time": T0, "open": False, "replay": True}).encode()
+    assert to_record("hullwatch/prk/hatch/h1/event", event, "hullwatch", 5.0) == (
         "hatch",
-        5.0,
+        T0,
         {"station": "prk", "hatch": "h1", "open": False},
     )
+    assert to_record("hullwatch/prk/hatch/h1", b"closed", "hullwatch", 5.0) is None
+    with pytest.raises(Unstorable):
+        to_record("hullwatch/prk/hatch/h1/open", event, "hullwatch", 5.0)
     alarm = {"time": T0, "state": "active", "value": 1.2, "threshold": 0.9, "acknowledged": False}
     kind, t, body = to_record("hullwatch/prk/alarm/leak_rate/prk-zvezda/warning", json.dumps(alarm).encode(),
                               "hullwatch", 5.0)  # fmt: skip
@@ -41,6 +46,10 @@ def test_messages_become_records():
     assert body == {"station": "prk", "alarm": "leak_rate", "source": "prk-zvezda", "severity": "warning",
                     "state": "active", "value": 1.2, "threshold": 0.9}  # fmt: skip
     assert to_record("hullwatch/prk/alarm/leak_rate/prk/warning", b"", "hullwatch", 5.0) is None
+    # the final record of an alarm that left the book (before the empty message): its clearing is stored
+    final = alarm | {"time": T0 + 60, "state": "cleared", "acknowledged": True, "lifecycle": "normal"}
+    assert to_record("hullwatch/prk/alarm/leak_rate/prk-zvezda/warning", json.dumps(final).encode(),
+                     "hullwatch", 5.0) == ("alarm", T0 + 60, body | {"state": "cleared"})  # fmt: skip
     assert to_record("hullwatch/prk/cmd/ack", b"{}", "hullwatch", 5.0) is None
     assert to_record("elsewhere/prk/sensor/p1", payload.encode(), "hullwatch", 5.0) is None
     with pytest.raises(ValueError):
@@ -77,7 +86,9 @@ UNSTORABLE = [
     ("sensor/p1", b"\xff\xfe garbage", "not_utf8"),
     ("sensor/p1", b"garbage", "not_json"),
     ("sensor/p1", b"[1, 2]", "not_object"),
-    ("hatch/h1", b"ajar", "bad_field"),
+    ("hatch/h1/event", json.dumps({"time": T0, "open": "ajar"}).encode(), "bad_field"),
+    ("hatch/h1/event", json.dumps({"open": True}).encode(), "bad_time"),
+    ("hatch/h1/event", b"open", "not_json"),
     ("volume/prk", json.dumps({"time": T0, "leak_kg_per_day": "lots"}).encode(), "bad_field"),
     ("alarm/leak_rate/prk", json.dumps({"time": T0, "state": "active"}).encode(), "bad_topic"),
     ("alarm/leak_rate/prk/warning", json.dumps({"time": T0, "state": ["active"]}).encode(), "bad_field"),
@@ -170,7 +181,9 @@ def test_two_bridges_share_the_load_and_write_each_sample_once(tmp_path):
             for k in range(200):
                 body = {"time": T0 + k * 0.1, "quantity": "pressure", "value": 100000.0 + k, "quality": "good"}
                 infos.append(pub.publish(f"hullwatch/{station}/sensor/p1", json.dumps(body), qos=1))
-            infos.append(pub.publish(f"hullwatch/{station}/hatch/h1", "open", qos=1, retain=True))
+            infos.append(pub.publish(f"hullwatch/{station}/hatch/h1", "open", qos=1, retain=True))  # not stored
+            event = json.dumps({"time": T0, "open": True})
+            infos.append(pub.publish(f"hullwatch/{station}/hatch/h1/event", event, qos=1))
         pub.publish("hullwatch/alpha/sensor/p1", "garbage", qos=1)
         for info in infos:
             info.wait_for_publish(5)
@@ -268,10 +281,10 @@ def test_unstorable_messages_are_set_aside_and_nothing_acknowledged_is_lost(tmp_
 
 
 def wait_subscribed(bridge: Bridge, pub: mqtt.Client) -> None:
-    """Publish a hatch state until the bridge has one: its subscriptions are in."""
+    """Publish a hatch event until the bridge has one: its subscriptions are in."""
     end = time.monotonic() + 30
     while bridge.received == 0 and time.monotonic() < end:
-        pub.publish("hullwatch/alpha/hatch/ready", "open", qos=1)
+        pub.publish("hullwatch/alpha/hatch/ready/event", json.dumps({"time": T0, "open": True}), qos=1)
         wait_until(lambda: bridge.received > 0, 0.5)
     assert bridge.received > 0, "the bridge never subscribed"
 

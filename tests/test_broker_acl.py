@@ -45,6 +45,7 @@ def station_topics(station: str) -> list[str]:
         f"{p}/volume/v1",
         f"{p}/volume/v1/alarm",
         f"{p}/step/v1",
+        f"{p}/clock_step",
         f"{p}/alarm/leak_rate/v1/warning",
         f"{p}/metrics",
         f"{p}/cmd/result",
@@ -263,8 +264,10 @@ def test_the_daemon_publishes_all_it_has_under_the_shipped_acl(shipped, listener
         sink.volume_alarm("v1", True)
         sink.publish_json("metrics", {"spool": {}}, True)
         step = {"type": "step", "time": 1.0, "volume": "v1", "size_pa": -50.0}
+        clock_step = {"time": 1.0, "step_s": 3600.0}
         assert sink.send([Record(1, "sample", 1, {"sensor": "p1", "time": 1.0, "value": 1.0}),
-                          Record(2, "step", 1, step)], replay=False).confirmed == 2  # fmt: skip
+                          Record(2, "step", 1, step), Record(3, "hatch", 1000, {"hatch": "h1", "open": True}),
+                          Record(4, "clock_step", 1, clock_step)], replay=False).confirmed == 4  # fmt: skip
         publish(shipped.port, "hullwatch/alpha/cmd/ack", '{"all": true}', **as_("operator"))
         assert wait_until(lambda: calls == [("ack", {"all": True}, "mqtt")])
         assert ha.wait_topic("hullwatch/alpha/cmd/result", timeout=10.0)
@@ -281,11 +284,13 @@ def test_the_daemon_publishes_all_it_has_under_the_shipped_acl(shipped, listener
             "status",
             "sensor/p1",
             "hatch/h1",
+            "hatch/h1/event",
             "volume/v1",
             "alarm/leak_rate/v1/warning",
             "volume/v1/alarm",
             "metrics",
             "step/v1",
+            "clock_step",
             "cmd/ack",
             "cmd/result",
         )  # fmt: skip
@@ -294,3 +299,34 @@ def test_the_daemon_publishes_all_it_has_under_the_shipped_acl(shipped, listener
     assert online[0] == b"online" and online[-1] == b"offline"
     result = json.loads(ha.payloads("hullwatch/alpha/cmd/result")[0])
     assert result["ok"] is True
+
+
+def test_a_station_reconciles_its_own_retained_state_under_the_shipped_acl(shipped, tmp_path, caplog):
+    """The read-back at connect is granted: what a previous run of the station left is removed or set right."""
+    password = tmp_path / "mqtt-password"
+    password.write_text(USERS["alpha"] + "\n")
+    cfg = MqttConfig(host="127.0.0.1", port=shipped.port, password_file=str(password))
+    desc = StationDescription("alpha", {"p1": ("pressure",)}, volumes=("v1",))
+    previous = MqttSink(cfg, "alpha", lambda *a: {"ok": True}, desc, homeassistant=True)
+    previous.start()
+    try:
+        assert previous.synced.wait(10)
+        previous.alarm({"type": "alarm", "acknowledged": False}, "leak_rate", "v1", "warning")
+        previous.volume_alarm("v1", True)
+        n = len(previous.discovery_messages())
+        assert wait_until(lambda: len(retained(shipped.port, "homeassistant/#", **as_("homeassistant"))) == n)
+    finally:
+        previous.stop()  # the retained state stays, as after a crash
+    assert "hullwatch/alpha/alarm/leak_rate/v1/warning" in retained(shipped.port, "hullwatch/#", **as_("viewer"))
+    sink = MqttSink(cfg, "alpha", lambda *a: {"ok": True}, desc, homeassistant=False)
+    sink.start()
+    try:
+
+        def state() -> dict[str, bytes]:
+            return retained(shipped.port, "#", **as_("homeassistant"))
+
+        right = {"hullwatch/alpha/status": b"online", "hullwatch/alpha/volume/v1/alarm": b"OFF"}
+        assert wait_until(lambda: state() == right), state()
+        assert "subscription refused" not in caplog.text
+    finally:
+        sink.stop()

@@ -43,6 +43,43 @@ def test_commands_reach_the_book_and_bad_ones_are_refused_with_a_reason():
     assert not reply["ok"] and "no such alarm" in reply["message"]
 
 
+def test_maintenance_commands_need_sources_and_name_unknown_ones():
+    desk = AlarmDesk(AlarmBook(known_source={"prk", "p_prk"}.__contains__), clock=lambda: 10.0)
+    desk.transitions([transition(AlarmState.ACTIVE, alarm="rapid_depress", severity=Severity.EMERGENCY)])
+    reply = desk.command("maintenance", {"on": True}, "mqtt:dave")
+    assert not reply["ok"] and reply["error"] == "bad_request" and '"all": true' in reply["message"]
+    reply = desk.command("maintenance", {"on": True, "sources": ["prk", "zvedza"]}, "mqtt:dave")
+    assert reply == {"ok": False, "message": "unknown source(s): zvedza", "error": "unknown_source"}
+    reply = desk.command("maintenance", {"on": True, "all": True, "duration_s": 60}, "mqtt:dave")
+    assert reply["ok"] and "emergencies still sound" in reply["message"]
+    assert desk.book.annunciation().worst_unacked is Severity.EMERGENCY  # "all" leaves the emergency sounding
+    reply = desk.command("maintenance", {"on": True, "sources": ["prk"]}, "mqtt:dave")
+    assert reply["ok"] and desk.book.annunciation().worst_unacked is None  # its own source: deliberate venting
+    for bad in ({"on": True, "all": "yes"}, {"on": True, "sources": ["prk"], "duration_s": "1h"}):
+        assert not desk.command("maintenance", bad, "mqtt:dave")["ok"]
+
+
+def test_every_change_reaches_the_store_and_restore_brings_it_back(caplog):
+    saved = {}
+    desk = AlarmDesk(AlarmBook(), clock=lambda: 10.0, store=saved.update)
+    desk.transitions([transition(AlarmState.ACTIVE)])
+    assert saved["alarm/leak_rate/prk/warning"]["state"] == "unack"
+    desk.command("ack", {"all": True}, "mqtt:alice")
+    assert saved["alarm/leak_rate/prk/warning"]["by"] == "mqtt:alice"
+    desk.command("maintenance", {"on": True, "sources": ["zvezda"]}, "mqtt:dave")
+    assert saved["maintenance"]["windows"]["zvezda"]["by"] == "mqtt:dave"
+
+    rows = {name: row for name, row in saved.items() if row is not None} | {"alarm/x/y/warning": "garbage"}
+    shown = []
+    again = AlarmDesk(AlarmBook(), clock=lambda: 20.0, show=shown.append, store=saved.update)
+    restored = again.restore(rows, lambda _alarm: 30.0)
+    assert len(restored.problems) == 1 and "skipping a saved row" in caplog.text
+    record = again.book.record(("leak_rate", "prk", Severity.WARNING))
+    assert record.state is LifecycleState.ACKED and record.by == "mqtt:alice"
+    assert shown[-1].any_active and shown[-1].maintenance and shown[-1].worst_unacked is None
+    assert saved["alarm/x/y/warning"] is None  # the bad row goes from the store
+
+
 def test_an_output_that_raises_does_not_stop_the_others():
     seen = []
     desk = AlarmDesk(AlarmBook(), clock=lambda: 0.0)

@@ -136,7 +136,9 @@ class _Recorder(http.server.BaseHTTPRequestHandler):
 
 
 def test_v2_path_against_a_recording_stub(tmp_path):
-    """No InfluxDB 2.x can run here: a stub HTTP server records what influxdb-client sends."""
+    """What influxdb-client sends (path, org, bucket, precision, token), recorded by a stub HTTP server.
+
+    No InfluxDB 2.x can run here; tests/test_influx_victoria.py writes to a real v2 server, VictoriaMetrics."""
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Recorder)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     token = tmp_path / "token"

@@ -335,7 +335,8 @@ def test_maintenance_suppresses_new_and_existing_alarms_and_lifting_it_reannunci
     book.acknowledge(T0 + 1, "operator", warn)
 
     out = book.set_maintenance(T0 + 10, "mqtt:dave", True, ["prk"])
-    assert out.ok and out.message == "maintenance on for prk: 2 alarms suppressed"
+    assert out.ok and out.message.startswith("maintenance on for prk for 28800 s, until 2026-")
+    assert out.message.endswith(": 2 alarms suppressed")
     assert {(c.key, c.old, c.new) for c in out.changes} == {(warn, A, SU), (caution, U, SU)}
     rec = book.record(caution)
     assert rec.suppressed and rec.acknowledged and rec.to_dict()["suppressed"] is True
@@ -367,8 +368,9 @@ def test_maintenance_for_everything_leaves_returned_and_latched_alarms_alone():
     book.on_transition(tr(1, False, *rd))  # latched
     book.on_transition(tr(0, True))
     book.on_transition(tr(1, False))  # returned, unacknowledged
-    out = book.set_maintenance(T0 + 5, "operator", True)
-    assert out.ok and out.message == "maintenance on for all sources: 0 alarms suppressed"
+    out = book.set_maintenance(T0 + 5, "operator", True, everything=True)
+    assert out.ok and out.message.startswith("maintenance on for all sources (emergencies still sound)")
+    assert out.message.endswith(": 0 alarms suppressed")
     assert state_of(book, rd) == LU and state_of(book, key()) == R
     assert book.under_maintenance("anything")
     off = book.set_maintenance(T0 + 6, "operator", False)
@@ -382,10 +384,213 @@ def test_shelving_ending_during_maintenance_stays_hidden():
     book.on_transition(tr(0, True))
     book.shelve(T0 + 1, "operator", key(), 100.0)
     out = book.set_maintenance(T0 + 2, "operator", True, ["prk"])
-    assert out.message == "maintenance on for prk: 0 alarms suppressed" and state_of(book, key()) == SH
+    assert out.message.endswith(": 0 alarms suppressed") and state_of(book, key()) == SH
     [c] = book.tick(T0 + 101)
     assert (c.old, c.new, c.cause) == (SH, SU, EXP)
     assert book.annunciation().worst_unacked is None
+
+
+def test_maintenance_needs_sources_or_all_and_all_never_hides_an_emergency():
+    book = AlarmBook(latching=("rapid_depress",))
+    rd = key("rapid_depress", "prk", Severity.EMERGENCY)
+    low = key("low_pressure", "prk", Severity.WARNING)
+    book.on_transition(tr(0, True, *low))
+    out = book.set_maintenance(T0 + 1, "mqtt:dave", True)
+    assert not out.ok and out.error == "bad_request" and '"all": true' in out.message
+    assert not book.annunciation().maintenance and state_of(book, low) == U
+    for bad in ([], ["*"]):
+        assert not book.set_maintenance(T0 + 1, "mqtt:dave", True, bad).ok
+    assert not book.set_maintenance(T0 + 1, "mqtt:dave", True, ["prk"], everything=True).ok
+
+    out = book.set_maintenance(T0 + 2, "mqtt:dave", True, everything=True)
+    assert out.ok and "emergencies still sound" in out.message and state_of(book, low) == SU
+    [c] = book.on_transition(tr(3, True, *rd))  # a real depressurisation during maintenance of "all"
+    assert (c.old, c.new) == (N, U)
+    assert book.annunciation().worst_unacked is Severity.EMERGENCY
+    assert not book.suppresses(rd) and book.suppresses(low)
+
+
+def test_maintenance_of_one_source_leaves_the_others_sounding():
+    book = AlarmBook()
+    prk, zvezda = key("rapid_depress", "prk", Severity.EMERGENCY), key("rapid_depress", "zvezda", Severity.EMERGENCY)
+    assert book.set_maintenance(T0, "operator", True, ["prk"]).ok
+    [c] = book.on_transition(tr(1, True, *prk))  # deliberate venting of prk: hidden
+    assert c.new == SU
+    [c] = book.on_transition(tr(2, True, *zvezda))  # zvezda is not in maintenance: it sounds
+    assert c.new == U and book.annunciation().worst_unacked is Severity.EMERGENCY
+
+
+def test_maintenance_expires_by_itself_at_most_max_maintenance_s():
+    book = AlarmBook(max_maintenance_s=600.0)
+    book.on_transition(tr(0, True))
+    out = book.set_maintenance(T0 + 10, "mqtt:dave", True, ["prk"], duration_s=3600)
+    assert out.ok and "for 600 s" in out.message and "clamped" in out.message
+    assert book.maintenance()["prk"].until == T0 + 610 and book.maintenance()["prk"].by == "mqtt:dave"
+    assert book.tick(T0 + 609) == [] and state_of(book, key()) == SU
+    [c] = book.tick(T0 + 610)
+    assert (c.old, c.new, c.by) == (SU, U, "maintenance timer")
+    assert book.maintenance() == {} and not book.annunciation().maintenance
+    out = book.set_maintenance(T0 + 700, "mqtt:dave", True, ["prk"])  # no duration: the maximum
+    assert out.ok and book.maintenance()["prk"].until == T0 + 1300
+    assert not book.set_maintenance(T0 + 700, "x", True, ["prk"], duration_s=-1).ok
+
+
+def test_maintenance_of_an_unknown_source_is_refused():
+    known = {"prk", "zvezda", "p_prk"}
+    book = AlarmBook(known_source=known.__contains__)
+    out = book.set_maintenance(T0, "mqtt:dave", True, ["prk", "prk-zvedza", "nope"])
+    assert not out.ok and out.error == "unknown_source" and "nope, prk-zvedza" in out.message
+    assert book.maintenance() == {}
+    book.on_transition(tr(0, True, "spool_fault", "spool", Severity.ADVISORY))
+    assert book.set_maintenance(T0 + 1, "mqtt:dave", True, ["spool", "p_prk"]).ok  # one it has seen, one known
+
+
+# -- persistence -----------------------------------------------------------------------------------------------------
+
+
+def restart(book, t, confirm_within=30.0, **settings):
+    """A new book from the old one's rows, as written to and read back from a file."""
+    fresh = AlarmBook(**settings)
+    restored = fresh.restore(T0 + t, json.loads(json.dumps(book.rows())), lambda _alarm: confirm_within)
+    return fresh, restored
+
+
+def test_rows_round_trip_every_state_and_maintenance():
+    book = AlarmBook(latching=("rapid_depress",))
+    acked, unacked, returned = key(), key(severity=Severity.CAUTION), key("leak_rate", "zvezda")
+    latched, shelved = key("rapid_depress", "prk", Severity.EMERGENCY), key("reserve_time", "zvezda")
+    suppressed = key("low_pressure", "node", Severity.WARNING)
+    for k in (acked, unacked, returned, latched, shelved, suppressed):
+        book.on_transition(tr(0, True, *k))
+    book.acknowledge(T0 + 1, "mqtt:alice", acked)
+    book.on_transition(tr(2, False, *returned))
+    book.on_transition(tr(2, False, *latched))
+    book.shelve(T0 + 3, "mqtt:bob", shelved, 3600)
+    book.set_maintenance(T0 + 4, "mqtt:dave", True, ["node"], duration_s=7200)
+
+    fresh, restored = restart(book, 100, latching=("rapid_depress",))
+    assert restored.problems == [] and restored.changes == []
+    assert fresh.records() == book.records()
+    assert {r.key: r.state for r in fresh.records()} == {
+        acked: A,
+        unacked: U,
+        returned: R,
+        latched: LU,
+        shelved: SH,
+        suppressed: SU,
+    }
+    assert fresh.record(acked).by == "mqtt:alice" and fresh.record(shelved).shelved_until == T0 + 3603
+    assert fresh.maintenance() == book.maintenance() and fresh.maintenance()["node"].until == T0 + 7204
+    assert fresh.annunciation() == book.annunciation()
+    assert fresh.reset(T0 + 101, "mqtt:carol", latched).ok  # latched until reset, across the restart
+
+
+def test_changed_rows_name_what_to_write_and_what_to_delete():
+    book = AlarmBook()
+    assert book.take_changed_rows() == {}
+    book.on_transition(tr(0, True))
+    book.acknowledge(T0 + 1, "mqtt:alice", key())
+    [(name, row)] = book.take_changed_rows().items()
+    assert name == "alarm/leak_rate/prk/warning" and (row["state"], row["by"]) == ("acked", "mqtt:alice")
+    assert book.take_changed_rows() == {}
+    book.set_maintenance(T0 + 2, "op", True, ["zvezda"])
+    assert list(book.take_changed_rows()) == ["maintenance"]
+    book.on_transition(tr(3, False))
+    assert book.take_changed_rows() == {"alarm/leak_rate/prk/warning": None}
+    book.set_maintenance(T0 + 4, "op", False)
+    assert book.take_changed_rows() == {"maintenance": None}
+
+
+def test_a_restored_acknowledgement_survives_when_the_monitor_raises_the_alarm_again():
+    book = AlarmBook()
+    book.on_transition(tr(0, True))
+    book.acknowledge(T0 + 1, "mqtt:alice", key())
+    fresh, _ = restart(book, 100)
+    changes = fresh.on_transition(tr(105, True, value=1.2))  # the new monitor finds the condition again
+    assert [c.new for c in changes] == [A]  # the record's values are updated, nothing else
+    assert fresh.record(key()).acknowledged and fresh.record(key()).by == "mqtt:alice"
+    assert fresh.tick(T0 + 1000) == [] and state_of(fresh, key()) == A  # confirmed: no lapse later
+
+
+def test_a_restored_condition_not_raised_again_in_time_is_taken_as_cleared():
+    book = AlarmBook(latching=("rapid_depress",))
+    rd = key("rapid_depress", "prk", Severity.EMERGENCY)
+    for k in (key(), rd):
+        book.on_transition(tr(0, True, *k))
+        book.acknowledge(T0 + 1, "mqtt:alice", k)
+    fresh, _ = restart(book, 100, confirm_within=30.0, latching=("rapid_depress",))
+    assert fresh.tick(T0 + 129) == []
+    changes = fresh.tick(T0 + 130)
+    assert {(c.key, c.old, c.new, c.by) for c in changes} == {(key(), A, N, "restart"), (rd, A, LA, "restart")}
+    rec = fresh.record(rd)
+    assert rec.latched and not rec.condition_active and "since the restart" in rec.last.reason
+
+
+def test_restore_settles_against_the_present_settings_and_time():
+    book = AlarmBook(latching=("rapid_depress", "sensor_fault"))
+    rd = key("rapid_depress", "prk", Severity.EMERGENCY)
+    fault = key("sensor_fault", "p_prk", Severity.WARNING)
+    shelved = key(severity=Severity.CAUTION)
+    for k in (rd, fault):
+        book.on_transition(tr(0, True, *k))
+        book.on_transition(tr(1, False, *k))  # both latched
+    book.acknowledge(T0 + 2, "op", fault)
+    book.on_transition(tr(0, True, *shelved))
+    book.shelve(T0 + 3, "op", shelved, 60)
+    book.on_transition(tr(0, True, "low_pressure", "zvezda"))
+    book.set_maintenance(T0 + 4, "op", True, ["zvezda"], duration_s=100)
+
+    # restarted long after, with sensor_fault no longer latching
+    fresh, restored = restart(book, 1000, latching=("rapid_depress",))
+    got = {(c.key, c.old, c.new, c.by) for c in restored.changes}
+    assert got == {
+        (fault, LA, N, "restart"),  # acknowledged and no longer latching: gone
+        (shelved, SH, U, "shelve timer"),  # the shelving ended while the daemon was down
+        (key("low_pressure", "zvezda"), SU, U, "maintenance timer"),  # so did the maintenance
+    }
+    assert state_of(fresh, rd) == LU and fresh.maintenance() == {}
+    rows = fresh.take_changed_rows()
+    assert rows["alarm/sensor_fault/p_prk/warning"] is None and rows["maintenance"] is None
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda row: "garbage",
+        lambda row: {**row, "v": 99},
+        lambda row: {**row, "state": "exploded"},
+        lambda row: {**row, "severity": "dire"},
+        lambda row: {**row, "condition_active": "yes"},
+        lambda row: {**row, "state": "acked", "condition_active": False},
+        lambda row: {**row, "shelved_until": 5.0},
+        lambda row: {**row, "last": {"time": "noon", "state": "active"}},
+        lambda row: {**row, "changed_at": float("nan")},
+        lambda row: {**row, "alarm": "low_pressure"},  # not the alarm its row is named after
+        lambda row: {k: v for k, v in row.items() if k != "last"},
+    ],
+)
+def test_a_row_that_makes_no_sense_is_skipped_and_the_rest_restored(damage):
+    book = AlarmBook()
+    book.on_transition(tr(0, True))
+    book.on_transition(tr(0, True, "low_pressure", "zvezda"))
+    book.acknowledge(T0 + 1, "op")
+    rows = json.loads(json.dumps(book.rows()))
+    rows["alarm/leak_rate/prk/warning"] = damage(rows["alarm/leak_rate/prk/warning"])
+    rows["maintenance"] = {"v": 1, "windows": {"prk": {"until": "soon"}}}
+    rows["something else"] = {}
+    fresh = AlarmBook()
+    restored = fresh.restore(T0 + 5, rows, lambda _alarm: 30.0)
+    assert sorted(p.split(":")[0] for p in restored.problems) == [
+        "alarm/leak_rate/prk/warning",
+        "maintenance",
+        "something else",
+    ]
+    assert [r.key for r in fresh.records()] == [key("low_pressure", "zvezda")]
+    assert fresh.take_changed_rows() == {
+        "alarm/leak_rate/prk/warning": None,
+        "maintenance": None,
+        "something else": None,
+    }
 
 
 def test_ack_all():
@@ -514,8 +719,10 @@ ops = st.one_of(
         st.just("maintenance"),
         st.booleans(),
         st.none() | st.lists(st.sampled_from(["prk", "zvezda", "p_zvezda"]), max_size=2),
+        st.booleans(),
+        st.none() | durations,
     ),
-    st.tuples(st.just("maintenance"), st.just(False), st.none()),
+    st.tuples(st.just("maintenance"), st.just(False), st.none(), st.just(False), st.none()),
     st.tuples(st.just("tick")),
 )
 
@@ -538,9 +745,11 @@ def check(book):
         assert r.latched == (r.state in (LU, LA))
         assert r.suppressed == (r.state == SU)
         if r.state == SU:
-            assert book.under_maintenance(r.source)
+            assert book.suppresses(r.key)
+            if r.severity == Severity.EMERGENCY:
+                assert r.source in book.maintenance()  # its own maintenance: "all" never hides an emergency
         if r.state in (U, A):
-            assert not book.under_maintenance(r.source)
+            assert not book.suppresses(r.key)
         if r.state == SH:
             assert r.severity != Severity.EMERGENCY
         json.dumps(r.to_dict(), allow_nan=False)
@@ -571,7 +780,7 @@ def test_random_sequences_never_raise_and_stay_consistent(latching, max_shelve, 
         elif kind == "unshelve":
             changes = book.unshelve(now, "t", op[1]).changes
         elif kind == "maintenance":
-            changes = book.set_maintenance(now, "t", op[1], op[2]).changes
+            changes = book.set_maintenance(now, "t", op[1], op[2], everything=op[3], duration_s=op[4]).changes
         else:
             changes = book.tick(now)
         for c in changes:
@@ -580,3 +789,11 @@ def test_random_sequences_never_raise_and_stay_consistent(latching, max_shelve, 
             if c.new in (LU, LA):
                 assert c.key[0] in latching
         check(book)
+        # what is persisted brings the same book back, with nothing to settle (once what is due now is done)
+        book.tick(now)
+        rows = json.loads(json.dumps(book.rows()))
+        copy = AlarmBook(latching=latching, max_shelve_s=max_shelve)
+        restored = copy.restore(now, rows, lambda _alarm: 1e9)
+        assert restored.problems == [] and restored.changes == []
+        assert copy.records() == book.records() and copy.maintenance() == book.maintenance()
+        assert copy.annunciation() == book.annunciation()

@@ -25,6 +25,7 @@ from hullwatch.sinks.mqtt import (
     _validate,
     apply_credentials,
 )
+from hullwatch.sinks.spool import Record, time_ns
 from mosquitto_fixture import (
     HAVE_MOSQUITTO,
     HAVE_OPENSSL,
@@ -229,12 +230,31 @@ def test_topics_and_payloads(broker, make_sink, listener):
         f"{P}/volume/prk-zvezda/alarm": b"ON",
     }
 
-    # cleared and acknowledged: the retained alarm goes away
+    # cleared and acknowledged: the final record goes out (not retained), then the retained alarm goes away
     n = live.count()
-    sink.alarm(record | {"state": "cleared", "acknowledged": True}, "leak_rate", "prk-zvezda", "warning", gone=True)
+    final = record | {"state": "cleared", "acknowledged": True}
+    sink.alarm(final, "leak_rate", "prk-zvezda", "warning", gone=True)
     assert live.wait_topic(alarm_topic, payload=b"", since=n)
+    ending = [(json.loads(p) if p else None, r) for _, t, p, r in live.messages[n:] if t == alarm_topic]
+    assert ending == [(final, False), (None, False)]
     assert alarm_topic not in retained(broker.port, f"{P}/#")
     assert sink.stats()["published"] >= 10
+
+
+def test_hatch_readings_go_out_through_the_spool_with_their_own_time(broker, make_sink, listener):
+    live = listener(broker.port, f"{P}/hatch/#")
+    sink, _ = make_sink(broker.port)
+    assert sink.synced.wait(5)
+    opened = Record(1, "hatch", time_ns(1780000000.25), {"hatch": "prk-hatch", "open": True})
+    closed = Record(2, "hatch", time_ns(1780000060.5), {"hatch": "prk-hatch", "open": False})
+    assert sink.send([opened], replay=False).confirmed == 1
+    assert sink.send([closed], replay=True).confirmed == 1
+    assert wait_until(lambda: len(live.on(f"{P}/hatch/prk-hatch/event")) == 2)
+    assert live.json(f"{P}/hatch/prk-hatch/event") == [
+        {"time": 1780000000.25, "open": True},
+        {"time": 1780000060.5, "open": False, "replay": True},
+    ]
+    assert retained(broker.port, f"{P}/hatch/#") == {}  # events are not retained; `hatch()` keeps the state
 
 
 def test_sample_qos_is_capped_at_1_and_topic_prefix_defaults_to_station(broker, listener):
@@ -286,20 +306,51 @@ def test_ack_reaches_on_command_and_the_result_is_published(broker, make_sink, l
     assert all(r["ok"] for r in live.json(f"{P}/cmd/result"))
 
 
-def test_a_retained_command_is_ignored(broker, make_sink, listener, caplog):
+def test_a_retained_command_is_refused_however_it_arrives(broker, make_sink, listener, caplog):
     caplog.set_level(logging.INFO, logger="hullwatch.sinks.mqtt")
+    # left on the broker before the daemon connects: handed over with the subscription
     publish(broker.port, f"{P}/cmd/ack", '{"all": true}', retain=True)
     live = listener(broker.port, f"{P}/#")
     sink, commands = make_sink(broker.port)
-    assert live.wait_topic(f"{P}/status", payload=b"online")
-    time.sleep(0.4)
+    refused = live.wait_topic(f"{P}/cmd/result")
+    assert refused is not None
+    result = json.loads(refused[2])
+    assert (result["ok"], result["error"], result["command"]) == (False, "retained", "ack")
+    assert "mosquitto_pub -r -n -t hullwatch/lab/cmd/ack" in result["message"]
+    assert commands.calls == [] and "retained commands are refused" in caplog.text
+    # published retained while the daemon listens: delivered live, still seen as retained (MQTT 5)
+    n = live.count()
+    publish(broker.port, f"{P}/cmd/reset", '{"all": true}', retain=True)
+    m = live.wait_for(lambda m: m[1] == f"{P}/cmd/result", since=n)
+    assert m is not None and json.loads(m[2])["error"] == "retained"
     assert commands.calls == []
-    assert live.on(f"{P}/cmd/result") == []
-    assert "ignoring retained command" in caplog.text
-    # clearing it (an empty retained publish, delivered live) is no command either
-    publish(broker.port, f"{P}/cmd/ack", b"", retain=True)
+    # clearing them (empty retained messages) is no command, and gets no answer
+    n = live.count()
+    for name in ("ack", "reset"):
+        publish(broker.port, f"{P}/cmd/{name}", b"", retain=True)
+    publish(broker.port, f"{P}/cmd/ack", '{"all": true}')  # a plain command after them: the only one answered
+    m = live.wait_for(lambda m: m[1] == f"{P}/cmd/result", since=n)
+    assert m is not None and json.loads(m[2])["ok"] is True
     time.sleep(0.2)
-    assert commands.calls == [] and live.on(f"{P}/cmd/result") == []
+    assert len([m for m in live.messages[n:] if m[1] == f"{P}/cmd/result"]) == 1
+    assert commands.calls == [("ack", {"all": True}, "mqtt")]
+
+
+def test_a_command_names_its_sender(broker, make_sink, listener):
+    live = listener(broker.port, f"{P}/cmd/result")
+    sink, commands = make_sink(broker.port)
+    assert sink.synced.wait(5)
+    publish(broker.port, f"{P}/cmd/ack", '{"all": true}', user_properties={"by": "alice"})  # MQTT 5
+    publish(broker.port, f"{P}/cmd/ack", '{"all": true, "by": "bob"}')  # in the payload (MQTT 3.1.1 clients)
+    publish(broker.port, f"{P}/cmd/ack", '{"all": true, "by": "bob"}', user_properties={"by": "carol"})
+    publish(broker.port, f"{P}/cmd/ack", '{"all": true}')
+    publish(broker.port, f"{P}/cmd/ack", '{"all": true, "by": ""}')
+    publish(broker.port, f"{P}/cmd/ack", '{"all": true}', user_properties={"by": "x" * 65})
+    assert wait_until(lambda: len(live.on(f"{P}/cmd/result")) == 6)
+    assert [c[2] for c in commands.calls] == ["mqtt:alice", "mqtt:bob", "mqtt:carol", "mqtt"]
+    results = live.json(f"{P}/cmd/result")
+    assert [r.get("by") for r in results[:4]] == ["mqtt:alice", "mqtt:bob", "mqtt:carol", "mqtt"]
+    assert [r.get("error") for r in results[4:]] == ["bad_fields", "bad_fields"]
 
 
 MALFORMED = [
@@ -315,6 +366,12 @@ MALFORMED = [
     ("shelve", b'{"alarm": "leak_rate", "source": "lab", "severity": "caution", "duration_s": NaN}', "bad_fields"),
     ("maintenance", b'{"on": "yes"}', "bad_fields"),
     ("maintenance", b'{"on": true, "sources": "p_prk"}', "bad_fields"),
+    ("maintenance", b'{"on": true}', "bad_fields"),
+    ("maintenance", b'{"on": true, "sources": []}', "bad_fields"),
+    ("maintenance", b'{"on": true, "all": true, "sources": ["lab"]}', "bad_fields"),
+    ("maintenance", b'{"on": true, "all": "yes"}', "bad_fields"),
+    ("maintenance", b'{"on": true, "all": true, "duration_s": -5}', "bad_fields"),
+    ("ack", b'{"all": true, "by": 7}', "bad_fields"),
     ("frobnicate", b"{}", "unknown_command"),
     ("ack/extra", b'{"all": true}', "unknown_command"),
 ]
@@ -473,6 +530,97 @@ def test_broker_restart_brings_the_retained_state_back(broker, make_sink, listen
     print(f"reconnected {reconnect_s:.2f} s after the broker restart")
 
 
+# -- reconciliation: the broker keeps exactly the sink's retained state ------------------------
+
+
+def test_stale_retained_state_is_cleared_or_set_right_at_connect(broker, make_sink, listener):
+    """What a previous run left on the broker: removed, or set to the present state; others' topics untouched."""
+    desc = StationDescription("lab", {"p": ("pressure",)}, volumes=("lab",))
+    held = {"type": "alarm", "alarm": "low_pressure", "source": "lab", "severity": "warning", "acknowledged": True}
+    held_topic = f"{P}/alarm/low_pressure/lab/warning"
+    mine = "homeassistant/sensor/lab/p_pressure/config"
+    stale = {
+        f"{P}/alarm/leak_rate/lab/warning": b'{"state":"active"}',  # an alarm this run does not have
+        f"{P}/alarm/rapid_depress/lab/emergency": b'{"state":"active"}',
+        held_topic: b'{"state":"active","acknowledged":false}',  # held, but not like this
+        f"{P}/volume/lab/alarm": b"ON",  # a volume of the station with no alarm: OFF
+        f"{P}/volume/old/alarm": b"ON",  # a volume that no longer exists: removed
+        "homeassistant/sensor/lab/old_pressure/config": b"{}",  # an entity that no longer exists
+        mine: b"{}",  # an entity that exists, announced differently
+        "hullwatch/other/alarm/leak_rate/x/warning": b"{}",  # another station's
+        "homeassistant/sensor/other/p_pressure/config": b"{}",
+    }
+    for topic, payload in stale.items():
+        publish(broker.port, topic, payload, retain=True)
+    sink, _ = make_sink(broker.port, start=False, description=desc, homeassistant=True)
+    sink.prepare()
+    sink.alarm(held, "low_pressure", "lab", "warning")  # the present state, before connecting
+    configs = {t: json.dumps(c, separators=(",", ":")).encode() for t, c in sink.discovery_messages()}
+    sink.start()
+    expected = {
+        f"{P}/status": b"online",
+        held_topic: json.dumps(held, separators=(",", ":")).encode(),
+        f"{P}/volume/lab/alarm": b"OFF",
+        "hullwatch/other/alarm/leak_rate/x/warning": b"{}",
+        "homeassistant/sensor/other/p_pressure/config": b"{}",
+        **configs,
+    }
+    assert mine in configs
+    assert wait_until(lambda: {**retained(broker.port, "hullwatch/#"), **retained(broker.port, "homeassistant/#")}
+                      == expected, 10)  # fmt: skip
+    stats = sink.stats()
+    assert stats["stale_cleared"] == 4 and stats["stale_rewritten"] >= 1, stats
+
+    # the same station without Home Assistant: its discovery goes, the rest stays
+    sink.stop()
+    sink, _ = make_sink(broker.port, description=desc, homeassistant=False)
+    assert wait_until(lambda: retained(broker.port, "homeassistant/+/lab/#") == {}, 10)
+    assert retained(broker.port, "homeassistant/#") == {"homeassistant/sensor/other/p_pressure/config": b"{}"}
+
+
+def test_live_messages_on_the_retained_topics_are_not_reconciled(broker, make_sink, listener):
+    """Only what the broker hands over with the subscription is judged: never our own echoes."""
+    sink, _ = make_sink(broker.port)
+    assert sink.synced.wait(5)
+    live = listener(broker.port, f"{P}/alarm/#")
+    record = {"type": "alarm", "alarm": "leak_rate", "acknowledged": False}
+    for _ in range(3):
+        sink.alarm(record, "leak_rate", "lab", "warning")
+        sink.alarm(record, "leak_rate", "lab", "warning", gone=True)
+    assert wait_until(lambda: len(live.messages) == 9)
+    time.sleep(0.3)
+    assert len(live.messages) == 9 and sink.stats()["stale_cleared"] == 0
+
+
+def test_a_restarted_broker_that_kept_stale_state_is_set_right_on_reconnect(tmp_path, make_sink):
+    """A persistent broker restores what it saved: on reconnecting, the sink removes what it does not hold."""
+    b = Broker(tmp_path / "persistent", persistence=True).start()
+    try:
+        sink, _ = make_sink(b.port)
+        assert sink.synced.wait(5)
+        keep = {"type": "alarm", "alarm": "low_pressure", "acknowledged": False}
+        sink.alarm(keep, "low_pressure", "lab", "warning")
+        stale = f"{P}/alarm/leak_rate/lab/warning"
+        publish(b.port, stale, b'{"state":"active"}', retain=True)  # not the sink's state; it hears it live only
+        time.sleep(0.3)
+        assert stale in retained(b.port, f"{P}/#")
+        b.stop()  # saves the retained messages ...
+        assert wait_until(lambda: not sink.connected, 3)
+        b.start()  # ... and restores them
+        assert wait_until(lambda: sink.synced.is_set(), 10)
+        assert wait_until(lambda: stale not in retained(b.port, f"{P}/#"), 10)
+        kept = retained(b.port, f"{P}/#")
+        assert kept == {f"{P}/status": b"online", f"{P}/alarm/low_pressure/lab/warning": _compact(keep)}
+        assert sink.stats()["stale_cleared"] == 1
+        sink.stop()
+    finally:
+        b.stop()
+
+
+def _compact(obj) -> bytes:
+    return json.dumps(obj, separators=(",", ":")).encode()
+
+
 def test_broker_down_at_start_is_retried(tmp_path, make_sink, listener):
     b = Broker(tmp_path / "late")
     sink, _ = make_sink(b.port)
@@ -583,6 +731,12 @@ def test_validate():
     assert _validate("maintenance", {"on": False, "sources": []}) is None
     assert _validate("maintenance", {"on": 1})
     assert _validate("maintenance", {"on": True, "sources": [1]})
+    assert _validate("maintenance", {"on": True})
+    assert _validate("maintenance", {"on": True, "all": True}) is None
+    assert _validate("maintenance", {"on": True, "sources": ["lab"], "duration_s": 600}) is None
+    assert _validate("maintenance", {"on": False, "all": True}) is None
+    assert _validate("ack", {"all": True, "by": "alice"}) is None
+    assert _validate("ack", {"all": True, "by": "a\nb"})
 
 
 def test_station_description_from_config(two_segment_toml):

@@ -16,6 +16,7 @@ from hullwatch import config
 from hullwatch.cli import main as cli_main
 from hullwatch.core.model import AlarmState, AlarmTransition, Quantity, Sample, Severity
 from hullwatch.service import MAX_BATCH, BuildError, Daemon, build, rebuild
+from hullwatch.sinks.spool import time_ns
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -132,6 +133,21 @@ def test_step_takes_a_bounded_batch_so_the_loop_can_look_at_stop(tmp_path):
     daemon.step(0.0)
     assert daemon.samples.qsize() == 5000 - MAX_BATCH
     daemon.close()
+
+
+def test_a_burst_of_lines_read_at_one_instant_keeps_one_influxdb_timestamp_each(tmp_path):
+    """InfluxDB keys a point by series and time (whole microseconds): a burst must not collapse into fewer."""
+    daemon = build(station_config(tmp_path))
+    fed = []
+    feed = daemon.monitor.feed
+    daemon.monitor.feed = lambda s: (fed.append(s), feed(s))[1]
+    t = time.time()
+    for i in range(500):
+        daemon.samples.put(Sample(t, "p", Quantity.PRESSURE, 101325.0 + i))
+    daemon.step(0.0)
+    daemon.close()
+    assert len(fed) == 500
+    assert len({time_ns(s.time) for s in fed}) == 500
 
 
 def test_close_passes_the_last_samples_through_the_core_and_out(tmp_path):
@@ -273,6 +289,26 @@ def test_a_reload_hands_the_annunciator_and_its_pins_over(tmp_path, mock_pins):
     finally:
         running.close()
     assert not running.thread.is_alive()
+
+
+def test_a_reload_keeps_the_alarm_book(tmp_path):
+    path = tmp_path / "hullwatch.toml"
+    path.write_text(station("bench", "/dev/null-not-there", 2.0, "[alarms]\nmax_maintenance_s = 600.0\n"))
+    running = Running(build(config.load(str(path))), path)
+    try:
+        first = running.daemon
+        assert wait_for(lambda: first._annunciating)
+        sound(first)
+        first.desk.command("ack", {"all": True}, "mqtt:alice")
+        assert first.desk.command("maintenance", {"on": True, "sources": ["p"]}, "mqtt:dave")["ok"]
+        second = running.reload()
+        assert isinstance(second, Daemon) and second is not first
+        assert wait_for(lambda: second._annunciating)
+        record = second.desk.book.record(("low_pressure", "lab", Severity.EMERGENCY))
+        assert record is not None and record.state.value == "acked" and record.by == "mqtt:alice"
+        assert second.desk.book.maintenance()["p"] == first.desk.book.maintenance()["p"]
+    finally:
+        running.close()
 
 
 def test_a_reload_that_cannot_be_built_leaves_nothing_open(tmp_path):

@@ -427,6 +427,78 @@ def test_a_full_disk_holds_records_in_memory_says_so_and_catches_up(tmp_path):
         spool.close()
 
 
+# -- the alarm book's table ------------------------------------------------------------------------------------------
+
+
+def book_rows(path: str) -> dict[str, str] | None:
+    """The alarm_book table as another process reads it (read-only); None while there is none (a file moving)."""
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
+    except sqlite3.OperationalError:
+        return None
+    try:
+        return dict(db.execute("SELECT name, body FROM alarm_book").fetchall())
+    except sqlite3.OperationalError:
+        return None
+    finally:
+        db.close()
+
+
+def test_the_alarm_book_is_written_at_once_and_read_back_at_open(tmp_path):
+    path = str(tmp_path / "s.sqlite")
+    spool = Spool(path, commit_interval_s=60.0)  # records wait a minute; the book does not
+    spool.start([])
+    spool.save_book({"alarm/a": '{"state":"acked"}', "maintenance": '{"v":1}'})
+    assert wait_until(lambda: book_rows(path) == {"alarm/a": '{"state":"acked"}', "maintenance": '{"v":1}'})
+    spool.save_book({"maintenance": None, "alarm/b": "{}"})
+    assert wait_until(lambda: book_rows(path) == {"alarm/a": '{"state":"acked"}', "alarm/b": "{}"})
+    spool.close()
+    again = Spool(path)
+    assert again.load_book() == ({"alarm/a": '{"state":"acked"}', "alarm/b": "{}"}, [])
+    again.close()
+
+
+def test_an_unreadable_book_row_is_reported_and_deleted(tmp_path):
+    path = str(tmp_path / "s.sqlite")
+    Spool(path).close()
+    db = sqlite3.connect(path)
+    db.execute("INSERT INTO alarm_book VALUES (?, ?)", ("alarm/bad", b"\xff\x00"))
+    db.execute("INSERT INTO alarm_book VALUES (?, ?)", ("alarm/good", "{}"))
+    db.commit()
+    db.close()
+    spool = Spool(path)
+    assert spool.load_book() == ({"alarm/good": "{}"}, ["alarm/bad"])
+    spool.close()
+    assert book_rows(path) == {"alarm/good": "{}"}
+
+
+def test_an_alarm_book_table_of_another_shape_starts_afresh(tmp_path, caplog):
+    path = str(tmp_path / "s.sqlite")
+    db = sqlite3.connect(path)
+    db.execute("CREATE TABLE alarm_book (key TEXT, state TEXT)")
+    db.commit()
+    db.close()
+    spool = Spool(path)
+    assert spool.load_book() == ({}, []) and "starting it afresh" in caplog.text
+    spool.save_book({"alarm/a": "{}"})
+    spool.close()
+    assert book_rows(path) == {"alarm/a": "{}"}
+
+
+def test_the_alarm_book_moves_to_the_fresh_file_when_the_old_one_is_corrupt(tmp_path):
+    path = str(tmp_path / "s.sqlite")
+    spool_with_backlog(path)
+    bad_middle_page(path)
+    spool = Spool(path, commit_interval_s=0.1)
+    spool.save_book({"alarm/a": '{"state":"latched_unack"}'})
+    spool.commit()
+    sink = FakeSink("x")
+    spool.start([sink])
+    assert wait_until(lambda: spool.recoveries == 1), "the forwarder met the bad page"
+    assert wait_until(lambda: book_rows(path) == {"alarm/a": '{"state":"latched_unack"}'}), "the book is back"
+    spool.close()
+
+
 def test_a_record_that_cannot_be_stored_is_set_aside_and_never_stops_a_commit(tmp_path):
     spool = Spool(str(tmp_path / "s.sqlite"))
     spool._sinks = ["fake"]

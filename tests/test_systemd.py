@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import pty
 import re
 import signal
 import subprocess
 import sys
+import threading
 import time
+import tty
 
 import pytest
 
-from daemon_rig import FakeSystemd, Transducer
+from daemon_rig import Daemon, FakeSystemd, Transducer, station
 
 STALE_S = 2.0
 
@@ -139,3 +143,83 @@ def test_a_reload_that_cannot_be_built_keeps_the_old_daemon_and_says_why(rig):
     assert "monitoring broken" in log.read_text() and "configuration reloaded" in log.read_text()
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=10) == 0
+
+
+class NumberedTransducer:
+    """A pty writing a new pressure every 0.05 s (100001, 100002, ...), each line `prefix` + value."""
+
+    def __init__(self) -> None:
+        self.master, self._slave = pty.openpty()
+        tty.setraw(self._slave)
+        os.set_blocking(self.master, False)
+        self.port = os.ttyname(self._slave)
+        self.prefix = ""
+        self.written: list[tuple[str, float]] = []  # (prefix, value) of each whole line the kernel took
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _run(self) -> None:
+        k = 0
+        while not self._stop.wait(0.05):
+            prefix, value = self.prefix, 100001.0 + k
+            with contextlib.suppress(OSError):
+                if os.write(self.master, f"{prefix}{value}\n".encode()):
+                    self.written.append((prefix, value))
+                    k += 1
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        os.close(self.master)
+        os.close(self._slave)
+
+
+def recorded(path) -> set[float]:
+    rows = path.read_text().splitlines()[1:] if path.exists() else []
+    return {float(r.split(",")[3]) for r in rows if r.count(",") == 3}
+
+
+def test_a_reload_keeps_an_unchanged_sensor_reading_and_rebuilds_a_changed_one(tmp_path):
+    """An unchanged [[sensor]] is handed over running: no line lost (reopening a port flushes its input)."""
+    systemd, feeder = FakeSystemd(tmp_path / "notify.sock"), NumberedTransducer()
+    cfg, csv = tmp_path / "hullwatch.toml", tmp_path / "samples.csv"
+    recorder = f'[recorder]\npath = "{csv}"\n'
+    cfg.write_text(station("one", feeder.port, extra=recorder))
+    daemon = Daemon(cfg, tmp_path / "daemon.log", systemd)
+    try:
+        assert daemon.wait_for_log("p: reading", 30), daemon.text()
+        feeder.start()  # only now: the port's first opening flushes its input
+        time.sleep(1.0)
+        # another section changed, the sensor's not: its driver reads on, its port stays open
+        mark = len(daemon.text())
+        cfg.write_text(station("two", feeder.port, extra=recorder))
+        daemon.proc.send_signal(signal.SIGHUP)
+        assert daemon.wait_for_log("monitoring two", 30, mark), daemon.text()[mark:]
+        assert "reload: p unchanged" in daemon.text()[mark:]
+        time.sleep(1.0)
+        assert "p: reading" not in daemon.text()[mark:], "the port was not opened again"
+        before_change = len(feeder.written)
+        # the sensor's line format changed: its driver is rebuilt and the new format is read
+        mark = len(daemon.text())
+        cfg.write_text(station("three", feeder.port, extra=recorder).replace("'^(?P<", "'^P=(?P<"))
+        daemon.proc.send_signal(signal.SIGHUP)
+        assert daemon.wait_for_log("monitoring three", 30, mark), daemon.text()[mark:]
+        assert "reload: p unchanged" not in daemon.text()[mark:]
+        assert daemon.wait_for_log("p: reading", 30, mark), "the changed driver opens the port anew"
+        feeder.prefix = "P="
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not {v for p, v in feeder.written if p} & recorded(csv):
+            time.sleep(0.2)
+        assert {v for p, v in feeder.written if p} & recorded(csv), "lines in the new format are read"
+        code, _ = daemon.stop(timeout=30)
+        assert code == 0
+    finally:
+        daemon.kill()
+        feeder.close()
+        systemd.close()
+    unchanged = {v for _, v in feeder.written[:before_change]}
+    missing = sorted(unchanged - recorded(csv))
+    assert not missing, f"{len(missing)} of {len(unchanged)} lines written before the second reload never read"

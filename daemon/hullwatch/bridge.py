@@ -3,10 +3,18 @@
 Theory of operation
 -------------------
 A bridge subscribes (MQTT 5, QoS 1, a persistent session) to the ICD §5 topics of one or more
-stations — `<root>/<station>/sensor/+`, `volume/+`, `hatch/+`, `alarm/#` and `metrics` — turns
-each message back into a spool record tagged with its station (the sample's own timestamp
-wherever the payload has one) and writes it to InfluxDB through the same spool and sink as
-the daemon. A message is acknowledged to the broker (manual PUBACK) only once its record is
+stations — `<root>/<station>/sensor/+`, `volume/+`, `step/+`, `clock_step`, `hatch/+/event`, `alarm/#` and
+`metrics` — turns each message back into a spool record tagged with its station (the sample's
+own timestamp wherever the payload has one) and writes it to InfluxDB through the same spool
+and sink as the daemon.
+
+Hatches are stored from `hatch/<hatch>/event` (`{"time", "open"}`), never from the retained
+`hatch/<hatch>` state, which carries no time: a station re-sends that state at every
+reconnect, and stamping each copy with its arrival would store a hatch operation that never
+happened. Alarms are stored from every record on `alarm/...`; the final record of an alarm
+that left the station's book (`"state": "cleared"`, published just before the empty retained
+message that removes the topic) is how an acknowledged alarm's clearing reaches InfluxDB. The
+empty message itself stores nothing. A message is acknowledged to the broker (manual PUBACK) only once its record is
 committed to the spool file, so a bridge killed at any moment loses nothing: the broker sends
 again what was not acknowledged.
 
@@ -50,7 +58,7 @@ from hullwatch.sinks.spool import Record, Spool, time_ns
 log = logging.getLogger(__name__)
 
 SESSION_EXPIRY_S = 24 * 3600  # the broker keeps our queue this long while the bridge is away
-TOPICS = ("sensor/+", "volume/+", "step/+", "hatch/+", "alarm/#", "metrics")
+TOPICS = ("sensor/+", "volume/+", "step/+", "clock_step", "hatch/+/event", "alarm/#", "metrics")
 SET_ASIDE_MAX = 1000  # unstorable messages kept per run (all are counted)
 SET_ASIDE_BYTES = 4096  # of each one's payload
 WARN_EVERY_S = 60.0  # at most one warning per kind of problem this often
@@ -120,15 +128,22 @@ def to_record(topic: str, payload: bytes, root: str, received: float) -> tuple[s
     Raises Unstorable for a telemetry message that cannot be stored.
     """
     parts = topic[len(root) + 1 :].split("/") if topic.startswith(root + "/") else []
+    if len(parts) == 2 and parts[1] == "clock_step":
+        obj = _json_object(payload)
+        _number(obj, "step_s")
+        if obj.get("step_s") is None:
+            raise Unstorable("bad_field", "step_s is missing")
+        return "clock_step", message_time(obj, received), {"station": parts[0], "step_s": obj["step_s"]}
     if len(parts) < 3 or parts[1] not in ("sensor", "volume", "step", "hatch", "alarm"):
         return None
     station, what, rest = parts[0], parts[1], parts[2:]
-    if len(rest) != (3 if what == "alarm" else 1):
-        raise Unstorable("bad_topic", f"{what} topics have {3 if what == 'alarm' else 1} level(s) after '{what}/'")
     if what == "hatch":
-        if payload not in (b"open", b"closed"):
-            raise Unstorable("bad_field", f"a hatch state is 'open' or 'closed', not {payload[:40]!r}")
-        return "hatch", received, {"station": station, "hatch": rest[0], "open": payload == b"open"}
+        if len(rest) == 1:
+            return None  # the retained state: no time of its own (hatches are stored from their events)
+        if len(rest) != 2 or rest[1] != "event":
+            raise Unstorable("bad_topic", "hatch topics are hatch/<hatch> and hatch/<hatch>/event")
+    elif len(rest) != (3 if what == "alarm" else 1):
+        raise Unstorable("bad_topic", f"{what} topics have {3 if what == 'alarm' else 1} level(s) after '{what}/'")
     if what == "alarm" and not payload:
         return None  # a removed alarm: its transitions are already stored
     obj = _json_object(payload)
@@ -146,6 +161,12 @@ def to_record(topic: str, payload: bytes, root: str, received: float) -> tuple[s
         for _, key in ESTIMATE_FIELDS:
             _number(obj, key)
         return "estimate", t, {**obj, "station": station, "volume": rest[0]}
+    if what == "hatch":
+        if "time" not in obj:
+            raise Unstorable("bad_time", "a hatch event needs its time")
+        if not isinstance(obj.get("open"), bool):
+            raise Unstorable("bad_field", f"open must be true or false, not {obj.get('open')!r:.60}")
+        return "hatch", t, {"station": station, "hatch": rest[0], "open": obj["open"]}
     if what == "step":
         _number(obj, "size_pa")
         _string(obj, "sensor")

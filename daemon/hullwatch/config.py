@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
+from hullwatch.core.lifecycle import DEFAULT_MAX_MAINTENANCE_S
 from hullwatch.core.model import Quantity
 from hullwatch.core.settings import (
     AlarmLimits,
@@ -145,6 +146,7 @@ class Config:
     mqtt: MqttConfig | None
     influxdb: InfluxConfig | None
     simulation: SimulationSettings | None = None
+    max_maintenance_s: float = DEFAULT_MAX_MAINTENANCE_S  # [alarms] max_maintenance_s: maintenance ends by then
 
     def sample_names(self) -> dict[str, frozenset[Quantity]]:
         """What each name may report in a samples file."""
@@ -221,6 +223,7 @@ class _Parser:
         self.path = path
         self.problems: list[str] = []
         self.pins: dict[int, tuple[str, str]] = {}  # GPIO pin -> (key path, SPI role or "") of its first user
+        self.max_maintenance_s = DEFAULT_MAX_MAINTENANCE_S  # [alarms] max_maintenance_s, read by alarms()
 
     def problem(self, key: str, message: str) -> None:
         self.problems.append(f"{self.path}: {key}: {message}")
@@ -360,6 +363,7 @@ class _Parser:
             mqtt,
             influx,
             simulation,
+            self.max_maintenance_s,
         )
 
     def array_of_tables(self, data: Mapping, key: str) -> list[tuple[str, dict]]:
@@ -527,7 +531,16 @@ class _Parser:
         )
 
     def alarms(self, data: Mapping) -> AlarmLimits:
-        names = {"leak_rate", "rapid_depress", "low_pressure", "reserve_time", "sensor", "latching", "max_shelve_s"}
+        names = {
+            "leak_rate",
+            "rapid_depress",
+            "low_pressure",
+            "reserve_time",
+            "sensor",
+            "latching",
+            "max_shelve_s",
+            "max_maintenance_s",
+        }
         top = self.table(data, "alarms", "alarms", names) or {}
         latching = top.get("latching", list(AlarmLimits().latching))
         kinds = ("leak_rate", "rapid_depress", "low_pressure", "reserve_time", "sensor_fault")
@@ -536,6 +549,9 @@ class _Parser:
             latching = []
         max_shelve = self.value(
             top, "max_shelve_s", "alarms", "float", AlarmLimits().max_shelve_s, _positive_at_most(WEEK_S)
+        )
+        self.max_maintenance_s = self.value(
+            top, "max_maintenance_s", "alarms", "float", DEFAULT_MAX_MAINTENANCE_S, _positive_at_most(WEEK_S)
         )
 
         def section(name: str, cls: type, floats: dict[str, bool]) -> Any:

@@ -3,8 +3,9 @@
 The main loop hands it the core's alarm transitions; the button (gpiozero's thread) and MQTT
 commands (paho's thread) hand it acknowledgements, shelving, resets and maintenance. One
 lock serialises them. After every change the annunciator is shown the new state first —
-it never waits on the network — and only then do the other outputs (MQTT) hear of it.
-Every change is logged with who or what caused it, for audit.
+it never waits on the network — then the book's changed rows go to the store (the spool's
+file: handed over, never waited for), and only then do the other outputs (MQTT) hear of it.
+Every command and every change is logged with who or what caused it, for audit.
 """
 
 from __future__ import annotations
@@ -12,15 +13,27 @@ from __future__ import annotations
 import logging
 import math
 import threading
+import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from hullwatch.core.lifecycle import AlarmBook, AlarmKey, Annunciation, LifecycleChange, Outcome, key_name
+from hullwatch.core.lifecycle import (
+    ALL_SOURCES,
+    AlarmBook,
+    AlarmKey,
+    Annunciation,
+    LifecycleChange,
+    Outcome,
+    Restored,
+    key_name,
+)
 from hullwatch.core.model import AlarmTransition, Severity
 
 log = logging.getLogger("hullwatch.alarms")
 
 COMMANDS = ("ack", "shelve", "unshelve", "reset", "maintenance")
+
+Rows = dict[str, dict | None]
 
 
 class CommandError(ValueError):
@@ -28,17 +41,40 @@ class CommandError(ValueError):
 
 
 class AlarmDesk:
-    """The alarm lifecycle behind a lock, with the annunciator and outputs told of every change."""
+    """The alarm lifecycle behind a lock, with the annunciator, the store and outputs told of every change."""
 
     def __init__(
-        self, book: AlarmBook, clock: Callable[[], float], show: Callable[[Annunciation], None] = lambda _a: None
+        self,
+        book: AlarmBook,
+        clock: Callable[[], float],
+        show: Callable[[Annunciation], None] = lambda _a: None,
+        store: Callable[[Rows], None] | None = None,
     ) -> None:
         self.book = book
         self.clock = clock
         self.show = show
+        self.store = store  # takes the book's changed rows (None: delete); must not block
         self.outputs: list[Callable[[LifecycleChange], None]] = []
         self._lock = threading.RLock()
         self.show(book.annunciation())
+
+    def restore(self, rows: Mapping[str, object], confirm_within: Callable[[str], float]) -> Restored:
+        """Start the book from persisted rows (see AlarmBook.restore); rows that make no sense are logged."""
+        with self._lock:
+            restored = self.book.restore(self.clock(), rows, confirm_within)
+            for problem in restored.problems:
+                log.warning("alarm book: skipping a saved row that makes no sense: %s", problem)
+            kept = self.book.records()
+            if kept:
+                log.info("alarm book: %d alarm(s) restored: %s", len(kept), ", ".join(key_name(r.key) for r in kept))
+            for source, window in sorted(self.book.maintenance().items()):
+                until = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(window.until))
+                scope = "all sources" if source == ALL_SOURCES else source
+                log.info("alarm book: maintenance of %s restored, until %s (by %s)", scope, until, window.by)
+            self.show(self.book.annunciation())
+            self._publish(restored.changes)
+            self._persist()
+        return restored
 
     def transitions(self, transitions: Iterable[AlarmTransition]) -> None:
         """The core's alarm transitions, in order."""
@@ -47,7 +83,7 @@ class AlarmDesk:
             self._publish(changes)
 
     def tick(self, now: float) -> None:
-        """Let shelving expire."""
+        """Let shelving and maintenance expire."""
         with self._lock:
             self._publish(self.book.tick(now))
 
@@ -63,9 +99,15 @@ class AlarmDesk:
                 self._publish(outcome.changes)
         except CommandError as exc:
             log.warning("command %s from %s refused: %s", name, by, exc)
-            return {"ok": False, "message": str(exc)}
-        log.info("command %s from %s: %s", name, by, outcome.message)
-        return {"ok": outcome.ok, "message": outcome.message}
+            return {"ok": False, "error": "bad_request", "message": str(exc)}
+        if outcome.ok:
+            log.info("command %s from %s: %s", name, by, outcome.message)
+        else:
+            log.warning("command %s from %s refused: %s", name, by, outcome.message)
+        reply = {"ok": outcome.ok, "message": outcome.message}
+        if outcome.error:
+            reply["error"] = outcome.error
+        return reply
 
     def _dispatch(self, name: str, p: Mapping[str, Any], by: str) -> Outcome:
         now = self.clock()
@@ -82,19 +124,30 @@ class AlarmDesk:
         if name == "unshelve":
             return book.unshelve(now, by, _key(p))
         if name == "maintenance":
-            on = p.get("on")
-            sources = p.get("sources")
-            if not isinstance(on, bool):
-                raise CommandError('maintenance needs "on": true or false')
-            if sources is not None and not (isinstance(sources, list) and all(isinstance(s, str) for s in sources)):
-                raise CommandError('"sources" must be a list of volume or sensor names')
-            return book.set_maintenance(now, by, on, sources)
+            return self._maintenance(now, p, by)
         raise CommandError(f"unknown command {name!r} (known: {', '.join(COMMANDS)})")
+
+    def _maintenance(self, now: float, p: Mapping[str, Any], by: str) -> Outcome:
+        on, sources, everything = p.get("on"), p.get("sources"), p.get("all", False)
+        duration = p.get("duration_s")
+        if not isinstance(on, bool):
+            raise CommandError('maintenance needs "on": true or false')
+        if sources is not None and not (isinstance(sources, list) and all(isinstance(s, str) for s in sources)):
+            raise CommandError('"sources" must be a list of volume or sensor names')
+        if not isinstance(everything, bool):
+            raise CommandError('"all" must be true or false')
+        if duration is not None and (
+            isinstance(duration, bool) or not isinstance(duration, int | float) or not math.isfinite(duration)
+        ):
+            raise CommandError('"duration_s" must be a number of seconds')
+        return self.book.set_maintenance(now, by, on, sources, everything=everything, duration_s=duration)
 
     def _publish(self, changes: list[LifecycleChange]) -> None:
         if not changes:
+            self._persist()  # maintenance may have changed without changing an alarm
             return
-        self.show(self.book.annunciation())  # the lab first, the network after
+        self.show(self.book.annunciation())  # the lab first, the disk and the network after
+        self._persist()
         for c in changes:
             log.info("alarm %s: %s -> %s (%s by %s)", key_name(c.key), c.old.value, c.new.value, c.cause, c.by)
             for output in self.outputs:
@@ -102,6 +155,15 @@ class AlarmDesk:
                     output(c)
                 except Exception:  # an output's bug must not stop the others
                     log.exception("alarm output failed")
+
+    def _persist(self) -> None:
+        rows = self.book.take_changed_rows()
+        if not rows or self.store is None:
+            return
+        try:
+            self.store(rows)
+        except Exception:  # the store's trouble must not stop the alarms
+            log.exception("alarm book: saving %d row(s) failed", len(rows))
 
 
 def _key(p: Mapping[str, Any]) -> AlarmKey:

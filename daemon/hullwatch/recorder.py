@@ -15,6 +15,14 @@ Faults. A write that fails is logged once per episode, `problem` says why (the s
 `recorder_fault` advisory from it), and the rows wait in memory while the write is retried with
 backoff; beyond `MAX_HELD_ROWS` the oldest are dropped and counted (`dropped`), never silently.
 
+Time order. `analyze` refuses a file whose times go back, so the rows' times never do. Rows
+come with wall-clock times (the daemon converts its steady time when it writes), and the wall
+clock can be set back: a row more than `BACK_TOLERANCE_S` older than the one before (the clock
+set back, or a file left by a run whose clock was ahead) begins a new file, the full one moved
+aside as on rotation; a smaller step back is written at the time of the row before. The daemon
+also asks for a new file at every clock step it sees (`new_file`), forward ones included, so that
+no file spans a jump of the clock.
+
 Disk use. When the file reaches `rotate_mb` it is renamed `<name>.<UTC time><ext>` (e.g.
 `samples.20260101T120000Z.csv`, a samples file of its own with its header) and a new one begun;
 the oldest rotated files are deleted while all of them together exceed `max_mb`.
@@ -31,7 +39,7 @@ import threading
 import time
 
 from hullwatch.core.model import Sample
-from hullwatch.samples import HEADER, format_row
+from hullwatch.samples import HEADER, format_row, parse_time
 from hullwatch.sensors.base import Backoff, Episode
 
 log = logging.getLogger("hullwatch.recorder")
@@ -40,6 +48,16 @@ MAX_HELD_ROWS = 100_000  # rows held in memory while the file cannot be written
 ROTATE_MB = 64.0
 MAX_MB = 1024.0
 HEADER_LINE = ",".join(HEADER) + "\n"
+BACK_TOLERANCE_S = 1.0  # a row this much older than the one before begins a new file; less, it takes that time
+
+
+class _NewFile:
+    """Among the rows held: the rows after it go to a new file (`why` is logged)."""
+
+    __slots__ = ("why",)
+
+    def __init__(self, why: str) -> None:
+        self.why = why
 
 
 class Recorder:
@@ -61,7 +79,8 @@ class Recorder:
         self._size = 0  # the file's length: where the next write begins
         self._open()
         self._lock = threading.Lock()  # guards _rows
-        self._rows: list[str] = []
+        self._rows: list[str | _NewFile] = []
+        self._last_time = _last_row_time(self.path, self._size)  # the latest time written or held
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -84,16 +103,37 @@ class Recorder:
             self._thread.start()
 
     def write(self, sample: Sample) -> None:
-        """Record one sample; unreadable readings (no value) are not samples and are skipped."""
+        """Record one sample (wall-clock time); unreadable readings (no value) are not samples and are skipped."""
         if not math.isfinite(sample.value):
             return
+        if sample.time < self._last_time - BACK_TOLERANCE_S:
+            went = f"{self._last_time - sample.time:.1f} s"
+            self.new_file(f"a row {went} older than the one before (the clock was set back)")
+        elif sample.time < self._last_time:
+            sample = sample._replace(time=self._last_time)
+        self._last_time = sample.time
         row = format_row(sample)
         with self._lock:
             self._rows.append(row)
-            if len(self._rows) > MAX_HELD_ROWS:
-                gone = len(self._rows) - MAX_HELD_ROWS
-                del self._rows[:gone]
-                self.dropped += gone
+            self._trim()
+
+    def new_file(self, why: str) -> None:
+        """The rows written after this go to a new file (the present one moved aside as on rotation)."""
+        self._last_time = -math.inf
+        with self._lock:
+            if self._rows and isinstance(self._rows[-1], _NewFile):
+                return
+            self._rows.append(_NewFile(why))
+
+    def _trim(self) -> None:
+        """Drop the oldest rows held beyond MAX_HELD_ROWS (counted), keeping a new file asked for among them."""
+        gone = len(self._rows) - MAX_HELD_ROWS
+        if gone <= 0:
+            return
+        lost = self._rows[:gone]
+        breaks = [r for r in lost if isinstance(r, _NewFile)]
+        self._rows[:gone] = breaks[-1:]
+        self.dropped += len(lost) - len(breaks)
 
     def close(self, timeout_s: float = 2.0) -> None:
         """Write what is held (waiting up to timeout_s for the writer) and close the file."""
@@ -107,7 +147,7 @@ class Recorder:
         else:
             self._flush()
         with self._lock:
-            left = len(self._rows)
+            left = sum(1 for r in self._rows if not isinstance(r, _NewFile))
         if left:
             log.error("recorder: %d row(s) could not be written to %s and are lost (%s)", left, self.path, self.problem)
         with contextlib.suppress(OSError):
@@ -135,28 +175,35 @@ class Recorder:
             rows, self._rows = self._rows, []
         if not rows:
             return True
-        try:
-            if self._fd < 0:
-                self._open()
-            header = HEADER_LINE if self._size == 0 else ""
-            self._write_whole((header + "".join(rows)).encode())
-        except OSError as exc:
-            with self._lock:
-                self._rows[:0] = rows
-                if len(self._rows) > MAX_HELD_ROWS:
-                    gone = len(self._rows) - MAX_HELD_ROWS
-                    del self._rows[:gone]
-                    self.dropped += gone
-                held = len(self._rows)
-            self.problem = f"cannot write {self.path}: {exc.strerror or exc}; holding {held} row(s)"
-            self._trouble.happened(f"{exc.strerror or exc}; holding rows in memory and retrying")
-            return False
-        self.rows += len(rows)
+        while rows:
+            cut = next((i for i, r in enumerate(rows) if isinstance(r, _NewFile)), len(rows))
+            try:
+                if cut:
+                    if self._fd < 0:
+                        self._open()
+                    header = HEADER_LINE if self._size == 0 else ""
+                    self._write_whole((header + "".join(rows[:cut])).encode())  # type: ignore[arg-type]
+                    self.rows += cut
+                    del rows[:cut]
+                if rows:  # a new file asked for (none needed while this one holds no row)
+                    if self._fd < 0:
+                        self._open()
+                    if self._size > len(HEADER_LINE):
+                        self._rotate(rows[0].why)  # type: ignore[union-attr]
+                    del rows[0]
+            except OSError as exc:
+                with self._lock:
+                    self._rows[:0] = rows
+                    self._trim()
+                    held = sum(1 for r in self._rows if not isinstance(r, _NewFile))
+                self.problem = f"cannot write {self.path}: {exc.strerror or exc}; holding {held} row(s)"
+                self._trouble.happened(f"{exc.strerror or exc}; holding rows in memory and retrying")
+                return False
         self.problem = None
         self._trouble.over()
         if self._size >= self.rotate_bytes:
             try:
-                self._rotate()
+                self._rotate(f"full ({self._size} bytes)")
             except OSError as exc:  # the rows are written; the next write tries again
                 log.warning("recorder: cannot rotate %s: %s", self.path, exc.strerror or exc)
         return True
@@ -203,8 +250,12 @@ class Recorder:
             with contextlib.suppress(OSError):
                 self._write_whole(HEADER_LINE.encode())
 
-    def _rotate(self) -> None:
-        """Rename the full file aside, begin a new one, and delete the oldest files over the cap."""
+    def _rotate(self, why: str) -> None:
+        """Rename the file aside, begin a new one, and delete the oldest files over the cap.
+
+        OSError if the file cannot be renamed (nothing changed); once it is, a new file that cannot be
+        opened yet is opened by the next write.
+        """
         stem, ext = os.path.splitext(self.path)
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
         target = f"{stem}.{stamp}{ext}"
@@ -213,10 +264,12 @@ class Recorder:
             n += 1
             target = f"{stem}.{stamp}-{n}{ext}"
         os.rename(self.path, target)
-        os.close(self._fd)
-        self._fd = -1
-        log.info("recorder: %s is full (%d bytes): moved to %s, a new file begun", self.path, self._size, target)
-        self._open()
+        with contextlib.suppress(OSError):
+            os.close(self._fd)
+        self._fd, self._size = -1, 0
+        log.info("recorder: %s: %s: moved to %s, a new file begun", self.path, why, target)
+        with contextlib.suppress(OSError):
+            self._open()
         self._enforce_cap()
 
     def rotated(self) -> list[str]:
@@ -267,3 +320,16 @@ def _last_whole_row_end(path: str, size: int) -> int:
                 return start + i + 1
             end = start
     return 0
+
+
+def _last_row_time(path: str, end: int) -> float:
+    """The time of the last row before byte `end` (-inf for none: a new file, a header alone, or unreadable)."""
+    if end == 0:
+        return -math.inf
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(0, end - 4096))
+            tail = f.read(end - max(0, end - 4096))
+        return parse_time(tail.rstrip(b"\r\n").rsplit(b"\n", 1)[-1].split(b",", 1)[0].decode())
+    except (OSError, ValueError):
+        return -math.inf

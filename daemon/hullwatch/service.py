@@ -9,6 +9,13 @@ estimates, alarm transitions and self-metrics go into the spool, whose forwarder
 deliver them to MQTT and InfluxDB, and the recorder writes from a thread of its own; the
 annunciator is driven directly, before anything else.
 
+Two clocks. Samples are stamped, and the core, the alarm desk and the main loop run, on steady
+time (`timebase`: the wall clock's scale, never stepped), so setting the clock neither raises
+nor hides a fault, nor moves an on-delay or a shelving's end. Whatever leaves the daemon — spool
+records (MQTT, InfluxDB), recorder rows, alarm payloads, the outputs' events — is converted to
+wall-clock time. A step of the wall clock is logged (WARNING) and published once as a
+`clock_step` record, and the recorder begins a new file, so that no samples file goes back.
+
 Build, then swap. `build()` makes every resource a configuration needs — drivers, files,
 credentials, sinks, spool, recorder, GPIO pins — into a daemon that does not run yet, or
 raises BuildError (one line per problem and a sysexits code); nothing it made is left open.
@@ -17,7 +24,10 @@ GPIO pin library, credentials and TLS files, sinks, the places of the recorder a
 and `check-config` calls that alone, so it refuses what `run` would refuse.
 `run()` starts it. A reload (`rebuild()`) builds the new daemon completely while the old one
 runs, taking over what the old one holds with unchanged settings (the spool file, the
-recorder file, the annunciator's pins); if the new annunciator needs pins the old one holds,
+recorder file, the annunciator's pins, and each sensor and hatch switch whose driver
+settings are unchanged: its driver keeps running and reading, and its samples go to the
+new daemon from the moment the old one stops, so an open port is never closed and opened
+again, which would flush its input); if the new annunciator needs pins the old one holds,
 the old one's are released first and taken back if the new one still cannot be built. A
 reload that cannot be built leaves the old daemon running and says why: log lines, STATUS,
 and a `reload_fault` advisory.
@@ -32,6 +42,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import logging
 import math
 import os
@@ -44,9 +55,16 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from hullwatch import config, present
+from hullwatch import config, present, timebase
 from hullwatch.config import Config, ConfigError, MqttConfig
-from hullwatch.core.lifecycle import AlarmBook, LifecycleChange
+from hullwatch.core.lifecycle import (
+    ALL_SOURCES,
+    NOT_CONFIRMED,
+    AlarmBook,
+    AlarmRecord,
+    LifecycleChange,
+    LifecycleEvent,
+)
 from hullwatch.core.model import (
     AlarmState,
     AlarmTransition,
@@ -81,6 +99,7 @@ SINK_FAULT_AFTER_S = 30.0  # a sink unavailable this long raises sink_fault (a b
 # SIGTERM: what each part of the stop may take, well within the unit's TimeoutStopSec=10
 STOP_DRIVERS_S, STOP_DRAIN_S, STOP_RECORDER_S, STOP_SPOOL_S, STOP_SINK_S = 1.0, 1.5, 1.0, 1.5, 1.0
 OWN_ALARMS = frozenset({"spool_full", "spool_fault", "sink_fault", "recorder_fault", "reload_fault"})
+CONFIRM_MARGIN_S = 30.0  # after a restart, what a restored active alarm's condition gets beyond its kind's own delays
 # drivers' own trouble counters, as sensor_health fields (the driver's `errors` becomes `device_errors`)
 TROUBLE_COUNTERS = {
     "bad_lines": "bad_lines",
@@ -108,7 +127,7 @@ class Built:
     """Everything the daemon runs, built from a configuration."""
 
     drivers: list[Driver]
-    clock: Callable[[], float]
+    timebase: timebase.Timebase  # the samples' time (steady; a simulation's own story time)
 
 
 def build_drivers(cfg: Config, pin_factory: Any = None, for_run: bool = True) -> Built:
@@ -119,7 +138,7 @@ def build_drivers(cfg: Config, pin_factory: Any = None, for_run: bool = True) ->
     """
     problems: list[str] = []
     drivers: list[Driver] = []
-    clock: Callable[[], float] = time.time
+    time_base: timebase.Timebase = timebase.STEADY
     simulated = [s.name for s in cfg.sensors if s.driver == "simulated"]
     if simulated and (for_run or cfg.simulation is not None):
         from hullwatch.sim.live import SimulatedModule
@@ -130,7 +149,7 @@ def build_drivers(cfg: Config, pin_factory: Any = None, for_run: bool = True) ->
             problems.append(f"{cfg.path}: simulation: {exc}")
         else:
             drivers.append(sim)
-            clock = sim.clock
+            time_base = timebase.Fixed(sim.clock)
     for i, s in enumerate(cfg.sensors):
         if s.driver == "simulated":
             continue
@@ -150,7 +169,7 @@ def build_drivers(cfg: Config, pin_factory: Any = None, for_run: bool = True) ->
                 problems.append(f"{cfg.path}: hatch[{i}].{exc.key}: {exc.message}")
     if problems:
         raise ConfigError(problems)
-    return Built(drivers, clock)
+    return Built(drivers, time_base)
 
 
 def _driver(kind: str, name: str, options: Mapping[str, Any], pin_factory: Any) -> Driver:
@@ -178,7 +197,7 @@ class Prepared:
     """
 
     drivers: list[Driver]
-    clock: Callable[[], float]
+    timebase: timebase.Timebase
     mqtt: Any
     influx: Any
     commands: _Route  # where the MQTT sink's remote commands go (the daemon, once it exists)
@@ -238,9 +257,8 @@ def prepare(cfg: Config, pin_factory: Any = None, for_run: bool = True) -> Prepa
     influx = attempt(_influx, secrets_cfg) if cfg.influxdb else None
     if cfg.recorder is not None:
         attempt(_check_recorder, cfg)
-    if cfg.mqtt or cfg.influxdb:
-        notes += attempt(_check_spool, cfg, for_run) or []
-    prepared = Prepared(drivers, built.clock if built else time.time, mqtt, influx, commands, notes)
+    notes += attempt(_check_spool, cfg, for_run) or []  # the sinks' records, and the alarm book in any case
+    prepared = Prepared(drivers, built.timebase if built else timebase.STEADY, mqtt, influx, commands, notes)
     if problems:
         prepared.close()
         raise BuildError(problems, EX_UNAVAILABLE if codes == {EX_UNAVAILABLE} else EX_CONFIG)
@@ -488,6 +506,38 @@ class _Route:
         return self.target(*args)
 
 
+class _DriverRun:
+    """A driver running in its thread, with a stop of its own and a destination for its samples.
+
+    A reload that takes the driver over sends its samples to the new daemon (`send_to`) instead
+    of stopping it: the device is never closed and reopened.
+    """
+
+    def __init__(self, driver: Driver, emit: Callable[[Sample], None]) -> None:
+        self.driver = driver
+        self.stop = threading.Event()
+        self._emit = emit
+        self._lock = threading.Lock()  # once send_to returns, no sample goes to the old destination
+        self.thread = threading.Thread(target=driver.run, args=(self.emit, self.stop), name=f"driver-{driver.name}")
+        self.thread.daemon = True
+        self.thread.start()
+
+    def emit(self, sample: Sample) -> None:
+        with self._lock:
+            self._emit(sample)
+
+    def send_to(self, emit: Callable[[Sample], None]) -> None:
+        with self._lock:
+            self._emit = emit
+
+
+def _driver_settings(cfg: Config) -> dict[str, tuple[str, dict[str, Any]]]:
+    """What each real device's driver is built from, by name (a simulated module has none: always rebuilt)."""
+    out = {s.name: (s.driver, dict(s.options)) for s in cfg.sensors if s.driver != "simulated"}
+    out.update({name: ("reed", dict(options)) for name, options in cfg.hatch_switches.items()})
+    return out
+
+
 class _FaultWatch:
     """An advisory that is active while a part reports a problem, or for a while after it counted an event."""
 
@@ -529,8 +579,8 @@ class Daemon:
     def __init__(self, cfg: Config, pin_factory: Any = None, previous: Daemon | None = None) -> None:
         """Build every resource of `cfg`; BuildError if one cannot be made (what was made is closed again).
 
-        With `previous` (a reload, while it runs), its spool, recorder and annunciator are taken over
-        when their settings are unchanged; they change hands in `run()`.
+        With `previous` (a reload, while it runs), its spool, recorder, annunciator and running
+        drivers are taken over when their settings are unchanged; they change hands in `run()`.
         """
         self.cfg = cfg
         self.pin_factory = pin_factory
@@ -542,11 +592,16 @@ class Daemon:
         self.outputs: list[Callable[[Event], None]] = [EventLog().write]
         parts = prepare(cfg, pin_factory)
         parts.commands.target = self._command
-        self.drivers = parts.drivers
-        self.clock = parts.clock
+        self._runs: list[_DriverRun] = []  # each driver in its thread (those taken over are here from the start)
+        self.drivers = self._take_or_keep_drivers(parts.drivers, previous)
+        self.timebase = parts.timebase
+        self.clock = self.timebase.now
         self.monitor = Monitor(cfg.module)
         limits = cfg.module.alarms
-        self.desk = AlarmDesk(AlarmBook(limits.latching, limits.max_shelve_s), self.clock, self._show)
+        book = AlarmBook(limits.latching, limits.max_shelve_s, cfg.max_maintenance_s, _source_names(cfg))
+        self.desk = AlarmDesk(book, self.clock, self._show, self._save_book)
+        self.desk.outputs.append(self._unconfirmed_cleared)
+        self._previous_book = previous.desk.book if previous is not None else None  # a reload takes it at start
         with contextlib.ExitStack() as undo:
             undo.callback(parts.close)
             self.recorder = self._take_or_build_recorder(previous, undo)
@@ -555,22 +610,21 @@ class Daemon:
                 self.desk.outputs.append(self._publish_alarm)
             self.influx = parts.influx
             self.sinks = [s for s in (self.mqtt, self.influx) if s is not None]
-            self.spool, self._spool_path = self._take_or_build_spool(previous, undo)
+            self.store, self._spool_path = self._take_or_build_spool(previous, undo)
+            self.spool = self.store if self.sinks else None  # records go to the file only for sinks
             self.annunciator = self._take_or_build_annunciator(previous)  # last: nothing after it can fail
             undo.pop_all()
         self.metrics_every_s = METRICS_EVERY_S
         self._next_metrics = time.monotonic()  # the first right away: the backlog found at start shows
         self._next_faults = time.monotonic()
-        taken = self.spool is not None and previous is not None and previous.spool is self.spool
-        dropped = self.spool.counters.get("dropped", 0) if self.spool else 0
+        taken = self.store is not None and previous is not None and previous.store is self.store
+        dropped = self.store.counters.get("dropped", 0) if self.store else 0
         self._watches = {
             "spool_full": _FaultWatch("spool_full", "spool", dropped),
-            "spool_fault": _FaultWatch("spool_fault", "spool", self.spool.recoveries if taken else 0),
+            "spool_fault": _FaultWatch("spool_fault", "spool", self.store.recoveries if taken else 0),
             "recorder_fault": _FaultWatch("recorder_fault", "recorder", self.recorder.dropped if self.recorder else 0),
             **{f"sink_fault.{s.name}": _FaultWatch("sink_fault", s.name) for s in self.sinks},
         }
-        self._threads: list[threading.Thread] = []
-        self._driver_stop = threading.Event()
         self._last_time = 0.0
         self._sensor_time: dict[str, float] = {}
         self._last_good = -math.inf  # monotonic time of the last good sample
@@ -581,6 +635,26 @@ class Daemon:
         self._driver_of = {d.name: d for d in self.drivers}
 
     # -- building ---------------------------------------------------------------------------------
+
+    def _take_or_keep_drivers(self, built: list[Driver], previous: Daemon | None) -> list[Driver]:
+        """The drivers to run: the running one of `previous` where its settings are unchanged, else the one built."""
+        if previous is None or previous.pin_factory is not self.pin_factory:
+            return built
+        mine, theirs = _driver_settings(self.cfg), _driver_settings(previous.cfg)
+        running = {r.driver.name: r for r in previous._runs if r.driver.name in theirs}
+        drivers, taken = [], []
+        for d in built:
+            run = running.get(d.name)
+            same = d.name in mine and mine[d.name] == theirs.get(d.name)
+            if run is not None and same and type(run.driver) is type(d) and run.thread.is_alive():
+                self._runs.append(run)
+                drivers.append(run.driver)
+                taken.append(d.name)
+            else:
+                drivers.append(d)
+        if taken:
+            log.info("reload: %s unchanged, read on without a pause", ", ".join(taken))
+        return drivers
 
     def _take_or_build_recorder(self, previous: Daemon | None, undo: contextlib.ExitStack) -> Recorder | None:
         r = self.cfg.recorder
@@ -597,11 +671,12 @@ class Daemon:
         return recorder
 
     def _take_or_build_spool(self, previous: Daemon | None, undo: contextlib.ExitStack) -> tuple[Any, str | None]:
-        if not self.sinks:
-            return None, None
+        """The spool file: the sinks' records and the alarm book (without sinks, the book alone if it can be kept)."""
         path = _spool_path(self.cfg)
-        if previous is not None and previous.spool is not None and _same_file(previous._spool_path, path):
-            return previous.spool, path
+        if not self.sinks and path is None:
+            return None, None
+        if previous is not None and previous.store is not None and _same_file(previous._spool_path, path):
+            return previous.store, path
         spool = _spool(self.cfg, path)
         undo.callback(spool.close)
         return spool, path
@@ -689,6 +764,7 @@ class Daemon:
     def _start(self) -> None:
         """Start what was built: recorder, spool and sinks, drivers, annunciator."""
         cfg = self.cfg
+        self._restore_book()
         self._ack_route.target = self._button
         self._annunciating = True
         self.desk.show(self.desk.book.annunciation())  # through desk.show: callers may have wrapped it
@@ -697,16 +773,81 @@ class Daemon:
             self.recorder.start()
         if self.mqtt is not None:
             self.mqtt.start()  # connects in the background, retrying for ever
-        if self.spool is not None:
-            self.spool.configure(cfg.spool.max_mb, cfg.spool.commit_interval_s, cfg.spool.replay_per_s)
-            self.spool.start(self.sinks)
-        self._driver_stop = threading.Event()
-        for d in self.drivers:
-            t = threading.Thread(
-                target=d.run, args=(self.samples.put, self._driver_stop), name=f"driver-{d.name}", daemon=True
+        if self.store is not None:
+            self.store.configure(cfg.spool.max_mb, cfg.spool.commit_interval_s, cfg.spool.replay_per_s)
+            self.store.start(self.sinks)
+        running = {id(r.driver) for r in self._runs}  # taken over: they run already, their samples sent here
+        self._runs += [_DriverRun(d, self.samples.put) for d in self.drivers if id(d) not in running]
+
+    def _restore_book(self) -> None:
+        """The alarm book as the previous run (or, on a reload, the running daemon) left it; then shown and published.
+
+        A saved row that cannot be read is logged (WARNING) and dropped: that alarm starts clean.
+        Afterwards the file holds exactly the book restored.
+        """
+        stored: dict[str, str] = {}
+        rows: dict[str, object] = {}
+        if self.store is None or self.store.temporary:
+            _say_once(
+                "alarm book: not kept across restarts (no [spool] path and no $STATE_DIRECTORY): latches, "
+                "acknowledgements, shelving and maintenance start afresh at every start"
             )
-            t.start()
-            self._threads.append(t)
+        if self.store is not None:
+            stored, unreadable = self.store.load_book()
+            for name in unreadable:
+                log.warning("alarm book: skipping a saved row that cannot be read: %s", name)
+        if self._previous_book is not None:
+            rows = dict(self._previous_book.rows())
+            self._previous_book = None
+        else:
+            for name, text in stored.items():
+                try:
+                    rows[name] = json.loads(text)
+                except ValueError as exc:
+                    log.warning("alarm book: skipping a saved row that is not JSON: %s: %s", name, exc)
+        self.desk.restore(rows, self._confirm_within)
+        if self.store is not None:
+            now = self.desk.book.rows()
+            replace = {name: None for name in stored if name not in now}
+            replace.update({name: _dumps(row) for name, row in now.items()})
+            self.store.save_book(replace)
+        if self.mqtt is not None:
+            for record in self.desk.book.records():
+                self._publish_record(record)
+            for vid in self.monitor.volumes:
+                self.mqtt.volume_alarm(
+                    vid, any(r.condition_active for r in self.desk.book.records() if r.source == vid)
+                )
+
+    def _confirm_within(self, alarm: str) -> float:
+        """How long after a restart the monitor may take to raise a condition of this kind again, if it holds."""
+        module = self.cfg.module
+        a, leak = module.alarms, module.leak
+        stale = a.sensor.stale_after_s
+        if alarm in ("leak_rate", "reserve_time"):  # judged only after settle_s, on consecutive estimates
+            n = a.leak_rate.confirmations if alarm == "leak_rate" else a.reserve_time.confirmations
+            return leak.settle_s + (n + 1) * leak.report_interval_s + stale + CONFIRM_MARGIN_S
+        if alarm in OWN_ALARMS:  # the daemon's own checks
+            return SINK_FAULT_AFTER_S + 2 * FAULTS_EVERY_S
+        if alarm == "low_pressure":  # two readings on_delay_s apart
+            return a.low_pressure.on_delay_s + stale + CONFIRM_MARGIN_S
+        return stale + CONFIRM_MARGIN_S  # rapid_depress, sensor_fault: a few readings
+
+    def _save_book(self, rows: dict[str, dict | None]) -> None:
+        """The alarm book's changed rows to the spool's file (its committer writes them at once)."""
+        if self.store is not None:
+            self.store.save_book({name: None if row is None else _dumps(row) for name, row in rows.items()})
+
+    def _unconfirmed_cleared(self, change: LifecycleChange) -> None:
+        """A restored condition the monitor did not raise again: its clearing is stored and logged like any."""
+        last = change.record.last
+        if change.cause is not LifecycleEvent.CONDITION_CLEARED or last.reason != NOT_CONFIRMED:
+            return
+        last = self._at_wall(last)
+        if self.spool is not None:
+            self.spool.append("alarm", last.time, last.to_dict())
+        for output in self.outputs:
+            output(last)
 
     def samples_fresh(self) -> bool:
         """Whether a good sample arrived within the stale limit."""
@@ -727,10 +868,16 @@ class Daemon:
         active = [r for r in book.records() if r.condition_active]
         worst = max((r.severity for r in active), default=None)
         alarms = f"{len(active)} active alarm(s), worst {worst.label}" if worst else "no active alarms"
+        windows = book.maintenance()
+        if windows:
+            names = ", ".join("all sources" if s == ALL_SOURCES else s for s in sorted(windows))
+            until = time.strftime("%H:%M:%SZ", time.gmtime(max(w.until for w in windows.values())))
+            alarms += f" | maintenance: {names} until {until}"
         return "; ".join(parts) + f" | {alarms}" + (f" | {self.note}" if self.note else "")
 
     def step(self, wait_s: float) -> list[Event]:
         """Take up to MAX_BATCH samples (waiting up to wait_s for the first), feed the core, publish."""
+        self._check_clock()
         now = self.clock()  # before taking: every reading up to `now` is then on the queue
         batch = self._take(wait_s)
         events: list[Event] = []
@@ -768,8 +915,9 @@ class Daemon:
         for event in events:
             if isinstance(event, Estimate):
                 self._latest[event.volume] = event
-                if self.spool is not None:
-                    self.spool.append("estimate", event.time, event.to_dict())
+            event = self._at_wall(event)
+            if isinstance(event, Estimate) and self.spool is not None:
+                self.spool.append("estimate", event.time, event.to_dict())
             elif isinstance(event, AlarmTransition) and self.spool is not None:
                 self.spool.append("alarm", event.time, event.to_dict())
             elif isinstance(event, LevelStep) and self.spool is not None:
@@ -777,21 +925,50 @@ class Daemon:
             for output in self.outputs:
                 output(event)
 
+    def _at_wall(self, event: Event) -> Event:
+        """The event with its time on the wall clock (as it leaves the daemon)."""
+        offset = self.timebase.offset
+        return replace(event, time=event.time + offset) if offset else event
+
+    def _check_clock(self) -> None:
+        """A step of the wall clock: logged and published once; the recorder begins a new file."""
+        step = self.timebase.check()
+        if step is None:
+            return
+        now = self.timebase.to_wall(self.clock())
+        way = "forward" if step > 0 else "back"
+        log.warning(
+            "the wall clock was set %s by %.3f s (%s%s): alarms and sensor liveness run on steady time and are "
+            "not affected; stored times follow the wall clock from %s",
+            way,
+            abs(step),
+            present.duration(abs(step)),
+            ", or the system was suspended" if step > 0 else "",
+            present.utc(now),
+            extra={"CLOCK_STEP_S": f"{step:.3f}"},
+        )
+        if self.spool is not None:
+            self.spool.append("clock_step", now, {"time": now, "step_s": round(step, 3)})
+        if self.recorder is not None:
+            self.recorder.new_file(f"the wall clock was set {way} by {abs(step):.3f} s")
+
     def _feed(self, sample: Sample) -> list[Event]:
         mono = time.monotonic()
         if sample.quality is not Quality.BAD:
             self._last_good = mono
-        if sample.time < self._last_time:  # threads race by microseconds; the samples file must not go back
+        if sample.time < self._last_time:  # threads race by microseconds; the core takes time in order
             sample = sample._replace(time=self._last_time)
         previous = self._sensor_time.get(sample.sensor)
-        if previous is not None and sample.time < previous + 1e-6:
+        if previous is not None and round(sample.time * 1e6) <= round(previous * 1e6):
             # two readings of one sensor in the same microsecond (a burst of buffered lines) would be one
-            # point in InfluxDB, whose key is series + timestamp: keep them a microsecond apart
-            sample = sample._replace(time=previous + 1e-6)
+            # point in InfluxDB, whose key is series + timestamp (whole microseconds, spool.time_ns): keep
+            # them a whole microsecond apart (`previous + 1e-6` is 0.95 us at today's epoch and may round back)
+            sample = sample._replace(time=(round(previous * 1e6) + 1) / 1e6)
         self._sensor_time[sample.sensor] = sample.time
         self._last_time = sample.time
+        stored = sample._replace(time=self.timebase.to_wall(sample.time))  # what leaves the daemon: wall clock
         if self.recorder is not None:
-            self.recorder.write(sample)
+            self.recorder.write(stored)
         health = self._health.get(sample.sensor)
         if health is None:
             health = self._health[sample.sensor] = _Health()
@@ -803,9 +980,9 @@ class Daemon:
             if self.mqtt is not None:
                 self.mqtt.hatch(sample.sensor, sample.value >= 0.5)
             if self.spool is not None:
-                self.spool.append("hatch", sample.time, {"hatch": sample.sensor, "open": sample.value >= 0.5})
+                self.spool.append("hatch", stored.time, {"hatch": sample.sensor, "open": sample.value >= 0.5})
         elif self.spool is not None:
-            self.spool.append("sample", sample.time, {"sensor": sample.sensor, **sample_payload(sample)})
+            self.spool.append("sample", stored.time, {"sensor": sample.sensor, **sample_payload(stored)})
         return self.monitor.feed(sample)
 
     # -- health -----------------------------------------------------------------------------------
@@ -849,6 +1026,7 @@ class Daemon:
 
     def _self_metrics(self, now: float) -> None:
         """Spool and sink health and sensor health: to the spool (InfluxDB) and to `P/metrics` (retained)."""
+        now = self.timebase.to_wall(now)
         stats = self.spool.stats()
         spool = {k: stats[k] for k in ("depth", "oldest_unsent_s", "dropped", "size_bytes", "corrupt", "unstorable")}
         sinks = {}
@@ -893,13 +1071,13 @@ class Daemon:
             if change is not None:
                 due.append((watch, change, float(count) if count else None))
 
-        if self.spool is not None:
-            dropped = self.spool.counters.get("dropped", 0)
+        if self.store is not None:
+            dropped = self.store.counters.get("dropped", 0)
             check("spool_full", None, dropped, f"spool full: {dropped} oldest record(s) dropped")
-            check("spool_fault", self.spool.problem, self.spool.recoveries, self.spool.last_fault)
+            check("spool_fault", self.store.problem, self.store.recoveries, self.store.last_fault)
             mono = time.monotonic()
             for sink in self.sinks:
-                f = self.spool.forwarder(sink.name)
+                f = self.store.forwarder(sink.name)
                 down = f is not None and f.down_since is not None and mono - f.down_since > SINK_FAULT_AFTER_S
                 check(f"sink_fault.{sink.name}", f"{sink.name} unavailable: {f.last_error}" if down else None)
         if self.recorder is not None:
@@ -914,8 +1092,9 @@ class Daemon:
         """One of the daemon's own advisory alarms changes: the desk (annunciator, MQTT), the spool, the log."""
         t = AlarmTransition(now, alarm, source, Severity.ADVISORY, state, value, None, reason)
         self.desk.transitions([t])
+        t = self._at_wall(t)
         if self.spool is not None:
-            self.spool.append("alarm", now, t.to_dict())
+            self.spool.append("alarm", t.time, t.to_dict())
         for output in self.outputs:
             output(t)
 
@@ -947,10 +1126,17 @@ class Daemon:
         Bounded: each part gets a few seconds at most, so that SIGTERM ends the process well within
         systemd's TimeoutStopSec (10 s).
         """
-        self._driver_stop.set()
+        stopping = []
+        taken = {id(r) for r in successor._runs} if successor is not None else set()
+        for run in self._runs:
+            if id(run) in taken:
+                run.send_to(successor.samples.put)  # read on; what this daemon holds is drained below
+            else:
+                run.stop.set()
+                stopping.append(run)
         end = time.monotonic() + STOP_DRIVERS_S
-        for t in self._threads:
-            t.join(max(0.0, end - time.monotonic()))
+        for run in stopping:
+            run.thread.join(max(0.0, end - time.monotonic()))
         end = time.monotonic() + STOP_DRAIN_S
         try:
             while time.monotonic() < end:  # the last samples' events reach the annunciator, the spool and MQTT
@@ -969,11 +1155,11 @@ class Daemon:
             self.recorder.close(STOP_RECORDER_S)
         if self.annunciator is not None and self.annunciator is not keep.annunciator:
             self.annunciator.close()
-        if self.spool is not None:
-            if self.spool is keep.spool:
-                self.spool.stop_forwarding(STOP_SPOOL_S)
+        if self.store is not None:
+            if self.store is keep.store:
+                self.store.stop_forwarding(STOP_SPOOL_S)
             else:
-                self.spool.close(drain_s=0.5, timeout_s=STOP_SPOOL_S)
+                self.store.close(drain_s=0.5, timeout_s=STOP_SPOOL_S)
         if self.influx is not None:
             _bounded(self.influx.close, STOP_SINK_S / 2, "InfluxDB sink")
         if self.mqtt is not None:
@@ -997,9 +1183,17 @@ class Daemon:
 
     def _publish_alarm(self, change: LifecycleChange) -> None:
         """An alarm's lifecycle changed: its retained MQTT topic, and its volume's any-alarm flag."""
-        alarm, source, severity = change.key
-        self.mqtt.alarm(change.record.to_dict(), alarm, source, severity.label, gone=change.gone)
-        if source in self.monitor.volumes or (change.gone and alarm not in OWN_ALARMS):
+        self._publish_record(change.record, change.gone)
+
+    def _publish_record(self, record: AlarmRecord, gone: bool = False) -> None:
+        """One alarm's retained MQTT topic (empty when gone), and its volume's any-alarm flag."""
+        alarm, source, severity = record.key
+        payload = record.to_dict()
+        for key in ("time", "shelved_until", "changed_at"):  # steady time inside, wall clock outside
+            if isinstance(payload.get(key), int | float):
+                payload[key] = self.timebase.to_wall(payload[key])
+        self.mqtt.alarm(payload, alarm, source, severity.label, gone=gone)
+        if source in self.monitor.volumes or (gone and alarm not in OWN_ALARMS):
             active = any(r.condition_active for r in self.desk.book.records() if r.source == source)
             self.mqtt.volume_alarm(source, active)
 
@@ -1007,7 +1201,35 @@ class Daemon:
 class _Nothing:
     """A successor that takes nothing over."""
 
-    recorder = annunciator = spool = None
+    recorder = annunciator = store = None
+
+
+_said: set[str] = set()
+
+
+def _say_once(message: str) -> None:
+    """A warning logged once per process (builds and reloads repeat it otherwise)."""
+    if message not in _said:
+        _said.add(message)
+        log.warning("%s", message)
+
+
+def _dumps(row: dict) -> str:
+    return json.dumps(row, separators=(",", ":"))
+
+
+def _source_names(cfg: Config) -> Callable[[str], bool]:
+    """Which names maintenance may take: a sensor, or a volume (segment names, sorted, joined by "-")."""
+    sensors = {s.name for s in cfg.sensors}
+    segments = {s.name for s in cfg.module.segments}
+
+    def known(name: str) -> bool:
+        if name in sensors:
+            return True
+        parts = name.split("-")
+        return all(p in segments for p in parts) and parts == sorted(set(parts))
+
+    return known
 
 
 def _bounded(fn: Callable[[], Any], timeout_s: float, what: str) -> None:

@@ -176,6 +176,11 @@ class AdaptiveSlope:
         """Forget everything (the quantity measured is no longer the same)."""
         self.__init__(self.max_window_s, self.min_points)
 
+    @property
+    def warming_up(self) -> bool:
+        """Whether no window long enough to measure the noise's correlation has been seen yet."""
+        return self._warming_up
+
     def take_steps(self) -> list[LevelShift]:
         """The level shifts absorbed since the last call."""
         steps, self._steps = self._steps, []

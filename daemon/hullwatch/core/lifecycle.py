@@ -38,7 +38,7 @@ Two rules then settle the state against the standing facts, each through the sam
 
 1. Re-evaluation (ISA-18.2: an alarm leaving shelving or suppression is re-evaluated): a NORMAL
    alarm whose condition holds takes `condition_active`, so it comes back as UNACK.
-2. Maintenance: an UNACK or ACKED alarm whose source is under maintenance takes `suppress`.
+2. Maintenance: an UNACK or ACKED alarm that maintenance covers (`suppresses`) takes `suppress`.
    So an alarm that rises during maintenance is SUPPRESSED at once (NORMAL -> SUPPRESSED, one
    change), and one whose shelving ends during maintenance stays hidden.
 
@@ -51,8 +51,14 @@ the latch (LATCHED_* -> UNACK).
 Policy, beyond the table:
 
 * Emergencies cannot be shelved (ISA-18.2 leaves shelving to the site's philosophy; a klaxon-class
-  alarm one can hide for hours is not one). Maintenance does suppress them: deliberate venting
-  trips rapid_depress by design.
+  alarm one can hide for hours is not one).
+* Maintenance names its sources (volumes, sensors), each one the book knows (`known_source`, or
+  one it has seen): it suppresses every alarm of those sources, emergencies included (deliberate
+  venting trips rapid_depress by design), and nothing of any other source. Maintenance of "all"
+  sources must be asked for as such and never suppresses an emergency: a real depressurisation
+  sounds whatever the station's mode. Maintenance lasts at most `max_maintenance_s` (longer or
+  open-ended requests get the maximum, and the reply says until when); at the end it expires by
+  itself and what it hid is re-evaluated.
 * Shelving is for a time, at most `max_shelve_s` (longer requests are clamped and the reply says
   so); at the end it expires by itself. A NORMAL alarm may be shelved too (a chattering one is
   often NORMAL at the moment the operator reaches for it); the key must be one the book has seen.
@@ -61,19 +67,32 @@ Policy, beyond the table:
 * `acknowledged` (ICD §5) is True unless an acknowledgement is pending: False exactly in UNACK,
   RTN_UNACK and LATCHED_UNACK. Shelved and suppressed alarms need none.
 
-Every call that carries a time first expires the shelving due by then, so no change waits for
-the next tick(). Every change comes back as a LifecycleChange saying who (`by`: "condition",
-"mqtt:<user>", "button", "shelve timer", ...) and why (`cause`: the event), with the record after
-it; the record also keeps the latest `by`, `cause` and `changed_at`. A change whose new state is
-NORMAL is `gone`: an empty retained MQTT message removes it. A change may also leave the state as
-it was and only update the record (a shelved alarm's condition cleared, a re-shelve).
+Every call that carries a time first expires the shelving and maintenance due by then, so no
+change waits for the next tick(). Every change comes back as a LifecycleChange saying who (`by`:
+"condition", "mqtt:<user>", "button", "shelve timer", ...) and why (`cause`: the event), with the
+record after it; the record also keeps the latest `by`, `cause` and `changed_at`. A change whose
+new state is NORMAL is `gone`: an empty retained MQTT message removes it. A change may also leave
+the state as it was and only update the record (a shelved alarm's condition cleared, a re-shelve).
+
+Persistence. The book is kept across restarts as rows of plain JSON values, one per alarm that is
+not NORMAL and one for maintenance (`rows()`); `take_changed_rows()` gives the rows changed since
+it was last called (None: delete the row), so an adapter can write each change as it happens.
+`restore()` starts a book from such rows: a row that does not make sense is skipped and reported,
+and the rest is settled against the present configuration (a kind no longer latching is no longer
+latched, what may not be shelved is unshelved, maintenance suppresses what it covers) and the
+present time (what expired meanwhile expires now, by its timer). The monitor that restarts with
+the book knows nothing of the old conditions: an alarm restored with its condition active keeps
+its state (an acknowledgement survives) if the monitor raises it again within its kind's
+`confirm_within` time; otherwise its condition is taken as cleared then (by "restart"), which
+latches a latching alarm and ends an acknowledged one.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Collection, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Final
 
@@ -84,6 +103,14 @@ AlarmKey = tuple[str, str, Severity]
 SENSOR_FAULT = "sensor_fault"  # = monitor.SENSOR_FAULT (not imported: monitor may import this module)
 CONDITION = "condition"  # `by` for changes the monitor's transitions cause
 SHELVE_TIMER = "shelve timer"  # `by` for shelving that expired
+MAINTENANCE_TIMER = "maintenance timer"  # `by` for maintenance that expired
+RESTART = "restart"  # `by` for what a restore settles, and for restored conditions not confirmed in time
+ALL_SOURCES = "*"  # the maintenance window of every source (no source has this name)
+ROW_FORMAT = 1  # the `v` of persisted rows
+MAINTENANCE_ROW = "maintenance"
+ALARM_ROW_PREFIX = "alarm/"  # + key_name(key)
+NOT_CONFIRMED = "condition not seen again since the restart"
+DEFAULT_MAX_MAINTENANCE_S = 8 * 3600.0  # maintenance lasts at most this unless configured otherwise
 
 
 class LifecycleState(StrEnum):
@@ -365,6 +392,24 @@ class Outcome:
     ok: bool
     message: str
     changes: list[LifecycleChange]
+    error: str = ""  # a machine-readable reason when not ok and the request itself was wrong ("unknown_source")
+
+
+@dataclass(frozen=True, slots=True)
+class Maintenance:
+    """A maintenance window: until when, who started it and when."""
+
+    until: float
+    by: str
+    since: float
+
+
+@dataclass(frozen=True, slots=True)
+class Restored:
+    """What `AlarmBook.restore` made of the rows: the rows it skipped and why, and what it settled."""
+
+    problems: list[str]
+    changes: list[LifecycleChange]
 
 
 @dataclass(frozen=True, slots=True)
@@ -394,40 +439,52 @@ class _Entry:
     by: str = CONDITION
     cause: str = ""
     changed_at: float = 0.0
+    confirm_by: float | None = None  # restored with its condition active: the monitor must raise it by then
 
 
 def _plural(n: int, word: str = "alarm") -> str:
     return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
 
+def _positive_seconds(value: object) -> bool:
+    return not isinstance(value, bool) and isinstance(value, int | float) and math.isfinite(value) and value > 0
+
+
 class AlarmBook:
     """Every alarm's lifecycle: feed it the monitor's transitions and the operators' commands."""
 
-    def __init__(self, latching: Collection[str] = (), max_shelve_s: float = 8 * 3600.0) -> None:
-        """`latching` names alarm kinds that latch; shelving lasts at most `max_shelve_s`."""
-        if not (isinstance(max_shelve_s, int | float) and math.isfinite(max_shelve_s) and max_shelve_s > 0):
-            raise ValueError(f"max_shelve_s must be a positive number of seconds, not {max_shelve_s!r}")
+    def __init__(
+        self,
+        latching: Collection[str] = (),
+        max_shelve_s: float = 8 * 3600.0,
+        max_maintenance_s: float = DEFAULT_MAX_MAINTENANCE_S,
+        known_source: Callable[[str], bool] | None = None,
+    ) -> None:
+        """`latching` names alarm kinds that latch; shelving lasts at most `max_shelve_s`, maintenance at most
+        `max_maintenance_s`; `known_source` says which names maintenance may take (None: any)."""
+        for name, value in (("max_shelve_s", max_shelve_s), ("max_maintenance_s", max_maintenance_s)):
+            if not _positive_seconds(value):
+                raise ValueError(f"{name} must be a positive number of seconds, not {value!r}")
         self.latching: frozenset[str] = frozenset((latching,) if isinstance(latching, str) else latching)
         self.max_shelve_s = float(max_shelve_s)
+        self.max_maintenance_s = float(max_maintenance_s)
+        self.known_source = known_source
         self._entries: dict[AlarmKey, _Entry] = {}
-        self._maintenance_all = False
-        self._maintenance_sources: set[str] = set()
+        self._maintenance: dict[str, Maintenance] = {}  # source (or ALL_SOURCES) -> its window
+        self._dirty: set[str] = set()  # rows changed since take_changed_rows()
 
     # -- inputs ------------------------------------------------------------------------------------------------
 
     def on_transition(self, tr: AlarmTransition) -> list[LifecycleChange]:
         """Take one of the monitor's transitions; return the changes it caused."""
+        entry = self._entries.get(tr.key)
+        if entry is not None:
+            entry.confirm_by = None  # the monitor speaks of it: a restored condition is settled by this
         changes = self._expire(tr.time)
         entry = self._entries.get(tr.key)
         if entry is None:
             entry = self._entries[tr.key] = _Entry(tr.key, tr.alarm in self.latching, tr, changed_at=tr.time)
-        before = self._record(entry)
-        entry.last = tr
-        entry.condition_active = tr.state is AlarmState.ACTIVE
-        event = _E.CONDITION_ACTIVE if entry.condition_active else _E.CONDITION_CLEARED
-        # A refusal here is a repeat (already active / already cleared): the facts are updated all the same.
-        self._step(entry, tr.time, event, CONDITION)
-        change = self._change(tr.time, before, entry, event, CONDITION)
+        change = self._condition(entry, tr, CONDITION)
         if change is not None:
             changes.append(change)
         return changes
@@ -449,12 +506,7 @@ class AlarmBook:
         name = key_name(key)
         if entry.key[2] >= Severity.EMERGENCY:
             return Outcome(False, f"{name}: emergency alarms cannot be shelved", changes)
-        if (
-            isinstance(duration_s, bool)
-            or not isinstance(duration_s, int | float)
-            or not math.isfinite(duration_s)
-            or duration_s <= 0
-        ):
+        if not _positive_seconds(duration_s):
             return Outcome(False, f"{name}: shelve duration must be a positive number of seconds", changes)
         granted = min(float(duration_s), self.max_shelve_s)
         result = self._apply(entry, time, _E.SHELVE, by, shelved_until=time + granted)
@@ -462,7 +514,7 @@ class AlarmBook:
             return Outcome(False, f"{name}: {result.reason}", changes)
         changes.extend(result)
         clamp = f" (clamped to the maximum of {self.max_shelve_s:g} s)" if granted < duration_s else ""
-        return Outcome(True, f"shelved {name} for {granted:g} s, until {time + granted:g}{clamp}", changes)
+        return Outcome(True, f"shelved {name} for {granted:g} s, until {_at(time + granted)}{clamp}", changes)
 
     def unshelve(self, time: float, by: str, key: AlarmKey) -> Outcome:
         """Return a shelved alarm to annunciation (UNACK if its condition still holds)."""
@@ -476,52 +528,62 @@ class AlarmBook:
         changes.extend(result)
         return Outcome(True, f"unshelved {key_name(key)}, now {entry.state.value}", changes)
 
-    def set_maintenance(self, time: float, by: str, on: bool, sources: Collection[str] | None = None) -> Outcome:
-        """Start or end maintenance for some sources (None: all); it suppresses their active alarms."""
+    def set_maintenance(
+        self,
+        time: float,
+        by: str,
+        on: bool,
+        sources: Collection[str] | None = None,
+        *,
+        everything: bool = False,
+        duration_s: float | None = None,
+    ) -> Outcome:
+        """Start or end maintenance of named sources, or of everything (`everything`; never an emergency).
+
+        Starting needs the sources (each known) or `everything`; it lasts duration_s, at most (and by
+        default) max_maintenance_s. Ending with neither ends all maintenance.
+        """
         changes = self._expire(time)
         if isinstance(sources, str):
             sources = (sources,)
+        if sources is not None and everything:
+            return Outcome(False, 'name the sources or ask for "all", not both', changes, "bad_request")
         if sources is not None and not sources:
-            return Outcome(False, "no sources given", changes)
-        scope = "all sources" if sources is None else ", ".join(sorted(sources))
+            return Outcome(False, "no sources given", changes, "bad_request")
+        if sources is not None and ALL_SOURCES in sources:
+            return Outcome(False, f"unknown source(s): {ALL_SOURCES}", changes, "unknown_source")
         if on:
-            if sources is None:
-                self._maintenance_all = True
-            else:
-                self._maintenance_sources.update(sources)
-        elif sources is None:
-            if not (self._maintenance_all or self._maintenance_sources):
+            if sources is None and not everything:
+                return Outcome(
+                    False,
+                    'maintenance needs the sources it is for ("sources": [...]), or "all": true '
+                    "(which never hides an emergency)",
+                    changes,
+                    "bad_request",
+                )
+            return self._start_maintenance(time, by, sources or (ALL_SOURCES,), duration_s, changes)
+        if sources is None:
+            if not self._maintenance:
                 return Outcome(False, "maintenance is not on", changes)
-            self._maintenance_all = False
-            self._maintenance_sources.clear()
+            ending = set(self._maintenance)
         else:
-            ending = self._maintenance_sources.intersection(sources)
+            ending = self._maintenance.keys() & set(sources)
             if not ending:
-                note = " (it is on for all sources: end that instead)" if self._maintenance_all else ""
-                return Outcome(False, f"maintenance is not on for {scope}{note}", changes)
-            self._maintenance_sources.difference_update(ending)
-            scope = ", ".join(sorted(ending))
-        done = []
-        for entry in self._sorted_entries():
-            if self.under_maintenance(entry.key[1]):
-                result = self._apply(entry, time, _E.SUPPRESS, by)
-            elif entry.state is SUPPRESSED:
-                result = self._apply(entry, time, _E.UNSUPPRESS, by)
-            else:
-                continue
-            if not isinstance(result, Refused):
-                done.extend(result)
+                note = " (it is on for all sources: end that instead)" if ALL_SOURCES in self._maintenance else ""
+                return Outcome(False, f"maintenance is not on for {', '.join(sorted(sources))}{note}", changes)
+        for source in ending:
+            del self._maintenance[source]
+        self._dirty.add(MAINTENANCE_ROW)
+        done = self._resettle(time, by)
         changes.extend(done)
-        if on:
-            message = f"maintenance on for {scope}: {_plural(len(done))} suppressed"
-        else:
-            message = f"maintenance off for {scope}: {_plural(len(done))} no longer suppressed"
-            if self._maintenance_all:
-                message += " (still on for all sources)"
+        scope = "all sources" if sources is None else ", ".join(sorted(ending))
+        message = f"maintenance off for {scope}: {_plural(len(done))} no longer suppressed"
+        if ALL_SOURCES in self._maintenance:
+            message += " (still on for all sources)"
         return Outcome(True, message, changes)
 
     def tick(self, time: float) -> list[LifecycleChange]:
-        """Let time pass: expire the shelving due by `time`."""
+        """Let time pass: expire the shelving and maintenance due by `time`, and restored conditions not confirmed."""
         return self._expire(time)
 
     # -- outputs -----------------------------------------------------------------------------------------------
@@ -542,13 +604,79 @@ class AlarmBook:
             worst_unacked=Severity(max(e.key[2] for e in sounding)) if sounding else None,
             sensor_fault_unacked=any(e.key[0] == SENSOR_FAULT for e in sounding),
             any_active=any(e.state in _STANDING_ACKED for e in self._entries.values()),
-            maintenance=self._maintenance_all or bool(self._maintenance_sources),
+            maintenance=bool(self._maintenance),
             returned_unacked=any(e.state is RTN_UNACK for e in self._entries.values()),
         )
 
+    def maintenance(self) -> dict[str, Maintenance]:
+        """The maintenance windows now, by source (ALL_SOURCES: everything but emergencies)."""
+        return dict(self._maintenance)
+
     def under_maintenance(self, source: str) -> bool:
-        """Whether alarms of this source are suppressed now."""
-        return self._maintenance_all or source in self._maintenance_sources
+        """Whether some maintenance window covers this source (for "all": emergencies aside)."""
+        return ALL_SOURCES in self._maintenance or source in self._maintenance
+
+    def suppresses(self, key: AlarmKey) -> bool:
+        """Whether maintenance hides this alarm now: its source's own window, or "all" if not an emergency."""
+        _alarm, source, severity = key
+        return source in self._maintenance or (ALL_SOURCES in self._maintenance and severity < Severity.EMERGENCY)
+
+    # -- persistence -------------------------------------------------------------------------------------------
+
+    def rows(self) -> dict[str, dict]:
+        """The whole book as rows of JSON values: one per alarm that is not NORMAL, and maintenance if any."""
+        out = {
+            ALARM_ROW_PREFIX + key_name(e.key): _entry_row(e) for e in self._sorted_entries() if e.state is not NORMAL
+        }
+        if self._maintenance:
+            out[MAINTENANCE_ROW] = {
+                "v": ROW_FORMAT,
+                "windows": {
+                    s: {"until": m.until, "by": m.by, "since": m.since} for s, m in sorted(self._maintenance.items())
+                },
+            }
+        return out
+
+    def take_changed_rows(self) -> dict[str, dict | None]:
+        """The rows changed since the previous call: the row now, or None where it is to be deleted."""
+        if not self._dirty:
+            return {}
+        now = self.rows()
+        changed = {name: now.get(name) for name in sorted(self._dirty)}
+        self._dirty.clear()
+        return changed
+
+    def restore(self, time: float, rows: Mapping[str, object], confirm_within: Callable[[str], float]) -> Restored:
+        """Start again from persisted rows (whatever the book held is dropped), settled at `time`.
+
+        A row that does not make sense is skipped, reported in `problems` and deleted at the next
+        take_changed_rows(). An alarm restored with its condition active must be raised again by the
+        monitor within confirm_within(alarm kind) seconds, or its condition is taken as cleared.
+        """
+        self._entries.clear()
+        self._maintenance.clear()
+        self._dirty.clear()
+        problems: list[str] = []
+        for name in sorted(rows, key=str):
+            row = rows[name]
+            try:
+                if name == MAINTENANCE_ROW:
+                    self._maintenance = self._maintenance_from_row(row, time)
+                elif isinstance(name, str) and name.startswith(ALARM_ROW_PREFIX):
+                    entry = self._entry_from_row(row)
+                    if ALARM_ROW_PREFIX + key_name(entry.key) != name:
+                        raise ValueError(f"holds {key_name(entry.key)}")
+                    if entry.condition_active:
+                        entry.confirm_by = time + max(0.0, float(confirm_within(entry.key[0])))
+                    self._entries[entry.key] = entry
+                else:
+                    raise ValueError("not a row of the alarm book")
+            except (TypeError, ValueError, KeyError, AttributeError) as exc:
+                problems.append(f"{name}: {exc}")
+                self._dirty.add(str(name))
+        changes = self._settle_restored(time)
+        changes += self._expire(time)
+        return Restored(problems, changes)
 
     # -- internals ---------------------------------------------------------------------------------------------
 
@@ -579,15 +707,89 @@ class AlarmBook:
                 changes.extend(result)
         return Outcome(True, f"{verb} {_plural(count)}" if count else nothing, changes)
 
+    def _start_maintenance(
+        self,
+        time: float,
+        by: str,
+        sources: Collection[str],
+        duration_s: float | None,
+        changes: list[LifecycleChange],
+    ) -> Outcome:
+        """Open (or renew) a maintenance window for the sources (ALL_SOURCES: everything but emergencies)."""
+        seen = {k[1] for k in self._entries}
+        unknown = sorted(s for s in set(sources) if s != ALL_SOURCES and s not in seen and not self._known(s))
+        if unknown:
+            return Outcome(False, f"unknown source(s): {', '.join(unknown)}", changes, "unknown_source")
+        if duration_s is not None and not _positive_seconds(duration_s):
+            return Outcome(False, "maintenance duration must be a positive number of seconds", changes, "bad_request")
+        granted = self.max_maintenance_s if duration_s is None else min(float(duration_s), self.max_maintenance_s)
+        window = Maintenance(time + granted, by, time)
+        for source in sources:
+            self._maintenance[source] = window
+        self._dirty.add(MAINTENANCE_ROW)
+        done = self._resettle(time, by)
+        changes.extend(done)
+        scope = "all sources (emergencies still sound)" if ALL_SOURCES in sources else ", ".join(sorted(sources))
+        clamp = ""
+        if duration_s is not None and granted < duration_s:
+            clamp = f" (clamped to the maximum of {self.max_maintenance_s:g} s)"
+        return Outcome(
+            True,
+            f"maintenance on for {scope} for {granted:g} s, until {_at(time + granted)}{clamp}: "
+            f"{_plural(len(done))} suppressed",
+            changes,
+        )
+
+    def _known(self, source: str) -> bool:
+        return self.known_source is None or bool(self.known_source(source))
+
+    def _resettle(self, time: float, by: str) -> list[LifecycleChange]:
+        """After maintenance changed: suppress what it covers now, and release what it no longer covers."""
+        done: list[LifecycleChange] = []
+        for entry in self._sorted_entries():
+            if self.suppresses(entry.key):
+                result = self._apply(entry, time, _E.SUPPRESS, by)
+            elif entry.state is SUPPRESSED:
+                result = self._apply(entry, time, _E.UNSUPPRESS, by)
+            else:
+                continue
+            if not isinstance(result, Refused):
+                done.extend(result)
+        return done
+
     def _expire(self, time: float) -> list[LifecycleChange]:
-        """Apply shelve_expired to every shelving due by `time`."""
+        """Everything due by `time`: maintenance ending, shelving ending, restored conditions not confirmed."""
         changes: list[LifecycleChange] = []
+        ended = [s for s, m in self._maintenance.items() if m.until <= time]
+        if ended:
+            for source in ended:
+                del self._maintenance[source]
+            self._dirty.add(MAINTENANCE_ROW)
+            changes.extend(self._resettle(time, MAINTENANCE_TIMER))
         for entry in self._sorted_entries():
             if entry.state is SHELVED and entry.shelved_until is not None and entry.shelved_until <= time:
                 result = self._apply(entry, time, _E.SHELVE_EXPIRED, SHELVE_TIMER)
                 if not isinstance(result, Refused):
                     changes.extend(result)
+            if entry.confirm_by is not None and entry.confirm_by <= time:
+                entry.confirm_by = None
+                if entry.condition_active:
+                    last = entry.last
+                    cleared = AlarmTransition(time, *entry.key, AlarmState.CLEARED, None, last.threshold, NOT_CONFIRMED)
+                    change = self._condition(entry, cleared, RESTART)
+                    if change is not None:
+                        changes.append(change)
         return changes
+
+    def _condition(self, entry: _Entry, tr: AlarmTransition, by: str) -> LifecycleChange | None:
+        """A transition of the entry's condition (from the monitor, or a restored one not confirmed)."""
+        before = self._record(entry)
+        entry.last = tr
+        entry.condition_active = tr.state is AlarmState.ACTIVE
+        event = _E.CONDITION_ACTIVE if entry.condition_active else _E.CONDITION_CLEARED
+        # A refusal here is a repeat (already active / already cleared): the facts are updated all the same.
+        self._step(entry, tr.time, event, by)
+        return self._change(tr.time, before, entry, event, by)
 
     def _apply(
         self, entry: _Entry, time: float, event: LifecycleEvent, by: str, shelved_until: float | None = None
@@ -612,8 +814,8 @@ class AlarmBook:
         # Rule 1: re-evaluation. A NORMAL alarm whose condition holds is annunciated again.
         if entry.state is NORMAL and entry.condition_active:
             self._enter(entry, next_state(NORMAL, _E.CONDITION_ACTIVE, entry.latching))
-        # Rule 2: maintenance. An annunciating active alarm of a source under maintenance is suppressed.
-        if entry.state in (UNACK, ACKED) and self.under_maintenance(entry.key[1]):
+        # Rule 2: maintenance. An annunciating active alarm that maintenance covers is suppressed.
+        if entry.state in (UNACK, ACKED) and self.suppresses(entry.key):
             self._enter(entry, next_state(entry.state, _E.SUPPRESS, entry.latching))
         return None
 
@@ -633,7 +835,102 @@ class AlarmBook:
         after = self._record(entry)
         if after.state is before.state and (after == before or after.state is NORMAL):
             return None
+        self._dirty.add(ALARM_ROW_PREFIX + key_name(entry.key))
         return LifecycleChange(time, entry.key, before.state, after.state, event, by, after)
+
+    def _settle_restored(self, time: float) -> list[LifecycleChange]:
+        """Bring restored entries in line with this book's settings and maintenance (by "restart")."""
+        changes: list[LifecycleChange] = []
+        for entry in self._sorted_entries():
+            result: list[LifecycleChange] | Refused = []
+            if entry.state in _LATCHED and not entry.latching:
+                # no longer a latching kind: the condition's clearing, as a plain alarm takes it
+                before = self._record(entry)
+                entry.state = UNACK if entry.state is LATCHED_UNACK else ACKED
+                self._step(entry, time, _E.CONDITION_CLEARED, RESTART)
+                change = self._change(time, before, entry, _E.CONDITION_CLEARED, RESTART)
+                result = [] if change is None else [change]
+            elif entry.state is SHELVED and (entry.latching or entry.key[2] >= Severity.EMERGENCY):
+                result = self._apply(entry, time, _E.UNSHELVE, RESTART)
+            elif entry.state is SHELVED and entry.shelved_until is not None:
+                if entry.shelved_until > time + self.max_shelve_s:
+                    entry.shelved_until = time + self.max_shelve_s
+                    self._dirty.add(ALARM_ROW_PREFIX + key_name(entry.key))
+            elif entry.state is SUPPRESSED and not self.suppresses(entry.key):
+                result = self._apply(entry, time, _E.UNSUPPRESS, RESTART)
+            elif entry.state in (UNACK, ACKED) and self.suppresses(entry.key):
+                result = self._apply(entry, time, _E.SUPPRESS, RESTART)
+            if not isinstance(result, Refused):
+                changes.extend(result)
+        return changes
+
+    def _entry_from_row(self, row: object) -> _Entry:
+        """An entry from a persisted row; ValueError (or TypeError, KeyError) if the row does not make sense."""
+        if not isinstance(row, Mapping) or row.get("v") != ROW_FORMAT:
+            raise ValueError(f"not an alarm row of format {ROW_FORMAT}")
+        alarm, source = _text(row, "alarm"), _text(row, "source")
+        severity = Severity[_text(row, "severity").upper()]
+        state = LifecycleState(row["state"])
+        active = row["condition_active"]
+        if not isinstance(active, bool):
+            raise ValueError("condition_active is not true or false")
+        if (
+            state is NORMAL
+            or (state in (UNACK, ACKED, SUPPRESSED) and not active)
+            or (state in (RTN_UNACK, *_LATCHED) and active)
+        ):
+            raise ValueError(f"state {state.value} with the condition {'active' if active else 'cleared'}")
+        shelved_until = row.get("shelved_until")
+        if state is SHELVED:
+            shelved_until = _time(shelved_until, "shelved_until")
+        elif shelved_until is not None:
+            raise ValueError(f"shelved_until in state {state.value}")
+        last = row["last"]
+        if not isinstance(last, Mapping):
+            raise ValueError("last is not an object")
+        value, threshold = last.get("value"), last.get("threshold")
+        for name, number in (("value", value), ("threshold", threshold)):
+            if number is not None and (isinstance(number, bool) or not isinstance(number, int | float)):
+                raise ValueError(f"last.{name} is not a number")
+        reason = last.get("reason", "")
+        if not isinstance(reason, str):
+            raise ValueError("last.reason is not text")
+        transition = AlarmTransition(
+            _time(last.get("time"), "last.time"),
+            alarm,
+            source,
+            severity,
+            AlarmState(last["state"]),
+            value,
+            threshold,
+            reason,
+        )
+        return _Entry(
+            key=(alarm, source, severity),
+            latching=alarm in self.latching,
+            last=transition,
+            state=state,
+            condition_active=active,
+            shelved_until=shelved_until,
+            by=_text(row, "by"),
+            cause=_text(row, "cause", empty=True),
+            changed_at=_time(row.get("changed_at"), "changed_at"),
+        )
+
+    def _maintenance_from_row(self, row: object, time: float) -> dict[str, Maintenance]:
+        """Maintenance windows from a persisted row, none longer than max_maintenance_s from `time`."""
+        if not isinstance(row, Mapping) or row.get("v") != ROW_FORMAT or not isinstance(row.get("windows"), Mapping):
+            raise ValueError(f"not a maintenance row of format {ROW_FORMAT}")
+        windows = {}
+        for source, w in row["windows"].items():
+            if not isinstance(source, str) or not source or not isinstance(w, Mapping):
+                raise ValueError(f"bad window {source!r}")
+            until = _time(w.get("until"), "until")
+            if until > time + self.max_maintenance_s:  # the maximum was lowered meanwhile
+                until = time + self.max_maintenance_s
+                self._dirty.add(MAINTENANCE_ROW)
+            windows[source] = Maintenance(until, _text(w, "by"), _time(w.get("since"), "since"))
+        return windows
 
     @staticmethod
     def _record(entry: _Entry) -> AlarmRecord:
@@ -654,3 +951,49 @@ class AlarmBook:
             cause=entry.cause,
             changed_at=entry.changed_at,
         )
+
+
+def _entry_row(entry: _Entry) -> dict:
+    """The persisted row of an entry (JSON values)."""
+    alarm, source, severity = entry.key
+    last = entry.last
+    return {
+        "v": ROW_FORMAT,
+        "alarm": alarm,
+        "source": source,
+        "severity": severity.label,
+        "state": entry.state.value,
+        "condition_active": entry.condition_active,
+        "shelved_until": entry.shelved_until if entry.state is SHELVED else None,
+        "by": entry.by,
+        "cause": entry.cause,
+        "changed_at": entry.changed_at,
+        "last": {
+            "time": last.time,
+            "state": last.state.value,
+            "value": last.value,
+            "threshold": last.threshold,
+            "reason": last.reason,
+        },
+    }
+
+
+def _at(t: float) -> str:
+    """An epoch time as people read it in a reply: ISO 8601, UTC, to the second."""
+    try:
+        return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    except (OverflowError, OSError, ValueError):
+        return f"{t:.0f}"
+
+
+def _text(row: Mapping, name: str, empty: bool = False) -> str:
+    value = row.get(name)
+    if not isinstance(value, str) or not (value or empty):
+        raise ValueError(f"{name} is not {'text' if empty else 'a non-empty text'}")
+    return value
+
+
+def _time(value: object, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ValueError(f"{name} is not a time")
+    return float(value)

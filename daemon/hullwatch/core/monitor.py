@@ -23,8 +23,11 @@ Points feed three estimators per volume:
   now is that fraction times the fitted mass now, not the average over the window. Its
   σ also carries what a thermometer lagging by `thermometer_lag_sigma_s` would make of
   the temperature's changing rate (the bend of the volume's mean temperature over the
-  window). Level shifts the fit absorbs are LevelStep events. The conditions wait
-  `settle_s` after a hatch re-formed the volume: the rate is shown, not judged, meanwhile;
+  window). Level shifts the fit absorbs are LevelStep events. For `settle_s` after the
+  volume formed (start-up, a hatch operation), and until its fit has seen a window long
+  enough to measure the noise's correlation (about 48 min), the conditions act only on
+  overwhelming evidence (SETTLE_K_FACTOR × k σ): the air is mixing, and minutes of data
+  cannot tell a sensor's slow wander from a leak;
 * the short-window rate of fall of P (estimator.FallRate), every point: rapid_depress;
 * P itself, every point: low_pressure.
 When the set of sensors behind a volume's mass changes (one goes stale, one returns) the
@@ -68,6 +71,7 @@ from hullwatch.core.topology import form_volumes
 
 DEFAULT_TEMPERATURE_K = 293.15
 DETECTION_WINDOWS_S = (600.0, 3600.0, 86400.0)  # 10 min, 1 h, a day
+SETTLE_K_FACTOR = 3.0  # while a volume settles or its noise is unmeasured, alarms act at this many times k σ
 JUMP_Z = 8.0  # a reading further than this many σ of a difference from the last waits for the next
 JUMP_FLOOR_PA = 5.0  # ... and further than this (a smooth or quantised stream has almost no noise)
 _HATCH, _PRESSURE, _BAD = Quantity.HATCH, Quantity.PRESSURE, Quality.BAD
@@ -129,8 +133,7 @@ class _Volume:
         self.sensors = [s for _, members in self.parts for s in members]
         self.size_m3 = sum(vol for vol, _ in self.parts)
         self.formed_at = time
-        # after a hatch operation the air mixes: leak-rate and reserve-time alarms wait (not at start-up)
-        self.settle_until = time + monitor.settings.leak.settle_s
+        self.settle_until = time + monitor.settings.leak.settle_s  # alarms need overwhelming evidence until then
         self.slope = AdaptiveSlope()
         self.fall = FallRate()
         self.air_temperature = LineSeries()  # the volume's mean temperature, MIN_SPACING_S apart
@@ -327,6 +330,7 @@ class Monitor:
             s.last_seen = t
         for v in self.volumes.values():
             v.formed_at = t
+            v.settle_until = t + self.settings.leak.settle_s
         self._stale_deadline = t + self.stale_after
 
     def _check_stale(self, t: float, events: list[Event]) -> None:
@@ -510,8 +514,8 @@ class Monitor:
             fit.window_s,
             k * sigma,
         )
-        if t < v.settle_until:
-            return estimate  # the air and the sensors are still settling: the rate is shown, not judged
+        if t < v.settle_until or v.slope.warming_up:
+            k *= SETTLE_K_FACTOR  # the air mixing, or the noise's correlation unmeasured: overwhelming evidence only
         for sev in (Severity.CAUTION, Severity.WARNING):
             cond = v.conditions.get((LEAK_RATE, sev))
             if cond is not None:

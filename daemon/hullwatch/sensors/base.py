@@ -9,7 +9,8 @@ it to validate), then run in a thread of its own by the service:
 `run` must never raise: a device that vanishes, goes silent or talks garbage is counted,
 logged once per episode (not once per line) and retried with backoff, and the loop goes
 on. `emit` is cheap and thread-safe (it puts on a queue). Samples carry their own
-timestamp, taken when the reading arrived.
+timestamp, taken when the reading arrived, in steady time (`timebase.now()`: setting the
+clock does not move it; the daemon converts to wall-clock time where samples are stored).
 """
 
 from __future__ import annotations

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
+from hullwatch import timebase
 from hullwatch.core import units
 from hullwatch.core.model import Quality, Quantity, Sample
 from hullwatch.sensors.base import Backoff, Emit, Episode, OptionError, option, reject_unknown
@@ -258,7 +259,7 @@ class Mcp3008Driver:
                     hint = " (gpiozero 2.0's software SPI also needs gpiozero.Device.pin_factory set)"
                 trouble.happened(f"{type(exc).__name__}: {exc}{hint}; retrying")
                 log.debug("%s: device error", self.name, exc_info=True)
-                emit(Sample(time.time(), self.name, s.quantity, math.nan, Quality.BAD))
+                emit(Sample(timebase.now(), self.name, s.quantity, math.nan, Quality.BAD))
             finally:
                 _close(adc, self.name)
             stop.wait(backoff.next())
@@ -271,7 +272,7 @@ class Mcp3008Driver:
         deadline = time.monotonic()
         while not stop.is_set():
             readings = [adc.value for _ in range(s.samples)]
-            now = time.time()
+            now = timebase.now()
             if trouble.active:
                 self.reconnects += 1
             trouble.over()
@@ -383,7 +384,7 @@ class ReedHatchDriver:
                         self.missed_edges += 1
                         log.info("%s: hatch %s (seen by the heartbeat before any edge)", self.name, _state(is_open))
                 last[0] = is_open
-                emit(Sample(time.time(), self.name, Quantity.HATCH, 1.0 if is_open else 0.0))
+                emit(Sample(timebase.now(), self.name, Quantity.HATCH, 1.0 if is_open else 0.0))
 
         def closed() -> None:
             _guarded(lambda: send(False), f"{self.name}: hatch-closed edge")

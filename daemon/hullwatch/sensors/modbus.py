@@ -45,6 +45,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from hullwatch import timebase
 from hullwatch.core.model import Quality, Quantity, Sample
 from hullwatch.core.units import UnitError, pressure_converter, temperature_converter
 from hullwatch.sensors.base import Backoff, Emit, Episode, OptionError, option, reject_unknown
@@ -378,7 +379,7 @@ class ModbusDriver:
             problem = f"exception response ({exc})"
         except minimalmodbus.ModbusException as exc:  # bad CRC, wrong length or address, garbage
             problem = f"invalid response ({type(exc).__name__}: {str(exc)[:200]})"
-        arrived = time.time()
+        arrived = timebase.now()
         if problem is not None:
             if stop.is_set():  # the read may have been cut short by stop: not the device's fault
                 return

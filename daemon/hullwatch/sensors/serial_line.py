@@ -22,6 +22,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+from hullwatch import timebase
 from hullwatch.core.model import Quality, Quantity, Sample
 from hullwatch.sensors.base import Backoff, Emit, Episode, RateLimit
 from hullwatch.sensors.presets import SerialSettings, serial_settings
@@ -121,7 +122,7 @@ class SerialDriver:
             chunk = port.read(max(1, min(port.in_waiting, 65536)))
             if not chunk:
                 continue
-            arrived = time.time()
+            arrived = timebase.now()
             start = 0
             for eol in _EOL.finditer(chunk):
                 i = eol.start()

@@ -7,7 +7,9 @@ through influxdb-client's synchronous write API (InfluxDB 2.x, 3.x, and 1.8+ thr
 compatibility endpoint); `api = "v1"` POSTs to `/write` of InfluxDB 1.x, which is what
 Debian and Raspberry Pi OS ship. Neither retries by itself:
 a failed batch stays in the spool and is sent again, so nothing is lost when a client's
-in-memory retries would have run out.
+in-memory retries would have run out. Points sent again (a lost answer, a split batch the
+server had partly stored) are harmless where a point is its series and timestamp, as in
+InfluxDB; VictoriaMetrics, which takes both APIs, needs `-dedup.minScrapeInterval=1ms` for that.
 
 Every answer is classified (the same for both APIs):
 
@@ -50,7 +52,7 @@ log = logging.getLogger(__name__)
 
 TIMEOUT_S = 10.0
 BATCH_LINES = 5000
-KINDS = frozenset({"sample", "hatch", "estimate", "step", "alarm", "metric"})
+KINDS = frozenset({"sample", "hatch", "estimate", "step", "alarm", "metric", "clock_step"})
 
 
 class InfluxSetupError(Exception):
@@ -131,6 +133,8 @@ def _point_parts(kind: str, b: dict) -> tuple[str, dict[str, str], dict[str, Any
     if kind == "step":
         tags = {"volume": b["volume"]} | ({"sensor": b["sensor"]} if b.get("sensor") else {})
         return "step", tags, {"size_pa": float(b["size_pa"])} if _finite(b.get("size_pa")) else {}
+    if kind == "clock_step":
+        return "clock_step", {}, {"step_s": float(b["step_s"])} if _finite(b.get("step_s")) else {}
     if kind == "alarm":
         fields = {"state": str(b["state"])}
         fields |= {k: float(b[k]) for k in ("value", "threshold") if _finite(b.get(k))}

@@ -27,8 +27,26 @@ so the snapshot (the newest values) is what the broker keeps. While disconnected
 messages only update the snapshot (and deletions are remembered as tombstones) instead of
 filling paho's queue with stale values.
 
-Queueing. Samples and estimates reach the broker through the spool (`send`, the spool's
-SpoolSink): published in order at QoS `min(qos, 1)` for samples and `qos` for estimates, and
+Reconciliation. The same SUBSCRIBE also reads back what the broker keeps of this station's
+retained state: `P/alarm/#`, `P/volume/+/alarm` and its Home Assistant discovery topics
+(`<discovery_prefix>/+/<station>/+/config`, at QoS 0). The broker hands these over with the
+retain flag right behind the SUBACK; each is compared with the snapshot as it arrives, so
+nothing waits for them and no deadline is needed. A topic the snapshot lacks (an alarm of a
+previous run, a volume or an entity that no longer exists, discovery while Home Assistant is
+off) is removed with an empty retained message; a volume's alarm flag the station describes is
+rewritten `OFF` instead (Home Assistant ignores an empty payload and would keep "Problem"); a
+topic whose payload differs gets the snapshot's. Messages on these topics delivered live
+(our own publications, retain flag clear) are ignored.
+
+An alarm's ending. When an alarm leaves the book (`alarm(..., gone=True)`), its final record
+(`"state": "cleared"`) is published first, not retained, and then the empty retained message
+that removes the topic: live subscribers and `hullwatch bridge` see how it ended, a new
+subscriber sees nothing.
+
+Queueing. Samples, estimates, steps and hatch readings reach the broker through the spool
+(`send`, the spool's SpoolSink): published in order at QoS `min(qos, 1)` for samples and `qos`
+for the others (a hatch reading on `P/hatch/<hatch>/event` as `{"time", "open"}`: its own
+time, which the retained `open`/`closed` state cannot carry), and
 confirmed to the spool only once the broker's PUBACK is in, so a broker outage only grows the
 spool; a replayed backlog carries `"replay": true`. The direct `sample` and `estimate` methods
 publish live only (dropped while disconnected). Other non-retained messages (command results,
@@ -37,9 +55,15 @@ that queue is ever full when a retained message is due, the snapshot is re-sent 
 room again.
 
 Commands. `P/cmd/<name>` messages are validated (UTF-8, JSON object, at most 64 KiB, field
-types) and passed to `on_command(name, payload, "mqtt")`; its result, or the reason for a
-rejection, is published on `P/cmd/result` (not retained). Retained commands are ignored: a
-stale retained `ack` must not acknowledge tomorrow's alarm.
+types) and passed to `on_command(name, payload, by)`; its result, or the reason for a
+rejection, is published on `P/cmd/result` (not retained). `by` names the sender as far as it
+can be told: "mqtt:<who>" from the MQTT 5 user property `by`, else the payload's `"by"`, else
+just "mqtt" (the broker's ACL decides who may publish commands at all). Retained commands are
+refused, however they arrive: a stale retained `ack` must not acknowledge tomorrow's alarm.
+The sink speaks MQTT 5 and subscribes to `P/cmd/#` with "retain as published", so a command
+published with the retain flag is seen as retained when it is delivered live too, not only
+when the broker hands it to a new subscription. An empty message (what clearing a retained
+command looks like) is no command and gets no answer.
 """
 
 from __future__ import annotations
@@ -63,6 +87,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from hullwatch import __version__
 from hullwatch.core.model import Estimate, Quantity, Sample
@@ -86,6 +111,7 @@ RESYNC_INTERVAL_S = 1.0
 PUBACK_TIMEOUT_S = 10.0
 MAX_INFLIGHT = 100
 ORIGIN = "mqtt"
+MAX_SENDER_CHARS = 64  # a sender's name (`by`)
 
 OnCommand = Callable[[str, dict, str], Mapping[str, Any]]
 F = TypeVar("F", bound=Callable[..., Any])
@@ -340,12 +366,32 @@ def _echo(raw: bytes) -> str:
     return text
 
 
+def _user_property(msg: mqtt.MQTTMessage, name: str) -> str | None:
+    """The value of an MQTT 5 user property of a message (the last one of that name), or None."""
+    found = None
+    for key, value in getattr(getattr(msg, "properties", None), "UserProperty", None) or ():
+        if key == name:
+            found = value
+    return found
+
+
 def _is_str(v: Any) -> bool:
     return isinstance(v, str) and v != ""
 
 
+def _sender_problem(who: object) -> str | None:
+    """Why a sender's name (`by`) is not one, or None."""
+    if not isinstance(who, str) or not who or len(who) > MAX_SENDER_CHARS or not who.isprintable():
+        return f'"by" must name the sender: printable text of 1 to {MAX_SENDER_CHARS} characters'
+    return None
+
+
 def _validate(name: str, obj: dict) -> str | None:
     """Why a command object is malformed, or None if its fields have the right types."""
+    if "by" in obj:
+        problem = _sender_problem(obj["by"])
+        if problem:
+            return problem
 
     def key() -> str | None:
         for field in ("alarm", "source", "severity"):
@@ -370,11 +416,21 @@ def _validate(name: str, obj: dict) -> str | None:
             return '"duration_s" must be a positive number of seconds'
         return None
     if name == "maintenance":
-        if not isinstance(obj.get("on"), bool):
+        on = obj.get("on")
+        if not isinstance(on, bool):
             return '"on" must be true or false'
         sources = obj.get("sources")
         if sources is not None and (not isinstance(sources, list) or not all(_is_str(s) for s in sources)):
             return '"sources" must be a list of non-empty strings'
+        if "all" in obj and not isinstance(obj["all"], bool):
+            return '"all" must be true or false'
+        if on and not sources and obj.get("all") is not True:
+            return 'maintenance needs "sources": [...] (volumes or sensors), or "all": true'
+        if sources and obj.get("all") is True:
+            return 'give "sources" or "all": true, not both'
+        d = obj.get("duration_s")
+        if d is not None and (isinstance(d, bool) or not isinstance(d, int | float) or not math.isfinite(d) or d <= 0):
+            return '"duration_s" must be a positive number of seconds'
         return None
     return f"unknown command {name!r}"
 
@@ -423,6 +479,7 @@ class MqttSink:
         self._client: mqtt.Client | None = None
         self._started = False
         self._sub_mid: int | None = None
+        self._sub_filters: list[str] = []  # of the latest SUBSCRIBE, in order (its SUBACK answers each)
         self._stopping = False
         self._up = False  # connected since the last disconnect
         self._refused = False  # the last attempt got a CONNACK refusal (already logged)
@@ -434,6 +491,8 @@ class MqttSink:
             "dropped_queue_full": 0,
             "commands": 0,
             "commands_rejected": 0,
+            "stale_cleared": 0,  # retained topics of ours the broker held that we removed
+            "stale_rewritten": 0,  # and that we set right
         }
 
     # -- life cycle ---------------------------------------------------------------------------
@@ -443,9 +502,7 @@ class MqttSink:
         if self._client is not None:
             return
         cfg = self.cfg
-        client = mqtt.Client(
-            CallbackAPIVersion.VERSION2, client_id=self._client_id, protocol=mqtt.MQTTv311, clean_session=True
-        )
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self._client_id, protocol=mqtt.MQTTv5)
         client.suppress_exceptions = True  # belt and braces: our callbacks catch everything themselves
         client.enable_logger(_paho_log)
         self.username = apply_credentials(client, cfg, default_username=self.station)
@@ -470,7 +527,7 @@ class MqttSink:
             return
         self._started = True
         cfg = self.cfg
-        self._client.connect_async(cfg.host, cfg.port, keepalive=cfg.keepalive_s)
+        self._client.connect_async(cfg.host, cfg.port, keepalive=cfg.keepalive_s, clean_start=True)
         self._client.loop_start()
         log.info(
             "MQTT: connecting to %s:%d as %s (user %s), topics under %s/",
@@ -545,8 +602,14 @@ class MqttSink:
 
     @_guarded("alarm")
     def alarm(self, record: Mapping[str, Any], alarm: str, source: str, severity: str, gone: bool = False) -> None:
-        """`P/alarm/<alarm>/<source>/<severity>`: the alarm record, retained; `gone` removes it."""
+        """`P/alarm/<alarm>/<source>/<severity>`: the alarm record, retained.
+
+        `gone`: the alarm left the book; its final record goes out (not retained), then the empty
+        retained message that removes the topic.
+        """
         topic = f"{self.prefix}/alarm/{alarm}/{source}/{severity}"
+        if gone:
+            self._publish_live(topic, _dumps(dict(record)), self.qos, queue=True)
         self._publish_retained(topic, b"" if gone else _dumps(dict(record)))
 
     @_guarded("volume_alarm")
@@ -566,7 +629,7 @@ class MqttSink:
     # -- spooled records: samples and estimates, confirmed by PUBACK (the spool's SpoolSink) ----
 
     name = "mqtt"
-    kinds = frozenset({"sample", "estimate", "step"})
+    kinds = frozenset({"sample", "estimate", "step", "hatch", "clock_step"})
     live_batch = 1  # each live message waits for its PUBACK before the next goes: no burst for Nagle to hold
 
     def ready(self) -> bool:
@@ -576,7 +639,8 @@ class MqttSink:
     def send(self, records: Sequence[Record], replay: bool) -> SendResult:
         """Publish records in order and wait for the broker to take them (PUBACK at QoS >= 1).
 
-        Replayed records carry `"replay": true` so that live consumers can tell them apart.
+        Replayed records carry `"replay": true` so that live consumers can tell them apart. A hatch
+        reading goes to `P/hatch/<hatch>/event` with its own time.
         """
         client = self._client
         if client is None or not client.is_connected():
@@ -590,6 +654,15 @@ class MqttSink:
                 topic, qos = f"{self.prefix}/sensor/{body.pop('sensor')}", self.sample_qos
             elif r.kind == "step":
                 topic, qos = f"{self.prefix}/step/{body['volume']}", self.qos
+            elif r.kind == "hatch":
+                body = {
+                    "time": r.time_ns // 1000 / 1e6,
+                    "open": bool(body["open"]),
+                    **({"replay": True} if replay else {}),
+                }
+                topic, qos = f"{self.prefix}/hatch/{r.body['hatch']}/event", self.qos
+            elif r.kind == "clock_step":
+                topic, qos = f"{self.prefix}/clock_step", self.qos
             else:
                 topic, qos = f"{self.prefix}/volume/{body['volume']}", self.qos
             info = client.publish(topic, _dumps(body), qos=qos)
@@ -682,6 +755,50 @@ class MqttSink:
             for topic, payload in self._retained.items():
                 if only_prefix is None or topic.startswith(only_prefix):
                     self._send(client, topic, payload, self.qos, True)
+
+    # -- reconciliation: the broker's retained state of ours against the snapshot -------------
+
+    def reconcile_filters(self) -> list[str]:
+        """The topic filters of this station's retained state that the sink reads back at every connect."""
+        node = _slug(self._description.station if self._description is not None else self.station)
+        return [
+            f"{self.prefix}/alarm/#",
+            f"{self.prefix}/volume/+/alarm",
+            f"{self._discovery_prefix}/+/{node}/+/config",
+        ]
+
+    def _reconcile(self, client: mqtt.Client, topic: str, payload: bytes) -> None:
+        """A retained message the broker held for one of our topics: remove or rewrite it unless it is right."""
+        if not payload or not any(mqtt.topic_matches_sub(f, topic) for f in self.reconcile_filters()):
+            return
+        with self._lock:
+            current = self._retained.get(topic)
+            if current == payload:
+                return
+            if current is None and self._described_volume_flag(topic):
+                current = self._retained[topic] = b"OFF"  # no alarm of that volume: say so, do not go silent
+                if payload == current:
+                    return
+            fix = current if current is not None else b""
+            if self._send(client, topic, fix, self.qos, True):
+                self._tombstones.discard(topic)
+            elif not fix:
+                self._tombstones.add(topic)
+        if fix:
+            self._counts["stale_rewritten"] += 1
+            self._throttle("stale_rewritten", logging.INFO, "MQTT: set right the broker's stale retained %s", topic)
+        else:
+            self._counts["stale_cleared"] += 1
+            self._throttle(
+                "stale_cleared", logging.INFO, "MQTT: removed retained %s (not in this station's state)", topic
+            )
+
+    def _described_volume_flag(self, topic: str) -> bool:
+        """Whether a topic is `P/volume/<volume>/alarm` of a volume the station description knows."""
+        head, tail = f"{self.prefix}/volume/", "/alarm"
+        if self._description is None or not (topic.startswith(head) and topic.endswith(tail)):
+            return False
+        return topic[len(head) : -len(tail)] in self._description.volumes
 
     # -- Home Assistant discovery -------------------------------------------------------------
 
@@ -779,9 +896,12 @@ class MqttSink:
             self._throttle("reconnected", logging.INFO, "MQTT: connected again after %.1f s", down_s)
         self._down_since = None
         self._send(client, self.status_topic, b"online", self.qos, True)
-        topics = [(f"{self._cmd_prefix}#", self.qos)]
+        # retain as published: a command published retained shows as such even when delivered live
+        topics = [(f"{self._cmd_prefix}#", SubscribeOptions(qos=self.qos, retainAsPublished=True))]
         if self._homeassistant:
-            topics.append((self._ha_status_topic, self.qos))
+            topics.append((self._ha_status_topic, SubscribeOptions(qos=self.qos)))
+        topics += [(f, SubscribeOptions(qos=0)) for f in self.reconcile_filters()]  # what the broker keeps of ours
+        self._sub_filters = [t for t, _ in topics]
         rc, mid = client.subscribe(topics)
         if rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
             self._sub_mid = mid  # the snapshot follows the SUBACK (see the module docstring)
@@ -792,13 +912,15 @@ class MqttSink:
     def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, reason_codes: Any, properties: Any) -> None:
         if mid != self._sub_mid:
             return
-        refused = [str(rc) for rc in reason_codes if rc.is_failure]
+        filters = self._sub_filters
+        refused = [
+            f"{filters[i] if i < len(filters) else '?'}: {rc}" for i, rc in enumerate(reason_codes) if rc.is_failure
+        ]
         if refused:
             self._throttle(
                 "sub_refused",
                 logging.WARNING,
-                "MQTT: subscription to %s#: %s (check the broker's ACL)",
-                self._cmd_prefix,
+                "MQTT: subscription refused: %s (check the broker's ACL)",
                 ", ".join(refused),
             )
         self._republish(client)
@@ -854,28 +976,25 @@ class MqttSink:
                 self._republish(client, only_prefix=f"{self._discovery_prefix}/")
             return
         if not topic.startswith(self._cmd_prefix):
+            if msg.retain:
+                self._reconcile(client, topic, bytes(msg.payload))
             return
         name = topic[len(self._cmd_prefix) :]
         if name == "result":  # our own replies
             return
-        if msg.retain:
-            self._throttle(
-                "retained",
-                logging.INFO,
-                "MQTT: ignoring retained command on %s (clear it: mosquitto_pub -r -n -t %s)",
-                topic,
-                topic,
-            )
-            return
-        if not msg.payload:  # what clearing a retained command looks like to a live subscriber
+        if not msg.payload:  # what clearing a retained command looks like
             log.debug("MQTT: ignoring empty command on %s", topic)
             return
-        self._command(client, name, bytes(msg.payload))
+        if msg.retain:
+            reason = f"retained commands are refused (clear this one: mosquitto_pub -r -n -t {topic})"
+            return self._reject(name, bytes(msg.payload), "retained", reason)
+        self._command(client, name, bytes(msg.payload), _user_property(msg, "by"))
+        return None
 
     # -- commands -----------------------------------------------------------------------------
 
-    def _command(self, client: mqtt.Client, name: str, raw: bytes) -> None:
-        """Validate one command, run it through on_command and publish the result."""
+    def _command(self, client: mqtt.Client, name: str, raw: bytes, sender: str | None = None) -> None:
+        """Validate one command, run it through on_command (with who sent it) and publish the result."""
         if name not in COMMANDS:
             return self._reject(
                 name, raw, "unknown_command", f"unknown command {name!r} (known: {', '.join(COMMANDS)})"
@@ -892,12 +1011,14 @@ class MqttSink:
             return self._reject(name, raw, "not_json", f"payload is not JSON ({str(exc)[:80]})")
         if not isinstance(obj, dict):
             return self._reject(name, raw, "not_object", f"payload must be a JSON object, not {type(obj).__name__}")
-        problem = _validate(name, obj)
+        problem = _validate(name, obj) or (_sender_problem(sender) if sender is not None else None)
         if problem:
             return self._reject(name, raw, "bad_fields", problem)
+        who = sender if sender is not None else obj.get("by")
+        by = f"{ORIGIN}:{who}" if who else ORIGIN
         self._counts["commands"] += 1
         try:
-            result = self._on_command(name, obj, ORIGIN)
+            result = self._on_command(name, obj, by)
             if not isinstance(result, Mapping):
                 raise TypeError(f"on_command returned {type(result).__name__}, not a dict")
         except Exception as exc:
@@ -905,8 +1026,8 @@ class MqttSink:
                 "command_error", logging.ERROR, "MQTT: command %s %s failed", name, text[:200], exc_info=True
             )
             result = {"ok": False, "message": f"internal error: {type(exc).__name__}: {exc}"}
-        log.debug("MQTT: command %s %s -> %s", name, text[:200], result)
-        self._reply(name, raw, obj, result)
+        log.debug("MQTT: command %s %s from %s -> %s", name, text[:200], by, result)
+        self._reply(name, raw, obj, {**result, "by": by})
         return None
 
     def _reject(self, name: str, raw: bytes, kind: str, reason: str) -> None:

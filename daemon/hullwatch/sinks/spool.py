@@ -36,6 +36,14 @@ many users at once, or one recovery alone, so no connection is closed under a qu
 file cannot be written (a full disk), `problem` says why and records wait in memory (up to
 `MAX_PENDING`, then the oldest are dropped and counted).
 
+The alarm book. The file also keeps the alarm lifecycle's state across restarts, in a table of
+its own (`alarm_book`: a name and a JSON text per row, see core/lifecycle.py). `load_book()`
+gives the rows found at open; `save_book()` takes changed rows (None: delete) and wakes the
+committer, which writes them at once, in one transaction with whatever records are pending, so
+an acknowledgement is on disk within milliseconds, not at the next interval. The spool keeps the
+whole table in memory as well, so a file moved aside for corruption gets the book back in full
+on the fresh one.
+
 Records that cannot be stored. `append` encodes each body once; a record whose body JSON cannot
 hold or whose time is outside SQLite's INTEGER nanoseconds (years 1677..2262) never joins the
 batch: it is counted (`unstorable`) and kept in the `rejected` table (sink `spool`) at the next
@@ -59,7 +67,7 @@ import sqlite3
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -83,6 +91,7 @@ CREATE TABLE IF NOT EXISTS cursor (sink TEXT PRIMARY KEY, done INTEGER NOT NULL)
 CREATE TABLE IF NOT EXISTS rejected (id INTEGER NOT NULL, sink TEXT NOT NULL, kind TEXT NOT NULL, time_ns INTEGER,
                                      body BLOB NOT NULL, reason TEXT NOT NULL, at REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS counter (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS alarm_book (name TEXT PRIMARY KEY, body TEXT NOT NULL);
 """
 
 
@@ -241,6 +250,10 @@ class Spool:
         self._next_id = 1
         self._first_id = 1  # the oldest record kept (file or memory)
         self._file_last_id = 0  # the newest id in the file
+        self._book: dict[str, str] = {}  # the alarm book's table as it must be in the file
+        self._book_dirty: set[str] = set()  # its rows not yet written
+        self._book_unreadable: list[str] = []  # rows found at open that are not text
+        self._wake = threading.Event()  # the committer's: the alarm book changed, write now
         try:
             self._open_or_recover()
         except BaseException:
@@ -271,7 +284,26 @@ class Spool:
         first, last = db.execute("SELECT min(id), max(id) FROM record").fetchone()
         cursors = dict(db.execute("SELECT sink, done FROM cursor").fetchall())
         counters = dict(db.execute("SELECT name, value FROM counter").fetchall())
+        try:
+            book = db.execute("SELECT name, body FROM alarm_book").fetchall()
+        except sqlite3.DatabaseError as exc:
+            if is_corrupt(exc):
+                raise
+            # a table of another shape (not ours): the book starts afresh, the spool opens all the same
+            log.warning("spool: %s: the alarm book's table cannot be read (%s); starting it afresh", self.path, exc)
+            db.execute("DROP TABLE IF EXISTS alarm_book")
+            db.executescript(SCHEMA)
+            book = []
         with self._lock:
+            if not self._loaded:  # the book as the previous run left it
+                for name, body in book:
+                    if isinstance(name, str) and isinstance(body, str):
+                        self._book[name] = body
+                    else:
+                        self._book_unreadable.append(str(name))
+                        self._book_dirty.add(str(name))  # deleted at the first commit
+            else:  # a fresh file after a recovery: the whole book goes to it
+                self._book_dirty.update(self._book)
             for sink, done in cursors.items():  # after a recovery the ones in memory are newer
                 self.cursors[sink] = max(done, self.cursors.get(sink, 0))
             for name, value in counters.items():
@@ -411,6 +443,24 @@ class Spool:
             self._appended.notify_all()
             return rid
 
+    def load_book(self) -> tuple[dict[str, str], list[str]]:
+        """The alarm book's rows found when the file was opened (name -> JSON text), and names of unreadable rows."""
+        with self._lock:
+            return dict(self._book), list(self._book_unreadable)
+
+    def save_book(self, rows: Mapping[str, str | None]) -> None:
+        """Changed rows of the alarm book (None: delete the row), written by the committer at once."""
+        if not rows:
+            return
+        with self._lock:
+            for name, body in rows.items():
+                if body is None:
+                    self._book.pop(name, None)
+                else:
+                    self._book[name] = body
+                self._book_dirty.add(name)
+        self._wake.set()
+
     def _set_aside_unstorable(self, kind: str, t: Any, body: Any, exc: BaseException) -> None:
         """A record the file cannot hold (a time out of range, a body JSON cannot hold): counted, and kept
         (up to UNSTORABLE_KEPT a run) for the `rejected` table at the next commit; it never reaches a
@@ -454,10 +504,15 @@ class Spool:
                 cursors = list(self.cursors.items())
                 counters = list(self.counters.items())
                 floor = min((self.cursors.get(s, 0) for s in self._sinks), default=None)
+                book_names, self._book_dirty = self._book_dirty, set()
+                book_rows = [(n, self._book[n]) for n in book_names if n in self._book]
+                book_gone = [(n,) for n in book_names if n not in self._book]
                 unstorable, self._unstorable = self._unstorable, []
             try:  # whatever fails, the transaction is rolled back and the batch kept for the next try
                 rows = [(r.id, r.kind, r.time_ns, r.text or json.dumps(r.body, separators=(",", ":"))) for r in batch]
                 db.execute("BEGIN")
+                db.executemany("INSERT OR REPLACE INTO alarm_book VALUES (?, ?)", book_rows)
+                db.executemany("DELETE FROM alarm_book WHERE name = ?", book_gone)
                 db.executemany("INSERT OR REPLACE INTO record (id, kind, time_ns, body) VALUES (?, ?, ?, ?)", rows)
                 db.executemany("INSERT INTO rejected VALUES (?, ?, ?, ?, ?, ?, ?)", unstorable)
                 db.executemany("INSERT OR REPLACE INTO cursor VALUES (?, ?)", cursors)
@@ -471,6 +526,7 @@ class Spool:
                 with self._lock:
                     self._pending = batch + self._pending  # keep them for the next try
                     self._committing = []
+                    self._book_dirty |= book_names
                     self._unstorable = unstorable + self._unstorable
                 raise
             with self._lock:
@@ -663,7 +719,12 @@ class Spool:
     def _commit_loop(self) -> None:
         """Commit every interval; while the file cannot be written, retry with backoff (up to RETRY_MAX_S)."""
         delay = self.commit_interval_s
-        while not self._stop.wait(delay):
+        while True:
+            # the alarm book wakes it early, except while the file cannot be written (then: backoff)
+            (self._stop if self.problem is not None else self._wake).wait(delay)
+            if self._stop.is_set():
+                return
+            self._wake.clear()
             try:
                 self.commit()
                 if self.problem is not None:
@@ -689,6 +750,7 @@ class Spool:
                 time.sleep(0.05)
         deadline = time.monotonic() + timeout_s
         self._stop.set()
+        self._wake.set()
         self.stop_forwarding(timeout_s)
         if self._committer is not None:
             self._committer.join(max(0.0, deadline - time.monotonic()))

@@ -188,9 +188,11 @@ class MqttFeed:
         return self.client.is_connected()
 
     def command(self, prefix: str, name: str, obj: dict[str, Any]) -> str | None:
-        """Publish `P/cmd/<name>` (QoS 1, not retained); None when handed to paho, else why not."""
+        """Publish `P/cmd/<name>` (QoS 1, not retained), naming the user as its sender; None when handed to paho."""
         if not self.connected:
             return "not connected to the broker: nothing sent"
+        if self.settings.username and "by" not in obj:
+            obj = {**obj, "by": self.settings.username}  # the daemon's audit log says who
         payload = json.dumps(obj, separators=(",", ":"))
         try:
             info = self.client.publish(f"{prefix}/cmd/{name}", payload, qos=1, retain=False)
