@@ -671,7 +671,7 @@ def test_home_assistant_discovery_and_resend_on_birth(broker, make_sink, listene
     )
     live = listener(broker.port, "homeassistant/#")
     sink, commands = make_sink(broker.port, description=desc, homeassistant=True)
-    expected = 3 + 4 + 1 + 1  # sensor quantities, volume entities, hatch, button
+    expected = 3 + 5 + 1 + 1  # sensor quantities, volume entities, hatch, button
     assert wait_until(lambda: len(live.messages) >= expected)
     time.sleep(0.2)
     configs = {t: json.loads(p) for _, t, p, _ in live.messages}
@@ -687,7 +687,7 @@ def test_home_assistant_discovery_and_resend_on_birth(broker, make_sink, listene
     assert p["device_class"] == "pressure" and p["unit_of_measurement"] == "Pa"
     assert p["state_topic"] == f"{P}/sensor/p_prk" and "'pressure'" in p["value_template"]
     t = configs[f"homeassistant/sensor/{node}/p_prk_temperature/config"]
-    assert t["device_class"] == "temperature" and t["unit_of_measurement"] == "K"
+    assert t["device_class"] == "temperature" and t["unit_of_measurement"] == "°C"
     assert f"homeassistant/sensor/{node}/p_zv_temperature/config" not in configs
     leak = configs[f"homeassistant/sensor/{node}/prk-zvezda_leak_rate/config"]
     assert leak["unit_of_measurement"] == "kg/d" and leak["state_class"] == "measurement"
@@ -743,11 +743,12 @@ def test_station_description_from_config(two_segment_toml):
     import tomllib
 
     cfg = parse(tomllib.loads(two_segment_toml))
-    d = StationDescription.from_config(cfg, {"t_prk": ("temperature",)})
+    d = StationDescription.from_config(cfg, {"t_prk": ("temperature",), "p_prk": ("pressure",)})
     assert d.station == "prk-mockup"
     assert d.volumes == ("prk", "prk-zvezda", "zvezda")
     assert d.hatches == ("prk-hatch",)
     assert dict(d.sensors) == {"p_prk": ("pressure",), "t_prk": ("temperature",)}
+    assert dict(StationDescription.from_config(cfg).sensors) == {"p_prk": (), "t_prk": ()}  # no driver told
 
 
 def test_throttle_logs_once_per_interval_and_counts_the_rest(caplog):

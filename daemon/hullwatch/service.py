@@ -1259,11 +1259,9 @@ def _mqtt(cfg: Config, drivers: list[Driver], on_command: Callable[..., Any], no
     """The MQTT sink with its credentials and TLS read (it connects only when started); `notes` for check-config."""
     from hullwatch.sinks.mqtt import MqttSetupError, MqttSink, StationDescription
 
-    quantities = {
-        d.name: [q.value for q in d.settings.parser.quantities]
-        for d in drivers
-        if hasattr(d, "settings") and hasattr(d.settings, "parser")
-    }
+    quantities: dict[str, Any] = {}
+    for d in drivers:  # every sensor driver tells what its sensors report (hatch drivers do not)
+        quantities.update(getattr(d, "quantities", {}))
     settings = _without_empty_client_key(cfg.mqtt, cfg.path, notes)
     sink = MqttSink(
         settings,

@@ -37,7 +37,11 @@ class OptionError(ValueError):
 
 
 class Driver(Protocol):
-    """A sensor driver."""
+    """A sensor driver.
+
+    A driver of sensors also tells what each reports, as `quantities`: sensor name -> the
+    quantities its samples carry (Home Assistant discovery announces one entity per quantity).
+    """
 
     name: str
 

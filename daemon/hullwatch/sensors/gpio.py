@@ -213,6 +213,7 @@ class Mcp3008Driver:
         self.name = name
         self.settings = settings
         self.pin_factory = pin_factory
+        self.quantities = {name: (settings.quantity,)}  # what the sensor reports
         s = settings
         to_si = (units.pressure_converter if s.quantity is Quantity.PRESSURE else units.temperature_converter)(s.unit)
         (v0, v1), (y0, y1) = s.volts, s.values

@@ -297,6 +297,11 @@ class ModbusDriver:
         """Build from the [[sensor]] table's driver options (no I/O); OptionError names the key."""
         return cls(name, modbus_settings(options))
 
+    @property
+    def quantities(self) -> dict[str, tuple[Quantity, ...]]:
+        """What the sensor reports: one quantity per register reading."""
+        return {self.name: tuple(r.quantity for r in self.settings.readings)}
+
     def run(self, emit: Emit, stop: threading.Event) -> None:
         """Open, poll and reopen the port until stop is set. Never raises."""
         try:

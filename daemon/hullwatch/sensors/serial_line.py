@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from hullwatch import timebase
-from hullwatch.core.model import Quality, Sample
+from hullwatch.core.model import Quality, Quantity, Sample
 from hullwatch.sensors.base import Backoff, Emit, Episode, RateLimit
 from hullwatch.sensors.presets import SerialSettings, serial_settings
 
@@ -44,6 +44,11 @@ class SerialDriver:
         self.bad_lines = 0
         self.reconnects = 0
         self._rate = RateLimit(log, f"{name}: lines", settings.max_rate_hz)
+
+    @property
+    def quantities(self) -> dict[str, tuple[Quantity, ...]]:
+        """What the sensor reports: the quantities its line format carries."""
+        return {self.name: tuple(self.settings.parser.quantities)}
 
     @property
     def rate_dropped(self) -> int:

@@ -90,6 +90,7 @@ class SimulatedModule:
     def __init__(self, scenario: Scenario, sensors: list[str], hatches: list[str], speed: float, seed: int) -> None:
         self.scenario = scenario
         self.sensors = [t for t in scenario.transducers if t.name in sensors]
+        self.quantities = {t.name: tuple(m.quantity for m in t.models) for t in self.sensors}  # what each reports
         self.hatches = hatches
         self.speed = speed
         self.seed = seed

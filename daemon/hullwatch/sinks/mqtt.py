@@ -118,22 +118,32 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 # Home Assistant entities (descriptions as data). Sensor samples share a topic per sensor, so
-# each quantity's template renders empty for the other quantity's samples, which HA ignores.
+# each quantity's template renders empty for the other quantity's samples, which HA ignores;
+# an unreadable sample (value null) renders "None": unknown. Temperatures go to HA in °C, the
+# unit it converts to the user's own (it leaves kelvin alone).
 _MEASUREMENT = {"state_class": "measurement"}
-_HA_QUANTITIES = {
-    "pressure": {"device_class": "pressure", "unit_of_measurement": "Pa", **_MEASUREMENT},
-    "temperature": {"device_class": "temperature", "unit_of_measurement": "K", **_MEASUREMENT},
-}
+_HA_QUANTITIES: dict[str, tuple[str, dict[str, Any]]] = {  # quantity -> (value expression, config)
+    "pressure": ("value_json.value",
+                 {"device_class": "pressure", "unit_of_measurement": "Pa", "suggested_display_precision": 1,
+                  **_MEASUREMENT}),
+    "temperature": ("(value_json.value - 273.15) | round(3) if value_json.value is number else None",
+                    {"device_class": "temperature", "unit_of_measurement": "°C", "suggested_display_precision": 2,
+                     **_MEASUREMENT}),
+}  # fmt: skip
 # (component, object id suffix, name suffix, subtopic of P/volume/<id>, config)
 _HA_VOLUME_ENTITIES: tuple[tuple[str, str, str, str, dict[str, Any]], ...] = (
     ("sensor", "leak_rate", "leak rate", "",
-     {"value_template": "{{ value_json.leak_kg_per_day }}", "unit_of_measurement": "kg/d", **_MEASUREMENT}),
+     {"value_template": "{{ value_json.leak_kg_per_day }}", "unit_of_measurement": "kg/d",
+      "suggested_display_precision": 3, **_MEASUREMENT}),
     ("sensor", "reserve_time", "reserve time", "",
      {"value_template": "{{ value_json.reserve_time_s }}", "device_class": "duration", "unit_of_measurement": "s",
-      **_MEASUREMENT}),
+      "suggested_display_precision": 0, **_MEASUREMENT}),
     ("sensor", "pressure", "pressure", "",
      {"value_template": "{{ value_json.pressure_pa }}", "device_class": "pressure", "unit_of_measurement": "Pa",
-      **_MEASUREMENT}),
+      "suggested_display_precision": 1, **_MEASUREMENT}),
+    ("sensor", "air_mass", "air mass", "",
+     {"value_template": "{{ value_json.mass_kg }}", "device_class": "weight", "unit_of_measurement": "kg",
+      "suggested_display_precision": 3, **_MEASUREMENT}),
     ("binary_sensor", "alarm", "alarm", "/alarm",
      {"payload_on": "ON", "payload_off": "OFF", "device_class": "problem"}),
 )  # fmt: skip
@@ -160,7 +170,12 @@ class StationDescription:
 
     @classmethod
     def from_config(cls, config: Config, quantities: Mapping[str, Iterable[str]] | None = None) -> StationDescription:
-        """Describe a configured station; sensors not in `quantities` are taken as pressure-only."""
+        """Describe a configured station.
+
+        `quantities`: what each sensor reports, as its driver tells (`Driver.quantities`: a
+        Modbus or MCP3008 channel, a serial line format, a simulated transducer); a sensor
+        missing from it (a simulated one with no [simulation] to tell) is announced with none.
+        """
         quantities = quantities or {}
         module = config.module
         segments = [s.name for s in module.segments]
@@ -176,7 +191,7 @@ class StationDescription:
             volumes.update(segments)
         return cls(
             station=config.station,
-            sensors={s.name: tuple(quantities.get(s.name, ("pressure",))) for s in config.sensors},
+            sensors={s.name: tuple(quantities.get(s.name, ())) for s in config.sensors},
             volumes=tuple(sorted(volumes)),
             hatches=tuple(h.name for h in module.hatches),
         )
@@ -820,8 +835,9 @@ class MqttSink:
         for sensor, quantities in sorted(d.sensors.items()):
             for q in quantities:
                 if q in _HA_QUANTITIES:
-                    template = "{% if value_json.quantity == '" + q + "' %}{{ value_json.value }}{% endif %}"
-                    cfg = {"state_topic": f"{p}/sensor/{sensor}", "value_template": template, **_HA_QUANTITIES[q]}
+                    value, extra = _HA_QUANTITIES[q]
+                    template = "{% if value_json.quantity == '" + q + "' %}{{ " + value + " }}{% endif %}"
+                    cfg = {"state_topic": f"{p}/sensor/{sensor}", "value_template": template, **extra}
                     add("sensor", f"{sensor}_{q}", f"{sensor} {q}", cfg)
         for v in d.volumes:
             for component, suffix, label, subtopic, extra in _HA_VOLUME_ENTITIES:
@@ -843,6 +859,13 @@ class MqttSink:
     def _publish_discovery(self) -> None:
         for topic, cfg in self.discovery_messages():
             self._publish_retained(topic, _dumps(cfg))
+        for v in self._description.volumes if self._description is not None else ():
+            # a volume's alarm entity reads OFF, not unknown, until the volume has an alarm
+            topic = f"{self.prefix}/volume/{v}/alarm"
+            with self._lock:
+                unset = topic not in self._retained
+            if unset:
+                self.volume_alarm(v, False)
 
     # -- paho callbacks (run in paho's thread; never raise) ------------------------------------
 
