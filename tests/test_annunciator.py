@@ -523,14 +523,14 @@ def test_show_from_one_thread_while_lamp_tests_run_on_others(make, factory):
         except BaseException as exc:  # pragma: no cover - reported below
             errors.append(exc)
 
-    presser = threading.Thread(target=press)
+    presser = threading.Thread(target=press, daemon=True)
     presser.start()
     try:
         for a in itertools.islice(itertools.cycle(rows), 3000):
             unit.show(a)
     finally:
         stop.set()
-        presser.join()
+        presser.join(30)
     assert errors == []
     wait_for(lambda: not unit.lamp_test_active)
     unit.show(ann(active=True))
