@@ -244,10 +244,9 @@ def test_every_row_on_the_pins(factory):
             pins = (2 + 3 * i, 3 + 3 * i, 4 + 3 * i)
             unit = Annunciator(pins[0], pins[1], None, Calls(), pin_factory=factory, led2_pin=pins[2])
             units.append((unit, [factory.pin(n) for n in pins]))
-        for _, pins in units:
-            for pin in pins:
+        for (unit, pins), (_, a, _, _) in zip(units, ROWS, strict=True):
+            for pin in pins:  # t=0 of each unit is its own show(), however long the others' took
                 pin.clear_states()
-        for (unit, _), (_, a, _, _) in zip(units, ROWS, strict=True):
             unit.show(a)
         time.sleep(window)
         for (_, pins), (name, a, _, _) in zip(units, ROWS, strict=True):

@@ -70,7 +70,9 @@ def test_ready_status_watchdog_while_fresh_then_silence_then_stopping(rig):
     time.sleep(4.0)
     pings = systemd.times("WATCHDOG=1", after=ready + 1.0)
     gaps = [b - a for a, b in zip(pings, pings[1:], strict=False)]
-    assert len(pings) >= 5 and max(gaps) <= 0.75, f"WATCHDOG=1 every WATCHDOG_USEC/2 (0.5 s): gaps {gaps}"
+    # every WATCHDOG_USEC/2 (0.5 s); what counts is that no gap reaches WATCHDOG_USEC (1 s), however slow the CPU
+    assert len(pings) >= 5 and max(gaps) < 1.0, f"WATCHDOG=1 every WATCHDOG_USEC/2 (0.5 s): gaps {gaps}"
+    assert sorted(gaps)[len(gaps) // 2] == pytest.approx(0.5, abs=0.15), f"not much more often either: {gaps}"
     assert any(m.startswith("STATUS=") and "lab" in m for _, m in systemd.messages), "STATUS says what it sees"
     transducer.streaming.clear()
     silent = time.monotonic()
