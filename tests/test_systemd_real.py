@@ -87,7 +87,7 @@ class UserManager:
         return self.proc.stdout.readline().strip() if readable else "(nothing)"
 
     def run(self, *argv: str, timeout: float = 30) -> subprocess.CompletedProcess:
-        env = " ".join(f"{k}={v}" for k, v in self.env.items()).split()
+        env = [f"{k}={v}" for k, v in self.env.items()]
         return subprocess.run(
             ["nsenter", "-t", str(self.proc.pid), "-m", "--", "env", "-i", *env, *argv],
             capture_output=True,
