@@ -119,15 +119,20 @@ def main() -> int:
     name = f"hullwatch-test-{os.getpid()}"
     groups: list[Path] = []
     journald = manager = None
+    created: list[Path] = []
     try:
         for tracking in remount_cgroups():
             group = tracking / name
             group.mkdir()
             groups.append(group)
             (group / "cgroup.procs").write_text(str(os.getpid()))
-        for point in ("/run/systemd", "/run/log", "/run/user", "/var/log/journal"):
-            if Path(point).is_dir():
-                mount("-t", "tmpfs", "-o", "mode=755", "tmpfs", point)
+        for point in map(Path, ("/run/systemd", "/run/log", "/run/user")):
+            if not point.is_dir():  # an empty directory on the host's /run, removed at the end
+                point.mkdir()
+                created.append(point)
+            mount("-t", "tmpfs", "-o", "mode=755", "tmpfs", str(point))
+        if Path("/var/log/journal").is_dir():  # whatever journald.conf says, nothing reaches the host's journal
+            mount("-t", "tmpfs", "-o", "mode=755", "tmpfs", "/var/log/journal")
         for sub in ("/run/systemd/system", "/run/systemd/journal", "/run/systemd/journald.conf.d", JOURNAL_DIR):
             Path(sub).mkdir(parents=True, exist_ok=True)
         # only what is sent to it: not the kernel's ring buffer, nothing passed on to the host
@@ -178,6 +183,10 @@ def main() -> int:
             for sub in groups_below(group):
                 with contextlib.suppress(OSError):
                     sub.rmdir()
+        for point in reversed(created):
+            subprocess.run(["umount", "-l", str(point)], check=False, capture_output=True)
+            with contextlib.suppress(OSError):
+                point.rmdir()
         print("cleaned", flush=True)
 
 
