@@ -12,12 +12,14 @@ packages="python3 python3-venv python3-dev gcc mosquitto mosquitto-clients influ
 venv_flags=""
 if [ "${1:-}" = "--test" ]; then
     target=".[tools,test]"
-    # victoria-metrics: a real server for the InfluxDB v2 write path (no InfluxDB 2.x is packaged)
-    packages="$packages socat openssl victoria-metrics"
+    # victoria-metrics: a real server for the InfluxDB v2 write path (no InfluxDB 2.x is packaged);
+    # libsystemd-dev and pkg-config build systemd-python; systemd runs the unit for real
+    packages="$packages socat openssl victoria-metrics libsystemd-dev pkg-config systemd"
 fi
 if grep -qs "Raspberry Pi" /proc/device-tree/model; then
-    # gpiozero's pin library comes from Raspberry Pi OS (lgpio works on every Pi, the 5 included)
-    packages="$packages python3-lgpio python3-spidev"
+    # gpiozero's pin library comes from Raspberry Pi OS (lgpio works on every Pi, the 5 included);
+    # python3-systemd is systemd-python (structured journal fields), with no build step
+    packages="$packages python3-lgpio python3-spidev python3-systemd"
     venv_flags="--system-site-packages"
 fi
 

@@ -1,6 +1,33 @@
-"""Shared fixtures: small configuration files written into tmp_path."""
+"""Shared fixtures: small configuration files written into tmp_path. And a way out past stray threads."""
+
+import os
+import sys
+import threading
+import time
 
 import pytest
+
+
+def pytest_sessionfinish(session, exitstatus):
+    session.config.stash[_EXIT_STATUS] = int(exitstatus)
+
+
+def pytest_unconfigure(config):
+    """A non-daemon thread left running (by a failed test) would keep the interpreter from ever exiting:
+    give such threads 5 s, then name them and exit with the session's status."""
+    end = time.monotonic() + 5.0
+    for t in threading.enumerate():
+        if t is not threading.main_thread() and not t.daemon:
+            t.join(max(0.0, end - time.monotonic()))
+    left = [t.name for t in threading.enumerate() if t is not threading.main_thread() and not t.daemon]
+    if left:
+        print(f"\nnon-daemon threads still running at exit: {', '.join(left)}; not waiting for them", file=sys.stderr)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(config.stash.get(_EXIT_STATUS, 1))
+
+
+_EXIT_STATUS = pytest.StashKey[int]()
 
 MINIMAL_TOML = """\
 [station]

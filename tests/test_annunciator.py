@@ -39,6 +39,7 @@ from hullwatch.core.model import Severity
 E, W, C, A = Severity.EMERGENCY, Severity.WARNING, Severity.CAUTION, Severity.ADVISORY
 BUZZER, LED_PIN, ACK, FAULT_LED = 18, 23, 24, 25  # AnnunciatorConfig's defaults, and a free pin for the fault LED
 TOL = 0.04  # s: timing tolerance for background blinking on a loaded machine
+START_TOL = 0.15  # s: how late a blink may start after show() on a slow or loaded machine
 
 
 def ann(worst: Severity | None = None, fault: bool = False, active: bool = False, maint: bool = False) -> Annunciation:
@@ -106,12 +107,18 @@ def expected_changes(output: Output, window: float, lit: bool = False) -> list[t
 
 
 def assert_follows(pin: Any, output: Output, window: float, what: str, lit: bool = False) -> None:
-    """The pin (cleared, then shown `output` at t=0 and left for `window`) followed the output's cycle."""
+    """The pin (cleared, then shown `output` at t=0 and left for `window`) followed the output's cycle.
+
+    The first change may come up to START_TOL late (a slow or loaded machine); the cycle is timed from it.
+    """
     act = changes(pin)
-    exp = [e for e in expected_changes(output, window, lit) if e[0] < window - 2 * TOL]  # clear of the window's edge
+    full = expected_changes(output, window, lit)
+    shift = act[0][0] - full[0][0] if act and full else 0.0
+    assert -TOL <= shift <= START_TOL, f"{what}: first change {shift:+.3f} s off ({act})"
+    exp = [e for e in full if e[0] + shift < window - 2 * TOL]  # clear of the window's edge
     assert [s for _, s in act[: len(exp)]] == [s for _, s in exp], f"{what}: states {act} != {exp}"
     for (ta, _), (te, _) in zip(act, exp, strict=False):
-        assert abs(ta - te) <= TOL, f"{what}: change at {ta:.3f} s, expected {te:.3f} s ({act})"
+        assert abs(ta - shift - te) <= TOL, f"{what}: change at {ta:.3f} s, expected {te + shift:.3f} s ({act})"
     extra = act[len(exp) :]
     assert all(t >= window - 3 * TOL for t, _ in extra), f"{what}: unexpected changes {extra}"
 
@@ -244,10 +251,9 @@ def test_every_row_on_the_pins(factory):
             pins = (2 + 3 * i, 3 + 3 * i, 4 + 3 * i)
             unit = Annunciator(pins[0], pins[1], None, Calls(), pin_factory=factory, led2_pin=pins[2])
             units.append((unit, [factory.pin(n) for n in pins]))
-        for _, pins in units:
-            for pin in pins:
+        for (unit, pins), (_, a, _, _) in zip(units, ROWS, strict=True):
+            for pin in pins:  # t=0 of each unit is its own show(), however long the others' took
                 pin.clear_states()
-        for (unit, _), (_, a, _, _) in zip(units, ROWS, strict=True):
             unit.show(a)
         time.sleep(window)
         for (_, pins), (name, a, _, _) in zip(units, ROWS, strict=True):
@@ -523,14 +529,14 @@ def test_show_from_one_thread_while_lamp_tests_run_on_others(make, factory):
         except BaseException as exc:  # pragma: no cover - reported below
             errors.append(exc)
 
-    presser = threading.Thread(target=press)
+    presser = threading.Thread(target=press, daemon=True)
     presser.start()
     try:
         for a in itertools.islice(itertools.cycle(rows), 3000):
             unit.show(a)
     finally:
         stop.set()
-        presser.join()
+        presser.join(30)
     assert errors == []
     wait_for(lambda: not unit.lamp_test_active)
     unit.show(ann(active=True))

@@ -139,7 +139,7 @@ ack_button_gpio = 24
 """)
     daemon = Daemon(config.load(str(cfg_path)), pin_factory=mock_pins)
     stop = threading.Event()
-    thread = threading.Thread(target=daemon.run, args=(stop,))
+    thread = threading.Thread(target=daemon.run, args=(stop,), daemon=True)
     thread.start()
     try:
         buzzer = mock_pins.pin(18)
@@ -159,5 +159,6 @@ ack_button_gpio = 24
         assert daemon.desk.book.annunciation().any_active  # acknowledged, still active: steady LED
     finally:
         stop.set()
-        thread.join(10)
+        thread.join(30)
+    assert not thread.is_alive()
     assert not mock_pins.pin(18).state and not mock_pins.pin(23).state  # outputs off on exit

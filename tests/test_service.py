@@ -1,16 +1,13 @@
 """The daemon end to end on the in-process simulated module: drivers → core → outputs, recorder round trip."""
 
 import json
-import os
-import signal
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
 import pytest
 
+from daemon_rig import Daemon as DaemonProcess
 from daemon_rig import Transducer, serial_sensor, station
 from hullwatch import config
 from hullwatch.cli import main as cli_main
@@ -32,15 +29,25 @@ def sim_config(tmp_path, scenario="prk-2026.toml", speed=3600.0, recorder=True):
     return config.load(str(path))
 
 
-def run_for(daemon, seconds):
+def run_until_story(daemon, hours, timeout=120.0):
+    """Run the daemon in a thread until its events cover `hours` of the simulated story; the events."""
     events = []
     daemon.outputs.append(events.append)
     stop = threading.Event()
-    t = threading.Thread(target=daemon.run, args=(stop,))
+    t = threading.Thread(target=daemon.run, args=(stop,), daemon=True)
     t.start()
-    time.sleep(seconds)
-    stop.set()
-    t.join(10)
+    try:
+        start = daemon.drivers[0].epoch0  # the simulation's story starts there
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if events and events[-1].time - start >= hours * 3600:
+                break
+            time.sleep(0.05)
+        else:
+            pytest.fail(f"{hours} h of story not covered within {timeout} s")
+    finally:
+        stop.set()
+        t.join(30)
     assert not t.is_alive()
     return events
 
@@ -48,7 +55,7 @@ def run_for(daemon, seconds):
 def test_simulated_prk_doubling_trips_the_warning_and_replays_identically(tmp_path):
     cfg = sim_config(tmp_path)
     daemon = Daemon(cfg)
-    events = run_for(daemon, 4.0)  # about 4 h of story at 3600x: the doubling comes at 2 h
+    events = run_until_story(daemon, 4.0)  # the doubling comes at 2 h
     active = [e for e in events if isinstance(e, AlarmTransition) and e.state is AlarmState.ACTIVE]
     warnings = [a for a in active if a.alarm == "leak_rate" and a.severity.label == "warning"]
     assert warnings, [str(a) for a in active]
@@ -73,7 +80,7 @@ def test_simulated_prk_doubling_trips_the_warning_and_replays_identically(tmp_pa
 
 def test_the_hatch_closure_isolates_the_leak_live(tmp_path):
     cfg = sim_config(tmp_path, "hatch-isolation.toml", recorder=False)
-    events = run_for(Daemon(cfg), 3.0)  # closure at 1 h of story
+    events = run_until_story(Daemon(cfg), 3.0)  # closure at 1 h of story
     active = [
         (e.alarm, e.source, e.severity.label)
         for e in events
@@ -86,23 +93,16 @@ def test_the_hatch_closure_isolates_the_leak_live(tmp_path):
 
 def test_run_stops_cleanly_on_sigterm(tmp_path):
     cfg = sim_config(tmp_path, speed=60.0)
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "hullwatch", "run", "-c", cfg.path],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    time.sleep(2.0)
-    assert proc.poll() is None
-    t = time.monotonic()
-    proc.send_signal(signal.SIGTERM)
-    out, _ = proc.communicate(timeout=10)
-    assert proc.returncode == 0, out
-    assert time.monotonic() - t < 5
-    assert "monitoring prk-sim" in out and "stopped" in out
-    assert (tmp_path / "samples.csv").read_text().startswith("time,sensor,quantity,value\n")
+    daemon = DaemonProcess(Path(cfg.path), tmp_path / "daemon.log")
+    try:
+        assert daemon.wait_for_log("monitoring prk-sim", timeout=60), daemon.text()
+        code, took = daemon.stop(timeout=30)
+        assert code == 0, daemon.text()
+        assert took < 10, "within the unit's TimeoutStopSec"
+        assert "stopped" in daemon.text()
+        assert (tmp_path / "samples.csv").read_text().startswith("time,sensor,quantity,value\n")
+    finally:
+        daemon.kill()
 
 
 def test_simulated_sensors_need_a_simulation_section_to_run(tmp_path, capsys):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import importlib.util
+import logging
 import os
 import pty
 import re
@@ -16,6 +18,7 @@ import tty
 import pytest
 
 from daemon_rig import Daemon, FakeSystemd, Transducer, station
+from hullwatch.systemd import Notifier, journal_handler, journal_stream_formatter
 
 STALE_S = 2.0
 
@@ -71,7 +74,9 @@ def test_ready_status_watchdog_while_fresh_then_silence_then_stopping(rig):
     time.sleep(4.0)
     pings = systemd.times("WATCHDOG=1", after=ready + 1.0)
     gaps = [b - a for a, b in zip(pings, pings[1:], strict=False)]
-    assert len(pings) >= 5 and max(gaps) <= 0.75, f"WATCHDOG=1 every WATCHDOG_USEC/2 (0.5 s): gaps {gaps}"
+    # every WATCHDOG_USEC/2 (0.5 s); what counts is that no gap reaches WATCHDOG_USEC (1 s), however slow the CPU
+    assert len(pings) >= 5 and max(gaps) < 1.0, f"WATCHDOG=1 every WATCHDOG_USEC/2 (0.5 s): gaps {gaps}"
+    assert sorted(gaps)[len(gaps) // 2] == pytest.approx(0.5, abs=0.15), f"not much more often either: {gaps}"
     assert any(m.startswith("STATUS=") and "lab" in m for _, m in systemd.messages), "STATUS says what it sees"
     transducer.streaming.clear()
     silent = time.monotonic()
@@ -223,3 +228,77 @@ def test_a_reload_keeps_an_unchanged_sensor_reading_and_rebuilds_a_changed_one(t
     unchanged = {v for _, v in feeder.written[:before_change]}
     missing = sorted(unchanged - recorded(csv))
     assert not missing, f"{len(missing)} of {len(unchanged)} lines written before the second reload never read"
+
+
+# -- hullwatch.systemd: systemd-python when installed, the built-in fallbacks otherwise ------------
+
+needs_systemd_python = pytest.mark.skipif(
+    importlib.util.find_spec("systemd") is None, reason="systemd-python not installed (the [systemd] extra)"
+)
+
+
+@pytest.fixture
+def notify_socket(tmp_path, monkeypatch):
+    systemd = FakeSystemd(tmp_path / "notify.sock")
+    monkeypatch.setenv("NOTIFY_SOCKET", systemd.path)
+    try:
+        yield systemd
+    finally:
+        systemd.close()
+
+
+@pytest.fixture(params=["systemd-python", "socket"])
+def backend(request, monkeypatch):
+    if request.param == "systemd-python":
+        if importlib.util.find_spec("systemd") is None:
+            pytest.skip("systemd-python not installed (the [systemd] extra)")
+    else:
+        monkeypatch.setitem(sys.modules, "systemd", None)  # import systemd -> ImportError
+    return request.param
+
+
+def test_notifier_sends_through_either_backend(notify_socket, backend):
+    notifier = Notifier()
+    assert notifier.backend == backend
+    notifier.ready("lab 101325 Pa")
+    assert notify_socket.wait_for("READY=1", timeout=10)
+    assert notify_socket.wait_for("STATUS=lab 101325 Pa", timeout=10)
+
+
+def test_a_vanished_notify_socket_is_logged_once_and_never_raised(notify_socket, backend, caplog):
+    notifier = Notifier()
+    notify_socket.close()
+    os.unlink(notify_socket.path)
+    with caplog.at_level(logging.WARNING, logger="hullwatch.systemd"):
+        assert notifier.send("WATCHDOG=1") is False
+        assert notifier.send("WATCHDOG=1") is False
+    assert len([r for r in caplog.records if "sd_notify" in r.getMessage()]) == 1
+
+
+def test_an_explicit_environment_uses_the_built_in_datagram(notify_socket):
+    assert Notifier({"NOTIFY_SOCKET": notify_socket.path}).backend == "socket"
+    assert not Notifier({}).enabled and Notifier({}).send("READY=1") is False
+
+
+@needs_systemd_python
+def test_the_journal_handler_sends_the_plain_message(monkeypatch):
+    monkeypatch.delenv("JOURNAL_STREAM", raising=False)
+    monkeypatch.delenv("INVOCATION_ID", raising=False)
+    assert journal_handler() is None, "not under systemd"
+    monkeypatch.setenv("INVOCATION_ID", "0123456789abcdef")
+    handler = journal_handler()
+    record = logging.LogRecord("hullwatch", logging.WARNING, __file__, 1, "leak in %s", ("lab",), None)
+    assert handler is not None and handler.format(record) == "leak in lab"
+
+
+def test_without_systemd_python_lines_on_the_journal_stream_carry_their_priority(tmp_path, monkeypatch):
+    with open(tmp_path / "stream", "w") as stream, open(tmp_path / "other", "w") as other:
+        st = os.fstat(stream.fileno())
+        monkeypatch.setenv("JOURNAL_STREAM", f"{st.st_dev}:{st.st_ino}")
+        formatter = journal_stream_formatter(stream)
+        assert formatter is not None and journal_stream_formatter(other) is None
+    records = [
+        logging.LogRecord("hullwatch", level, __file__, 1, "one\ntwo", None, None)
+        for level in (logging.DEBUG, logging.INFO, logging.WARNING, logging.ERROR, logging.CRITICAL)
+    ]
+    assert [formatter.format(r) for r in records] == [f"<{p}>one\n<{p}>two" for p in (7, 6, 4, 3, 2)]

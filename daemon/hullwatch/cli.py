@@ -227,20 +227,22 @@ def _final_state(monitor: Monitor, latest: dict[str, Estimate]) -> str:
 
 
 def _setup_logging(verbose: bool) -> None:
-    """Log to journald with structured fields when there, else to stderr (timestamped unless systemd adds its own)."""
-    from hullwatch.systemd import journal_handler
+    """Log plain messages to the journal under systemd, else timestamped lines to stderr.
+
+    Under systemd: with structured fields through systemd-python when installed, else as
+    `<priority>message` lines on the journal stream (stderr). The level is never part of the text there.
+    """
+    from hullwatch.systemd import journal_handler, journal_stream_formatter, under_systemd
 
     handler = journal_handler()
-    if handler is not None:
-        logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=[handler])
-        return
-    stamp = "" if os.environ.get("INVOCATION_ID") else "%(asctime)s "
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        stream=sys.stderr,
-        format=stamp + "%(levelname)s %(message)s",
-        datefmt="%Y-%m-%dT%H:%M:%S",
-    )
+    if handler is None:
+        handler = logging.StreamHandler(sys.stderr)
+        formatter = journal_stream_formatter(sys.stderr)
+        if formatter is None:
+            stamp = "" if under_systemd() else "%(asctime)s "
+            formatter = logging.Formatter(stamp + "%(levelname)s %(message)s", datefmt="%Y-%m-%dT%H:%M:%S")
+        handler.setFormatter(formatter)
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=[handler])
 
 
 def _stop_on_signals() -> threading.Event:
@@ -281,6 +283,9 @@ def cmd_run(args: argparse.Namespace) -> int:
             print(line, file=sys.stderr)
         return exc.exit_code
     notifier = Notifier()
+    if notifier.enabled:
+        ping = f", WATCHDOG=1 every {notifier.watchdog_s:g} s while samples arrive" if notifier.watchdog_s else ""
+        log.info("systemd: notifying through %s%s", notifier.backend, ping)
 
     def reload(old: service.Daemon) -> service.Daemon | None:
         """On SIGHUP: the daemon of the configuration now in the file, or None to keep the old one."""

@@ -849,6 +849,11 @@ class Daemon:
         for output in self.outputs:
             output(last)
 
+    @property
+    def processed_to(self) -> float:
+        """The time of the last sample passed through the core (0 before the first)."""
+        return self._last_time
+
     def samples_fresh(self) -> bool:
         """Whether a good sample arrived within the stale limit."""
         return time.monotonic() - self._last_good < self.cfg.module.alarms.sensor.stale_after_s
