@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 import pytest
 
-from hullwatch import cli, config
+from hullwatch import cli, config, exits
 from hullwatch.config import MqttConfig
 from hullwatch.core.lifecycle import AlarmBook
 from hullwatch.core.model import AlarmState, AlarmTransition, Estimate, Quality, Quantity, Sample, Severity
@@ -302,18 +302,18 @@ def test_settings_from_the_config_with_flags_overriding(write_file, two_segment_
     s = settings_from_args(args(config=path, host="10.0.0.2", port=1884, prefix="lab/x/", username="viewer"))
     assert (s.host, s.port, s.username, s.prefix) == ("10.0.0.2", 1884, "viewer", "lab/x")  # type: ignore[union-attr]
 
-    assert settings_from_args(args(config=str(tmp_path / "missing.toml"))) == cli.EX_CONFIG
+    assert settings_from_args(args(config=str(tmp_path / "missing.toml"))) == exits.EX_CONFIG
     assert "configuration file not found" in capsys.readouterr().err
-    assert settings_from_args(args(config=write_file("[station]\nname = 'BAD NAME'\n", "bad.toml"))) == cli.EX_CONFIG
+    assert settings_from_args(args(config=write_file("[station]\nname = 'BAD NAME'\n", "bad.toml"))) == exits.EX_CONFIG
     assert "bad.toml" in capsys.readouterr().err
-    assert settings_from_args(args(config=path, password_file=str(tmp_path / "nope"))) == cli.EX_CONFIG
+    assert settings_from_args(args(config=path, password_file=str(tmp_path / "nope"))) == exits.EX_CONFIG
     assert "cannot read the MQTT password" in capsys.readouterr().err
-    assert settings_from_args(args(config=path, prefix="hullwatch/+")) == cli.EX_USAGE
+    assert settings_from_args(args(config=path, prefix="hullwatch/+")) == exits.EX_USAGE
 
 
 def test_without_textual_watch_says_what_to_install(monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "hullwatch.watch.app", None)  # what a missing textual looks like to run()
-    assert cli.main(["watch", "--port", "1"]) == cli.EX_UNAVAILABLE
+    assert cli.main(["watch", "--port", "1"]) == exits.EX_UNAVAILABLE
     err = capsys.readouterr().err
     assert "hullwatch[tools]" in err and len(err.strip().splitlines()) == 1
 

@@ -12,19 +12,25 @@ import signal
 import sys
 import threading
 import traceback
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import ExitStack
 from typing import Any
 
 from hullwatch import __version__, config, present, progress
 from hullwatch.core.model import AlarmState, AlarmTransition, Estimate, Notice
 from hullwatch.core.monitor import Monitor
+from hullwatch.exits import (
+    EX_CANTCREAT,
+    EX_CONFIG,
+    EX_DATAERR,
+    EX_IOERR,
+    EX_NOINPUT,
+    EX_OK,
+    EX_SOFTWARE,
+    EX_USAGE,
+    load_config,
+)
 from hullwatch.samples import SamplesError, read_samples
-
-# sysexits
-EX_OK, EX_USAGE, EX_DATAERR, EX_NOINPUT, EX_UNAVAILABLE, EX_SOFTWARE, EX_CANTCREAT, EX_IOERR, EX_CONFIG = (
-    0, 64, 65, 66, 69, 70, 73, 74, 78
-)  # fmt: skip
 
 
 class _Parser(argparse.ArgumentParser):
@@ -36,32 +42,9 @@ class _Parser(argparse.ArgumentParser):
         sys.exit(EX_USAGE)
 
 
-def _load_config(path: str | None, load: Callable[[str], Any] = config.load) -> Any:
-    """The config (as `load` reads it), or an exit code after printing what is wrong."""
-    path = config.config_path(path)
-    try:
-        return load(path)
-    except FileNotFoundError:
-        print(f"{path}: configuration file not found", file=sys.stderr)
-        return EX_CONFIG
-    except IsADirectoryError:
-        print(f"{path}: is a directory, not a configuration file", file=sys.stderr)
-        return EX_CONFIG
-    except PermissionError:
-        print(f"{path}: permission denied", file=sys.stderr)
-        return EX_CONFIG
-    except OSError as exc:  # a path that is too long, a loop of links, an I/O error ...
-        print(f"{path}: cannot read: {exc.strerror or exc}", file=sys.stderr)
-        return EX_CONFIG
-    except config.ConfigError as exc:
-        for line in exc.problems:
-            print(line, file=sys.stderr)
-        return EX_CONFIG
-
-
 def cmd_check_config(args: argparse.Namespace) -> int:
     """Validate a config as `run` would build it (nothing taken or started) and summarise what it describes."""
-    cfg = _load_config(args.config)
+    cfg = load_config(args.config)
     if isinstance(cfg, int):
         return cfg
     from hullwatch import service
@@ -126,7 +109,7 @@ def _fmt(x: float | None) -> str:
 
 def cmd_analyze(args: argparse.Namespace) -> int:
     """Feed a samples file through the core; write estimates and alarm transitions as JSON Lines."""
-    cfg = _load_config(args.config)
+    cfg = load_config(args.config)
     if isinstance(cfg, int):
         return cfg
     if not os.path.isfile(args.samples):
@@ -268,7 +251,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from hullwatch import service
     from hullwatch.systemd import Notifier
 
-    cfg = _load_config(args.config)
+    cfg = load_config(args.config)
     if isinstance(cfg, int):
         return cfg
     _setup_logging(args.verbose)
@@ -374,7 +357,7 @@ def cmd_bridge(args: argparse.Namespace) -> int:
     """Stations' telemetry from a broker into InfluxDB, until SIGTERM/SIGINT."""
     from hullwatch import bridge
 
-    cfg = _load_config(args.config, config.load_bridge)
+    cfg = load_config(args.config, config.load_bridge)
     if isinstance(cfg, int):
         return cfg
     _setup_logging(args.verbose)

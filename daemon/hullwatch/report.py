@@ -49,7 +49,6 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from hullwatch import __version__, present
-from hullwatch.cli import EX_DATAERR, EX_NOINPUT, EX_OK, EX_UNAVAILABLE, _load_config
 from hullwatch.core.model import (
     AlarmState,
     AlarmTransition,
@@ -63,6 +62,7 @@ from hullwatch.core.model import (
 )
 from hullwatch.core.monitor import DETECTION_WINDOWS_S, LEAK_RATE, Monitor
 from hullwatch.core.settings import ModuleSettings
+from hullwatch.exits import EX_CANTCREAT, EX_DATAERR, EX_NOINPUT, EX_OK, EX_UNAVAILABLE, load_config
 from hullwatch.progress import Progress, file_size, open_positioned
 from hullwatch.samples import SamplesError, read_samples
 
@@ -72,7 +72,6 @@ if TYPE_CHECKING:
 
     from hullwatch.config import Config
 
-EX_CANTCREAT = 73  # sysexits: cannot create the output
 MAX_BUCKETS = 2048  # per raw series: the most points a line of the figure gets
 MAX_LINE_POINTS = 4000  # estimates per line in the figure (every n-th beyond that)
 FINE_MAX_BINS = 1 << 19  # per pressure sensor: the most grid cells behind its noise deviation
@@ -1469,7 +1468,7 @@ def _step_lines(data: Recording, rel: Callable[[float], str]) -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     """`hullwatch report -c CONFIG SAMPLES -o OUTDIR`: exit code per sysexits."""
-    cfg = _load_config(args.config)
+    cfg = load_config(args.config)
     if isinstance(cfg, int):
         return cfg
     if not os.path.isfile(args.samples):

@@ -80,14 +80,13 @@ from hullwatch.core.model import (
 )
 from hullwatch.core.monitor import Monitor
 from hullwatch.desk import AlarmDesk
+from hullwatch.exits import EX_CONFIG, EX_UNAVAILABLE
 from hullwatch.recorder import Recorder
 from hullwatch.sensors.base import Driver, OptionError
 from hullwatch.sinks.mqtt import sample_payload
 from hullwatch.systemd import Notifier
 
 log = logging.getLogger("hullwatch")
-
-EX_UNAVAILABLE, EX_CONFIG = 69, 78  # sysexits (ICD §1)
 
 TICK_S = 0.25  # the core's clock advances at least this often without samples
 MAX_BATCH = 1000  # samples per step: the loop looks at stop and the watchdog between batches

@@ -45,6 +45,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
 from hullwatch import config
 from hullwatch.config import MqttConfig, TlsConfig
+from hullwatch.exits import EX_CONFIG, EX_OK, EX_UNAVAILABLE, EX_USAGE, load_config
 from hullwatch.watch.state import SENSOR_QUIET_S, VOLUME_STALE_S, Stations, StationState
 
 __all__ = ["MqttFeed", "Settings", "StationState", "Stations", "run", "settings_from_args"]
@@ -81,8 +82,6 @@ class Settings:
 
 def settings_from_args(args: argparse.Namespace) -> Settings | int:
     """The settings from the configuration's [mqtt] and the command line; or an exit code after saying why."""
-    from hullwatch.cli import EX_CONFIG, EX_USAGE, _load_config
-
     path_arg = getattr(args, "config", None)
     path = config.config_path(path_arg)
     note = ""
@@ -92,7 +91,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings | int:
         if not explicit and not os.access(path, os.R_OK):  # the system config, readable by root only
             note = f"{path} is not readable: using defaults"
         else:
-            loaded = _load_config(path_arg)
+            loaded = load_config(path_arg)
             if isinstance(loaded, int):
                 return loaded
             cfg = loaded
@@ -240,8 +239,6 @@ class MqttFeed:
 
 def run(args: argparse.Namespace) -> int:
     """`hullwatch watch`: the view, until the user quits; an exit code."""
-    from hullwatch.cli import EX_CONFIG, EX_OK, EX_UNAVAILABLE
-
     try:
         from hullwatch.watch.app import WatchApp
     except ImportError:
