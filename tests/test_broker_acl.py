@@ -22,12 +22,12 @@ from hullwatch.config import MqttConfig
 from hullwatch.core.model import Estimate, Quantity, Sample
 from hullwatch.sinks.mqtt import MqttSink, StationDescription
 from hullwatch.sinks.spool import Record
+from hullwatch.topics import COMMANDS
 from mosquitto_fixture import HAVE_MOSQUITTO, HAVE_OPENSSL, Listener, ShippedBroker, make_certs, publish, retained
 
 pytestmark = pytest.mark.skipif(not (HAVE_MOSQUITTO and HAVE_OPENSSL), reason="needs mosquitto and openssl")
 
 USERS = {u: f"{u}-pw" for u in ("alpha", "beta", "operator", "homeassistant", "bridge", "viewer")}
-COMMANDS = ("ack", "shelve", "unshelve", "reset", "maintenance")
 SENTINEL = ("homeassistant/status", b"sentinel")  # Home Assistant's topic: every identity reads it
 
 

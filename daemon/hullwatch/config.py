@@ -34,9 +34,9 @@ from hullwatch.core.settings import (
 )
 from hullwatch.core.topology import form_volumes
 from hullwatch.sim.live import SimulationSettings
+from hullwatch.topics import SEVERITIES
 
 DEFAULT_PATH = "/etc/hullwatch/hullwatch.toml"
-SEVERITIES = ("advisory", "caution", "warning", "emergency")
 
 STATION_NAME = re.compile(r"[a-z0-9_-]+")
 SEGMENT_NAME = re.compile(r"[a-z0-9_]+")

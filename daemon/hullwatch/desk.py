@@ -28,10 +28,9 @@ from hullwatch.core.lifecycle import (
     key_name,
 )
 from hullwatch.core.model import AlarmTransition, Severity
+from hullwatch.topics import COMMANDS, SEVERITIES
 
 log = logging.getLogger("hullwatch.alarms")
-
-COMMANDS = ("ack", "shelve", "unshelve", "reset", "maintenance")
 
 Rows = dict[str, dict | None]
 
@@ -174,5 +173,5 @@ def _key(p: Mapping[str, Any]) -> AlarmKey:
     try:
         sev = Severity[severity.upper()]
     except KeyError:
-        raise CommandError(f"unknown severity {severity!r} (advisory, caution, warning, emergency)") from None
+        raise CommandError(f"unknown severity {severity!r} ({', '.join(SEVERITIES)})") from None
     return (alarm, source, sev)

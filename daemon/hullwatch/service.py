@@ -1063,7 +1063,7 @@ class Daemon:
                 "sensors": sensors,
                 "detection": detection,
             }
-            self.mqtt.publish_json("metrics", metrics, True)
+            self.mqtt.metrics(metrics)
 
     def _check_faults(self, now: float) -> None:
         """Raise or clear the advisories of the optional parts from what they report."""

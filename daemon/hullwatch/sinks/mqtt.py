@@ -93,14 +93,13 @@ from hullwatch import __version__
 from hullwatch.core.model import Estimate, Quantity, Sample
 from hullwatch.core.topology import form_volumes
 from hullwatch.sinks.spool import Record, SendResult, SinkUnavailable
+from hullwatch.topics import COMMANDS, SEVERITIES, Kind, Topics
 
 if TYPE_CHECKING:
     from hullwatch.config import Config, MqttConfig
 
 log = logging.getLogger(__name__)
 
-COMMANDS = ("ack", "shelve", "unshelve", "reset", "maintenance")
-SEVERITIES = ("advisory", "caution", "warning", "emergency")
 MAX_COMMAND_BYTES = 64 * 1024
 REQUEST_ECHO_CHARS = 256  # how much of a command's payload is echoed on cmd/result
 DEFAULT_MAX_QUEUED = 10_000
@@ -452,12 +451,13 @@ class MqttSink:
     ) -> None:
         self.cfg = cfg
         self.station = station
-        self.prefix = (cfg.topic_prefix or f"hullwatch/{station}").rstrip("/")
+        self.topics = Topics(cfg.topic_prefix or f"hullwatch/{station}")
+        self.prefix = self.topics.prefix
         self.qos = cfg.qos
         self.sample_qos = min(cfg.qos, 1)
-        self.status_topic = f"{self.prefix}/status"
-        self.result_topic = f"{self.prefix}/cmd/result"
-        self._cmd_prefix = f"{self.prefix}/cmd/"
+        self.status_topic = self.topics.status
+        self.result_topic = self.topics.command_result
+        self._cmd_prefix = self.topics.command_prefix
         self._on_command = on_command
         self._description = description
         self._homeassistant = homeassistant and description is not None
@@ -588,17 +588,17 @@ class MqttSink:
             self.hatch(s.sensor, s.value >= 0.5)
             return
         payload = sample_payload(s)
-        self._publish_live(f"{self.prefix}/sensor/{s.sensor}", _dumps(payload), self.sample_qos, queue=False)
+        self._publish_live(self.topics.sensor(s.sensor), _dumps(payload), self.sample_qos, queue=False)
 
     @_guarded("hatch")
     def hatch(self, name: str, is_open: bool) -> None:
         """`P/hatch/<hatch>`: `open` or `closed`, retained (published only when it changes)."""
-        self._publish_retained(f"{self.prefix}/hatch/{name}", b"open" if is_open else b"closed", dedupe=True)
+        self._publish_retained(self.topics.hatch(name), b"open" if is_open else b"closed", dedupe=True)
 
     @_guarded("estimate")
     def estimate(self, e: Estimate) -> None:
         """`P/volume/<volume>`: the ICD §4 estimate object, not retained."""
-        self._publish_live(f"{self.prefix}/volume/{e.volume}", _dumps(e.to_dict()), self.qos, queue=True)
+        self._publish_live(self.topics.volume(e.volume), _dumps(e.to_dict()), self.qos, queue=True)
 
     @_guarded("alarm")
     def alarm(self, record: Mapping[str, Any], alarm: str, source: str, severity: str, gone: bool = False) -> None:
@@ -607,7 +607,7 @@ class MqttSink:
         `gone`: the alarm left the book; its final record goes out (not retained), then the empty
         retained message that removes the topic.
         """
-        topic = f"{self.prefix}/alarm/{alarm}/{source}/{severity}"
+        topic = self.topics.alarm(alarm, source, severity)
         if gone:
             self._publish_live(topic, _dumps(dict(record)), self.qos, queue=True)
         self._publish_retained(topic, b"" if gone else _dumps(dict(record)))
@@ -615,7 +615,12 @@ class MqttSink:
     @_guarded("volume_alarm")
     def volume_alarm(self, volume: str, active: bool) -> None:
         """`P/volume/<volume>/alarm`: `ON` while any alarm of the volume is active, else `OFF`; retained."""
-        self._publish_retained(f"{self.prefix}/volume/{volume}/alarm", b"ON" if active else b"OFF", dedupe=True)
+        self._publish_retained(self.topics.volume_alarm(volume), b"ON" if active else b"OFF", dedupe=True)
+
+    @_guarded("metrics")
+    def metrics(self, obj: Mapping[str, Any]) -> None:
+        """`P/metrics`: the daemon's self-metrics, retained."""
+        self._publish_retained(self.topics.metrics, _dumps(dict(obj)))
 
     @_guarded("publish_json")
     def publish_json(self, subtopic: str, obj: Any, retain: bool = False) -> None:
@@ -651,20 +656,20 @@ class MqttSink:
             if replay:
                 body["replay"] = True
             if r.kind == "sample":
-                topic, qos = f"{self.prefix}/sensor/{body.pop('sensor')}", self.sample_qos
+                topic, qos = self.topics.sensor(body.pop("sensor")), self.sample_qos
             elif r.kind == "step":
-                topic, qos = f"{self.prefix}/step/{body['volume']}", self.qos
+                topic, qos = self.topics.step(body["volume"]), self.qos
             elif r.kind == "hatch":
                 body = {
                     "time": r.time_ns // 1000 / 1e6,
                     "open": bool(body["open"]),
                     **({"replay": True} if replay else {}),
                 }
-                topic, qos = f"{self.prefix}/hatch/{r.body['hatch']}/event", self.qos
+                topic, qos = self.topics.hatch_event(r.body["hatch"]), self.qos
             elif r.kind == "clock_step":
-                topic, qos = f"{self.prefix}/clock_step", self.qos
+                topic, qos = self.topics.clock_step, self.qos
             else:
-                topic, qos = f"{self.prefix}/volume/{body['volume']}", self.qos
+                topic, qos = self.topics.volume(body["volume"]), self.qos
             info = client.publish(topic, _dumps(body), qos=qos)
             if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
                 break
@@ -762,8 +767,8 @@ class MqttSink:
         """The topic filters of this station's retained state that the sink reads back at every connect."""
         node = _slug(self._description.station if self._description is not None else self.station)
         return [
-            f"{self.prefix}/alarm/#",
-            f"{self.prefix}/volume/+/alarm",
+            self.topics.filter(Kind.ALARM),
+            self.topics.filter(Kind.VOLUME_ALARM),
             f"{self._discovery_prefix}/+/{node}/+/config",
         ]
 
@@ -795,10 +800,10 @@ class MqttSink:
 
     def _described_volume_flag(self, topic: str) -> bool:
         """Whether a topic is `P/volume/<volume>/alarm` of a volume the station description knows."""
-        head, tail = f"{self.prefix}/volume/", "/alarm"
-        if self._description is None or not (topic.startswith(head) and topic.endswith(tail)):
+        parsed = self.topics.parse(topic)
+        if self._description is None or parsed is None or parsed.kind is not Kind.VOLUME_ALARM:
             return False
-        return topic[len(head) : -len(tail)] in self._description.volumes
+        return parsed.names[0] in self._description.volumes
 
     # -- Home Assistant discovery -------------------------------------------------------------
 
