@@ -54,11 +54,21 @@ from hullwatch.config import BridgeConfig
 from hullwatch.sinks.influx import ESTIMATE_FIELDS, InfluxSink
 from hullwatch.sinks.mqtt import apply_credentials
 from hullwatch.sinks.spool import Record, Spool, time_ns
+from hullwatch.topics import Kind, Topic, parse, subscription
 
 log = logging.getLogger(__name__)
 
 SESSION_EXPIRY_S = 24 * 3600  # the broker keeps our queue this long while the bridge is away
-TOPICS = ("sensor/+", "volume/+", "step/+", "clock_step", "hatch/+/event", "alarm/#", "metrics")
+STORED = (Kind.SENSOR, Kind.VOLUME, Kind.STEP, Kind.CLOCK_STEP, Kind.HATCH_EVENT, Kind.ALARM, Kind.METRICS)
+TOPICS = tuple(subscription(kind) for kind in STORED)  # below each station's prefix
+# The telemetry kinds whose malformed topics are set aside (a wrong number of levels), with why.
+_SHAPES = {
+    "sensor": "sensor topics have 1 level(s) after 'sensor/'",
+    "volume": "volume topics have 1 level(s) after 'volume/'",
+    "step": "step topics have 1 level(s) after 'step/'",
+    "hatch": "hatch topics are hatch/<hatch> and hatch/<hatch>/event",
+    "alarm": "alarm topics have 3 level(s) after 'alarm/'",
+}
 SET_ASIDE_MAX = 1000  # unstorable messages kept per run (all are counted)
 SET_ASIDE_BYTES = 4096  # of each one's payload
 WARN_EVERY_S = 60.0  # at most one warning per kind of problem this often
@@ -122,57 +132,67 @@ def _json_object(payload: bytes) -> dict:
     return obj
 
 
+def station_topic(topic: str, root: str) -> tuple[str, Topic | None]:
+    """(station, parsed topic) of `<root>/<station>/...`; the topic is None when it is none of ICD §5.
+
+    Raises Unstorable for a telemetry topic with the wrong number of levels.
+    """
+    if not topic.startswith(root + "/"):
+        return "", None
+    station, _, sub = topic[len(root) + 1 :].partition("/")
+    parsed = parse(sub)
+    what, _, rest = sub.partition("/")
+    if parsed is None and rest and what in _SHAPES:
+        raise Unstorable("bad_topic", _SHAPES[what])
+    return station, parsed
+
+
 def to_record(topic: str, payload: bytes, root: str, received: float) -> tuple[str, float, dict] | None:
     """A station's message as (kind, time, body) for the spool; None for what is not telemetry.
 
     Raises Unstorable for a telemetry message that cannot be stored.
     """
-    parts = topic[len(root) + 1 :].split("/") if topic.startswith(root + "/") else []
-    if len(parts) == 2 and parts[1] == "clock_step":
+    station, parsed = station_topic(topic, root)
+    if parsed is None:
+        return None
+    kind, names = parsed.kind, parsed.names
+    if kind is Kind.CLOCK_STEP:
         obj = _json_object(payload)
         _number(obj, "step_s")
         if obj.get("step_s") is None:
             raise Unstorable("bad_field", "step_s is missing")
-        return "clock_step", message_time(obj, received), {"station": parts[0], "step_s": obj["step_s"]}
-    if len(parts) < 3 or parts[1] not in ("sensor", "volume", "step", "hatch", "alarm"):
-        return None
-    station, what, rest = parts[0], parts[1], parts[2:]
-    if what == "hatch":
-        if len(rest) == 1:
-            return None  # the retained state: no time of its own (hatches are stored from their events)
-        if len(rest) != 2 or rest[1] != "event":
-            raise Unstorable("bad_topic", "hatch topics are hatch/<hatch> and hatch/<hatch>/event")
-    elif len(rest) != (3 if what == "alarm" else 1):
-        raise Unstorable("bad_topic", f"{what} topics have {3 if what == 'alarm' else 1} level(s) after '{what}/'")
-    if what == "alarm" and not payload:
+        return "clock_step", message_time(obj, received), {"station": station, "step_s": obj["step_s"]}
+    if kind not in (Kind.SENSOR, Kind.VOLUME, Kind.STEP, Kind.HATCH_EVENT, Kind.ALARM):
+        return None  # the retained hatch state has no time of its own (hatches are stored from their events)
+    if kind is Kind.ALARM and not payload:
         return None  # a removed alarm: its transitions are already stored
     obj = _json_object(payload)
     obj.pop("replay", None)
     t = message_time(obj, received)
-    if what == "sensor":
+    if kind is Kind.SENSOR:
         _string(obj, "quantity", required=True)
         _string(obj, "quality", required=True)
         if "value" not in obj:
             raise Unstorable("bad_field", "value is missing")
         _number(obj, "value")
         body = {k: obj[k] for k in ("quantity", "value", "quality")}
-        return "sample", t, {"station": station, "sensor": rest[0], **body}
-    if what == "volume":
+        return "sample", t, {"station": station, "sensor": names[0], **body}
+    if kind is Kind.VOLUME:
         for _, key in ESTIMATE_FIELDS:
             _number(obj, key)
-        return "estimate", t, {**obj, "station": station, "volume": rest[0]}
-    if what == "hatch":
+        return "estimate", t, {**obj, "station": station, "volume": names[0]}
+    if kind is Kind.HATCH_EVENT:
         if "time" not in obj:
             raise Unstorable("bad_time", "a hatch event needs its time")
         if not isinstance(obj.get("open"), bool):
             raise Unstorable("bad_field", f"open must be true or false, not {obj.get('open')!r:.60}")
-        return "hatch", t, {"station": station, "hatch": rest[0], "open": obj["open"]}
-    if what == "step":
+        return "hatch", t, {"station": station, "hatch": names[0], "open": obj["open"]}
+    if kind is Kind.STEP:
         _number(obj, "size_pa")
         _string(obj, "sensor")
         body = {k: obj[k] for k in ("size_pa", "sensor") if obj.get(k) is not None}
-        return "step", t, {**body, "station": station, "volume": rest[0]}
-    alarm, source, severity = rest
+        return "step", t, {**body, "station": station, "volume": names[0]}
+    alarm, source, severity = names
     _string(obj, "state")
     _string(obj, "reason")
     _number(obj, "value")
@@ -274,9 +294,9 @@ class Bridge:
             self._unacked.append((self.spool.last_id, msg.mid, msg.qos))
 
     def _take(self, topic: str, payload: bytes, now: float) -> None:
-        parts = topic[len(self.root) + 1 :].split("/")
-        if len(parts) == 2 and parts[1] == "metrics":
-            for t, body in metric_records(parts[0], _json_object(payload), now):
+        station, parsed = station_topic(topic, self.root)
+        if parsed is not None and parsed.kind is Kind.METRICS:
+            for t, body in metric_records(station, _json_object(payload), now):
                 self.spool.append("metric", t, body)
             return
         record = to_record(topic, payload, self.root, now)

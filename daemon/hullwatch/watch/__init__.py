@@ -46,6 +46,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from hullwatch import config
 from hullwatch.config import MqttConfig, TlsConfig
 from hullwatch.exits import EX_CONFIG, EX_OK, EX_UNAVAILABLE, EX_USAGE, load_config
+from hullwatch.topics import Topics
 from hullwatch.watch.state import SENSOR_QUIET_S, VOLUME_STALE_S, Stations, StationState
 
 __all__ = ["MqttFeed", "Settings", "StationState", "Stations", "run", "settings_from_args"]
@@ -194,7 +195,7 @@ class MqttFeed:
             obj = {**obj, "by": self.settings.username}  # the daemon's audit log says who
         payload = json.dumps(obj, separators=(",", ":"))
         try:
-            info = self.client.publish(f"{prefix}/cmd/{name}", payload, qos=1, retain=False)
+            info = self.client.publish(Topics(prefix).command(name), payload, qos=1, retain=False)
         except ValueError as exc:
             return f"cannot publish: {exc}"
         if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:

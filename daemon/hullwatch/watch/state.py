@@ -15,7 +15,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-SEVERITIES = ("advisory", "caution", "warning", "emergency")  # mildest first
+from hullwatch.topics import SEVERITIES, Kind, Topics, parse
+
 ROOT = "hullwatch"  # the first level of the default prefix, hullwatch/<station>
 SENSOR_QUIET_S = 10.0
 VOLUME_STALE_S = 30.0
@@ -112,7 +113,8 @@ class StationState:
     """Everything known about the station under `prefix`, from the messages applied so far."""
 
     def __init__(self, prefix: str) -> None:
-        self.prefix = prefix.rstrip("/")
+        self.topics = Topics(prefix)
+        self.prefix = self.topics.prefix
         self.status: str | None = None  # "online", "offline", or None before P/status arrives
         self.alarms: dict[AlarmKey, AlarmView] = {}
         self.volumes: dict[str, VolumeView] = {}
@@ -138,14 +140,13 @@ class StationState:
 
     def apply(self, topic: str, payload: bytes, now: float) -> bool:
         """Take one message; False if it was not for this station, or was ignored or malformed."""
-        head = self.prefix + "/"
-        if not topic.startswith(head):
+        subtopic = self.topics.subtopic(topic)
+        if subtopic is None:
             return False
         self.messages += 1
         self.last_message = now
-        subtopic = topic[len(head) :]
         try:
-            ok = self._apply(subtopic.split("/"), bytes(payload), now)
+            ok = self._apply(subtopic, bytes(payload), now)
         except Malformed as exc:
             self.malformed += 1
             self.last_problem = f"{subtopic}: {exc}"
@@ -158,56 +159,56 @@ class StationState:
             self.ignored += 1
         return ok
 
-    def _apply(self, parts: list[str], raw: bytes, now: float) -> bool:
-        kind, rest = parts[0], parts[1:]
-        if kind == "status" and not rest:
+    def _apply(self, subtopic: str, raw: bytes, now: float) -> bool:
+        topic = parse(subtopic)
+        kind, names = (topic.kind, topic.names) if topic is not None else (None, ())
+        if kind is Kind.STATUS:
             text = _text(raw)
             if text not in ("", "online", "offline"):
                 raise Malformed(f"status {text[:20]!r} is neither online nor offline")
             self.status = text or None
-        elif kind == "alarm" and len(rest) == 3 and all(rest):
-            key = (rest[0], rest[1], rest[2])
+        elif kind is Kind.ALARM:
+            key = (names[0], names[1], names[2])
             if raw.strip():
                 self.alarms[key] = _alarm(key, _object(raw))
             else:
                 self.alarms.pop(key, None)
-        elif kind == "volume" and len(rest) == 1 and rest[0]:
+        elif kind is Kind.VOLUME:
             if raw:  # a retained clear of a topic that should not be retained: nothing to show
-                volume = _volume(rest[0], _object(raw), now)
+                volume = _volume(names[0], _object(raw), now)
                 segments = set(volume.volume.split("-"))
                 for other in [v for v in self.volumes if v != volume.volume and segments & set(v.split("-"))]:
                     del self.volumes[other]  # a segment is in one volume at a time: that one was re-formed
                 self.volumes[volume.volume] = volume
-        elif kind == "volume" and len(rest) == 2 and rest[1] == "alarm":
+        elif kind is Kind.VOLUME_ALARM:
             text = _text(raw).upper()
             if text not in ("", "ON", "OFF"):
                 raise Malformed(f"volume alarm flag {text[:20]!r} is neither ON nor OFF")
             if text:
-                self.volume_alarm[rest[0]] = text == "ON"
+                self.volume_alarm[names[0]] = text == "ON"
             else:
-                self.volume_alarm.pop(rest[0], None)
-        elif kind == "hatch" and len(rest) == 1 and rest[0]:
+                self.volume_alarm.pop(names[0], None)
+        elif kind is Kind.HATCH:
             text = _text(raw).lower()
             if text not in ("", "open", "closed"):
                 raise Malformed(f"hatch state {text[:20]!r} is neither open nor closed")
             if text:
-                self.hatches[rest[0]] = text
+                self.hatches[names[0]] = text
             else:
-                self.hatches.pop(rest[0], None)
-        elif kind == "sensor" and len(rest) == 1 and rest[0]:
-            reading = _sensor(rest[0], _object(raw), now)
+                self.hatches.pop(names[0], None)
+        elif kind is Kind.SENSOR:
+            reading = _sensor(names[0], _object(raw), now)
             self.sensors[(reading.sensor, reading.quantity)] = reading
-        elif kind == "cmd" and rest == ["result"]:
+        elif kind is Kind.COMMAND_RESULT:
             self.result = _object(raw)
             self.result_at = now
-        elif kind == "metrics" or (kind == "spool" and len(rest) <= 1):
-            name = "/".join(parts)
+        elif kind is Kind.METRICS or _extra(subtopic):
             if raw.strip():
-                self.extras[name] = _object(raw)
+                self.extras[subtopic] = _object(raw)
                 self.extras_at = now
             else:
-                self.extras.pop(name, None)
-        else:  # commands (ours included), Home Assistant helpers, anything newer than this view
+                self.extras.pop(subtopic, None)
+        else:  # commands (ours included), hatch events, steps, Home Assistant helpers, anything newer than this view
             return False
         return True
 
@@ -296,6 +297,12 @@ class Stations:
 
 
 # -- payload shapes ---------------------------------------------------------------------------
+
+
+def _extra(subtopic: str) -> bool:
+    """Self-metrics beyond ICD §5 that the view shows as they are: P/metrics/..., P/spool, P/spool/<name>."""
+    head, _, rest = subtopic.partition("/")
+    return head == "metrics" or (head == "spool" and "/" not in rest)
 
 
 def _text(raw: bytes) -> str:
