@@ -10,7 +10,7 @@ parsed here. `P` is the station's prefix (`[mqtt] topic_prefix`, default `hullwa
 | `P/hatch/<hatch>`                     | hatch          | yes  | `open` or `closed`                               |
 | `P/hatch/<hatch>/event`               | hatch_event    | no   | `{"time", "open"}`: a reading at its own time    |
 | `P/volume/<volume>`                   | volume         | no   | the estimate object of ICD §4                    |
-| `P/volume/<volume>/alarm`             | volume_alarm   | yes  | `ON` while an alarm of the volume is, else `OFF` |
+| `P/volume/<volume>/alarm`             | volume_alarm   | yes  | `ON` if an alarm of it is active, else `OFF`     |
 | `P/step/<volume>`                     | step           | no   | `{"time", "type": "step", "volume", "size_pa"}`  |
 | `P/clock_step`                        | clock_step     | no   | `{"time", "step_s"}`: the wall clock was stepped |
 | `P/alarm/<alarm>/<source>/<severity>` | alarm          | yes  | the alarm object of ICD §4 + `"acknowledged"`    |
