@@ -7,12 +7,14 @@ import time
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import daemon_rig
 from hullwatch import recorder as recorder_module
-from hullwatch.core.model import Quantity, Sample
-from hullwatch.recorder import Recorder
-from hullwatch.samples import read_samples
+from hullwatch.core.model import Quality, Quantity, Sample
+from hullwatch.recorder import Recorder, format_rows
+from hullwatch.samples import format_row, read_samples
 
 NAMES = {"p_prk": frozenset({Quantity.PRESSURE})}
 
@@ -48,6 +50,59 @@ def test_rows_round_trip_through_analyze_reading(tmp_path):
     got = list(read_samples(str(path), NAMES))
     assert [s.value for s in got] == [sample(i).value for i in range(100)]
     assert rec.rows == 100
+
+
+ODD_SAMPLES = [
+    Sample(1780000000.0, "p_prk", Quantity.PRESSURE, 101325.0),
+    Sample(1780000000.1 + 0.2, "p_prk", Quantity.PRESSURE, 0.1 + 0.2),  # 0.30000000000000004
+    Sample(1780000000.0000005, "t_prk", Quantity.TEMPERATURE, 293.15),  # a time on a rounding edge
+    Sample(1780000000.9999996, "t_prk", Quantity.TEMPERATURE, 5e-324),  # rounds up to the next second
+    Sample(0.0, "p_prk", Quantity.PRESSURE, -0.0),
+    Sample(1.5e-7, "p_prk", Quantity.PRESSURE, 1e-300),
+    Sample(253402300799.0, "p_prk", Quantity.PRESSURE, 1.7976931348623157e308),
+    Sample(1780000001.25, "p_prk", Quantity.PRESSURE, 1e16),  # repr switches to an exponent
+    Sample(1780000001.5, "p_prk", Quantity.PRESSURE, 9999999999999998.0),
+    Sample(1780000002.0, "p_prk", Quantity.PRESSURE, 101325.12299999999),
+    Sample(1780000002.0, "p_prk", Quantity.PRESSURE, float(2**53 + 2)),
+    Sample(1780000002.0, "p_prk", Quantity.PRESSURE, -123.456e-5),
+    Sample(1780000003, "prk-hatch", Quantity.HATCH, 1.0),  # an int time
+    Sample(1780000003.0, "prk-hatch", Quantity.HATCH, 0, Quality.BAD),  # an int value; quality is not written
+    Sample(1780000004.0, "a-b_C9", Quantity.TEMPERATURE, 1 / 3),
+]
+
+
+def test_batch_formatting_writes_the_bytes_of_format_row():
+    rows = [tuple(s[:4]) for s in ODD_SAMPLES]
+    assert format_rows(rows) == "".join(format_row(s) for s in ODD_SAMPLES)
+    assert [format_rows([r]) for r in rows] == [format_row(s) for s in ODD_SAMPLES]
+    assert format_rows([]) == ""
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.floats(min_value=0.0, max_value=253402300799.0),
+            st.sampled_from(["p_prk", "t_prk", "prk-hatch"]),
+            st.sampled_from(list(Quantity)),
+            st.floats(allow_nan=False, allow_infinity=False),
+        ),
+        max_size=30,
+    )
+)
+def test_batch_formatting_matches_format_row_for_any_finite_samples(rows):
+    assert format_rows(rows) == "".join(format_row(Sample(*r)) for r in rows)
+
+
+def test_the_file_holds_the_rows_format_row_gives(tmp_path):
+    path = tmp_path / "samples.csv"
+    rec = Recorder(str(path))
+    rec.start()
+    in_order = sorted(ODD_SAMPLES, key=lambda s: s.time)
+    for s in in_order:
+        rec.write(s)
+    rec.close()
+    assert path.read_bytes() == ("time,sensor,quantity,value\n" + "".join(map(format_row, in_order))).encode()
 
 
 def test_a_torn_last_row_is_cut_back_at_open(tmp_path):

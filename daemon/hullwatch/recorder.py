@@ -2,9 +2,10 @@
 
 Theory of operation
 -------------------
-The main loop only formats a row and adds it to a list in memory; a writer thread of the
-recorder's own writes the list to the file about once a second, so a slow or full disk never
-holds up sensors → core → annunciator.
+The main loop only adds a row's four fields to a list in memory; a writer thread of the
+recorder's own formats the rows it takes with one `%` operation for the whole batch
+(`format_rows`, byte for byte `samples.format_row`) and writes them to the file about once a
+second, so neither formatting nor a slow or full disk holds up sensors → core → annunciator.
 
 Whole rows only. Each write hands the kernel whole rows; if it fails part way (ENOSPC, EIO), the
 file is cut back to where that write began, so no half row is ever left for a later write to
@@ -38,8 +39,8 @@ import re
 import threading
 import time
 
-from hullwatch.core.model import Sample
-from hullwatch.samples import HEADER, format_row, parse_time
+from hullwatch.core.model import Quantity, Sample
+from hullwatch.samples import HEADER, parse_time
 from hullwatch.sensors.base import Backoff, Episode
 
 log = logging.getLogger("hullwatch.recorder")
@@ -49,6 +50,17 @@ ROTATE_MB = 64.0
 MAX_MB = 1024.0
 HEADER_LINE = ",".join(HEADER) + "\n"
 BACK_TOLERANCE_S = 1.0  # a row this much older than the one before begins a new file; less, it takes that time
+ROW_FORMAT = "%.6f,%s,%s,%r\n"  # time, sensor, quantity, value: the bytes of samples.format_row
+
+Row = tuple[float, str, Quantity, float]
+
+
+def format_rows(rows: list[Row]) -> str:
+    """The CSV lines of rows (time, sensor, quantity, value), formatted by one `%` for the whole batch."""
+    fields: list = []
+    for row in rows:
+        fields += row
+    return (ROW_FORMAT * len(rows)) % tuple(fields)
 
 
 class _NewFile:
@@ -79,7 +91,7 @@ class Recorder:
         self._size = 0  # the file's length: where the next write begins
         self._open()
         self._lock = threading.Lock()  # guards _rows
-        self._rows: list[str | _NewFile] = []
+        self._rows: list[Row | _NewFile] = []
         self._last_time = _last_row_time(self.path, self._size)  # the latest time written or held
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -104,18 +116,20 @@ class Recorder:
 
     def write(self, sample: Sample) -> None:
         """Record one sample (wall-clock time); unreadable readings (no value) are not samples and are skipped."""
-        if not math.isfinite(sample.value):
+        t, sensor, quantity, value = sample[:4]
+        if not math.isfinite(value):
             return
-        if sample.time < self._last_time - BACK_TOLERANCE_S:
-            went = f"{self._last_time - sample.time:.1f} s"
-            self.new_file(f"a row {went} older than the one before (the clock was set back)")
-        elif sample.time < self._last_time:
-            sample = sample._replace(time=self._last_time)
-        self._last_time = sample.time
-        row = format_row(sample)
+        if t < self._last_time:
+            if t < self._last_time - BACK_TOLERANCE_S:
+                went = f"{self._last_time - t:.1f} s"
+                self.new_file(f"a row {went} older than the one before (the clock was set back)")
+            else:
+                t = self._last_time
+        self._last_time = t
         with self._lock:
-            self._rows.append(row)
-            self._trim()
+            self._rows.append((t, sensor, quantity, value))
+            if len(self._rows) > MAX_HELD_ROWS:
+                self._trim()
 
     def new_file(self, why: str) -> None:
         """The rows written after this go to a new file (the present one moved aside as on rotation)."""
@@ -182,7 +196,7 @@ class Recorder:
                     if self._fd < 0:
                         self._open()
                     header = HEADER_LINE if self._size == 0 else ""
-                    self._write_whole((header + "".join(rows[:cut])).encode())  # type: ignore[arg-type]
+                    self._write_whole((header + format_rows(rows[:cut])).encode())  # type: ignore[arg-type]
                     self.rows += cut
                     del rows[:cut]
                 if rows:  # a new file asked for (none needed while this one holds no row)
