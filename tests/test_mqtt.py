@@ -17,14 +17,9 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from hullwatch.config import MqttConfig, TlsConfig, parse
 from hullwatch.core.model import Estimate, Quality, Quantity, Sample
-from hullwatch.sinks.mqtt import (
-    MqttSetupError,
-    MqttSink,
-    StationDescription,
-    _Throttle,
-    _validate,
-    apply_credentials,
-)
+from hullwatch.sinks.mqtt import MqttSetupError, MqttSink, StationDescription, apply_credentials
+from hullwatch.sinks.mqtt.commands import validate
+from hullwatch.sinks.mqtt.connection import Throttle
 from hullwatch.sinks.spool import Record, time_ns
 from mosquitto_fixture import (
     HAVE_MOSQUITTO,
@@ -260,7 +255,7 @@ def test_hatch_readings_go_out_through_the_spool_with_their_own_time(broker, mak
 def test_sample_qos_is_capped_at_1_and_topic_prefix_defaults_to_station(broker, listener):
     live = listener(broker.port, "hullwatch/#")
     sink = MqttSink(MqttConfig(port=broker.port, qos=2), "lab", lambda *a: {"ok": True})
-    assert sink.prefix == "hullwatch/lab" and sink.sample_qos == 1 and sink.qos == 2
+    assert sink.prefix == "hullwatch/lab" and sink.telemetry.sample_qos == 1 and sink.qos == 2
     sink.start()
     try:
         assert live.wait_topic("hullwatch/lab/status", payload=b"online")
@@ -715,28 +710,28 @@ def test_home_assistant_discovery_and_resend_on_birth(broker, make_sink, listene
 # -- pieces without a broker -----------------------------------------------------------------
 
 
-def test_validate():
+def testvalidate():
     key = {"alarm": "leak_rate", "source": "lab", "severity": "warning"}
-    assert _validate("ack", key) is None
-    assert _validate("ack", {"all": True}) is None
-    assert _validate("reset", {"all": True}) is None
-    assert _validate("unshelve", key) is None
-    assert _validate("shelve", key | {"duration_s": 60}) is None
-    assert _validate("shelve", {"all": True, "duration_s": 60})
-    assert _validate("shelve", key | {"duration_s": True})
-    assert _validate("shelve", key | {"duration_s": -1})
-    assert _validate("shelve", key | {"duration_s": float("inf")})
-    assert _validate("ack", key | {"source": ""})
-    assert _validate("ack", {"alarm": "x", "source": "y"})
-    assert _validate("maintenance", {"on": False, "sources": []}) is None
-    assert _validate("maintenance", {"on": 1})
-    assert _validate("maintenance", {"on": True, "sources": [1]})
-    assert _validate("maintenance", {"on": True})
-    assert _validate("maintenance", {"on": True, "all": True}) is None
-    assert _validate("maintenance", {"on": True, "sources": ["lab"], "duration_s": 600}) is None
-    assert _validate("maintenance", {"on": False, "all": True}) is None
-    assert _validate("ack", {"all": True, "by": "alice"}) is None
-    assert _validate("ack", {"all": True, "by": "a\nb"})
+    assert validate("ack", key) is None
+    assert validate("ack", {"all": True}) is None
+    assert validate("reset", {"all": True}) is None
+    assert validate("unshelve", key) is None
+    assert validate("shelve", key | {"duration_s": 60}) is None
+    assert validate("shelve", {"all": True, "duration_s": 60})
+    assert validate("shelve", key | {"duration_s": True})
+    assert validate("shelve", key | {"duration_s": -1})
+    assert validate("shelve", key | {"duration_s": float("inf")})
+    assert validate("ack", key | {"source": ""})
+    assert validate("ack", {"alarm": "x", "source": "y"})
+    assert validate("maintenance", {"on": False, "sources": []}) is None
+    assert validate("maintenance", {"on": 1})
+    assert validate("maintenance", {"on": True, "sources": [1]})
+    assert validate("maintenance", {"on": True})
+    assert validate("maintenance", {"on": True, "all": True}) is None
+    assert validate("maintenance", {"on": True, "sources": ["lab"], "duration_s": 600}) is None
+    assert validate("maintenance", {"on": False, "all": True}) is None
+    assert validate("ack", {"all": True, "by": "alice"}) is None
+    assert validate("ack", {"all": True, "by": "a\nb"})
 
 
 def test_station_description_from_config(two_segment_toml):
@@ -753,7 +748,7 @@ def test_station_description_from_config(two_segment_toml):
 
 def test_throttle_logs_once_per_interval_and_counts_the_rest(caplog):
     caplog.set_level(logging.INFO, logger="test.throttle")
-    th = _Throttle(logging.getLogger("test.throttle"), interval_s=0.2)
+    th = Throttle(logging.getLogger("test.throttle"), interval_s=0.2)
     for _ in range(5):
         th("a", logging.WARNING, "problem %s", "a")
     th("b", logging.WARNING, "problem %s", "b")
