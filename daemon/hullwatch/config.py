@@ -7,27 +7,25 @@ nothing half-valid is ever returned.
 from __future__ import annotations
 
 import importlib
+import itertools
 import os
 import pkgutil
 import re
 import tomllib
 import urllib.parse
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from types import MappingProxyType
 from typing import Any
 
+from hullwatch.core import alarm_kinds
 from hullwatch.core.lifecycle import DEFAULT_MAX_MAINTENANCE_S
 from hullwatch.core.model import Quantity
 from hullwatch.core.settings import (
     AlarmLimits,
     Hatch,
-    LeakRateLimits,
     LeakSettings,
-    LowPressureLimits,
     ModuleSettings,
-    RapidDepressLimits,
-    ReserveTimeLimits,
     Segment,
     SensorLimits,
     SensorSpec,
@@ -531,66 +529,22 @@ class _Parser:
         )
 
     def alarms(self, data: Mapping) -> AlarmLimits:
-        names = {
-            "leak_rate",
-            "rapid_depress",
-            "low_pressure",
-            "reserve_time",
-            "sensor",
-            "latching",
-            "max_shelve_s",
-            "max_maintenance_s",
-        }
+        names = {k.section for k in alarm_kinds.KINDS} | {"latching", "max_shelve_s", "max_maintenance_s"}
         top = self.table(data, "alarms", "alarms", names) or {}
-        latching = top.get("latching", list(AlarmLimits().latching))
-        kinds = ("leak_rate", "rapid_depress", "low_pressure", "reserve_time", "sensor_fault")
+        defaults = AlarmLimits()
+        latching = top.get("latching", list(defaults.latching))
+        kinds = alarm_kinds.NAMES
         if not (isinstance(latching, list) and all(k in kinds for k in latching)):
             self.problem("alarms.latching", f"must be a list of alarm kinds ({', '.join(kinds)}), not {latching!r}")
             latching = []
         max_shelve = self.value(
-            top, "max_shelve_s", "alarms", "float", AlarmLimits().max_shelve_s, _positive_at_most(WEEK_S)
+            top, "max_shelve_s", "alarms", "float", defaults.max_shelve_s, _positive_at_most(WEEK_S)
         )
         self.max_maintenance_s = self.value(
             top, "max_maintenance_s", "alarms", "float", DEFAULT_MAX_MAINTENANCE_S, _positive_at_most(WEEK_S)
         )
-
-        def section(name: str, cls: type, floats: dict[str, bool]) -> Any:
-            where = f"alarms.{name}"
-            default = cls()
-            counted = hasattr(default, "confirmations")
-            t = self.table(top, name, where, set(floats) | ({"confirmations"} if counted else set())) or {}
-            kwargs = {}
-            if counted:
-                kwargs["confirmations"] = self.value(t, "confirmations", where, "int", default.confirmations, _positive)
-            for key, switchable in floats.items():
-                if switchable:
-                    kwargs[key] = self.optional_threshold(t, key, where, getattr(default, key))
-                else:
-                    kwargs[key] = self.value(t, key, where, "float", getattr(default, key), _non_negative)
-            return cls(**kwargs)
-
-        leak = section(
-            "leak_rate",
-            LeakRateLimits,
-            {"caution_kg_per_day": True, "warning_kg_per_day": True, "hysteresis_kg_per_day": False},
-        )
-        rapid = section("rapid_depress", RapidDepressLimits, {"emergency_pa_per_s": True})
-        low = section(
-            "low_pressure",
-            LowPressureLimits,
-            {"warning_pa": True, "emergency_pa": True, "hysteresis_pa": False, "on_delay_s": False},
-        )
-        reserve = section(
-            "reserve_time",
-            ReserveTimeLimits,
-            {
-                "minimum_pa": False,
-                "caution_s": True,
-                "warning_s": True,
-                "emergency_s": True,
-                "hysteresis_fraction": False,
-            },
-        )
+        limits = {k.section: self.alarm_section(top, k, getattr(defaults, k.section)) for k in alarm_kinds.VOLUME_KINDS}
+        reserve = limits[alarm_kinds.RESERVE_TIME.section]
         if reserve.minimum_pa == 0.0:
             self.problem(
                 "alarms.reserve_time.minimum_pa", "must be positive, not 0.0 (reserve time is τ·ln(P/minimum_pa))"
@@ -601,21 +555,31 @@ class _Parser:
             self.value(st, "stale_after_s", "alarms.sensor", "float", ds.stale_after_s, _positive_at_most(DAY_S)),
             self.value(st, "severity", "alarms.sensor", "str", ds.severity, _one_of(SEVERITIES)),
         )
-        for lo_key, hi_key, sec, lo, hi in (
-            (
-                "caution_kg_per_day",
-                "warning_kg_per_day",
-                "leak_rate",
-                leak.caution_kg_per_day,
-                leak.warning_kg_per_day,
-            ),
-            ("emergency_pa", "warning_pa", "low_pressure", low.emergency_pa, low.warning_pa),
-            ("emergency_s", "warning_s", "reserve_time", reserve.emergency_s, reserve.warning_s),
-            ("warning_s", "caution_s", "reserve_time", reserve.warning_s, reserve.caution_s),
-        ):
-            if lo is not None and hi is not None and lo > hi:
-                self.problem(f"alarms.{sec}.{lo_key}", f"{lo:g} is above {hi_key} = {hi:g}")
-        return AlarmLimits(leak, rapid, low, reserve, sensor, tuple(latching), max_shelve)
+        for kind in alarm_kinds.VOLUME_KINDS:  # a graver threshold is never easier to reach than a milder one
+            keys = [key for _, key in kind.thresholds]
+            pairs = list(itertools.pairwise(keys))  # (milder, graver)
+            ordered = pairs if kind.rises else [(graver, milder) for milder, graver in reversed(pairs)]
+            for lo_key, hi_key in ordered:
+                lo, hi = getattr(limits[kind.section], lo_key), getattr(limits[kind.section], hi_key)
+                if lo is not None and hi is not None and lo > hi:
+                    self.problem(f"alarms.{kind.section}.{lo_key}", f"{lo:g} is above {hi_key} = {hi:g}")
+        return AlarmLimits(**limits, sensor=sensor, latching=tuple(latching), max_shelve_s=max_shelve)
+
+    def alarm_section(self, top: Mapping, kind: alarm_kinds.AlarmKind, default: Any) -> Any:
+        """A kind's [alarms.<section>]: its thresholds (each may be off), confirmations and other figures."""
+        where = f"alarms.{kind.section}"
+        thresholds = {key for _, key in kind.thresholds}
+        keys = [f.name for f in fields(default)]
+        t = self.table(top, kind.section, where, set(keys)) or {}
+        kwargs = {}
+        if "confirmations" in keys:
+            kwargs["confirmations"] = self.value(t, "confirmations", where, "int", default.confirmations, _positive)
+        for key in keys:
+            if key in thresholds:
+                kwargs[key] = self.optional_threshold(t, key, where, getattr(default, key))
+            elif key != "confirmations":
+                kwargs[key] = self.value(t, key, where, "float", getattr(default, key), _non_negative)
+        return type(default)(**kwargs)
 
     def simulation(self, data: Mapping) -> SimulationSettings | None:
         t = self.table(data, "simulation", "simulation", {"scenario", "speed", "seed"})

@@ -96,11 +96,12 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Final
 
+from hullwatch.core import alarm_kinds
 from hullwatch.core.model import AlarmState, AlarmTransition, Severity
 
 AlarmKey = tuple[str, str, Severity]
 
-SENSOR_FAULT = "sensor_fault"  # = monitor.SENSOR_FAULT (not imported: monitor may import this module)
+SENSOR_FAULT = alarm_kinds.SENSOR_FAULT.name
 CONDITION = "condition"  # `by` for changes the monitor's transitions cause
 SHELVE_TIMER = "shelve timer"  # `by` for shelving that expired
 MAINTENANCE_TIMER = "maintenance timer"  # `by` for maintenance that expired

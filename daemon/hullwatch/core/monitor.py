@@ -49,6 +49,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 
+from hullwatch.core import alarm_kinds
 from hullwatch.core.conditions import Condition, below, confidently_above
 from hullwatch.core.estimator import (
     MIN_POINTS,
@@ -86,11 +87,11 @@ JUMP_Z = 8.0  # a reading further than this many σ of a difference from the las
 JUMP_FLOOR_PA = 5.0  # ... and further than this (a smooth or quantised stream has almost no noise)
 _HATCH, _PRESSURE, _BAD = Quantity.HATCH, Quantity.PRESSURE, Quality.BAD
 
-LEAK_RATE = "leak_rate"
-RESERVE_TIME = "reserve_time"
-RAPID_DEPRESS = "rapid_depress"
-LOW_PRESSURE = "low_pressure"
-SENSOR_FAULT = "sensor_fault"
+LEAK_RATE = alarm_kinds.LEAK_RATE.name
+RESERVE_TIME = alarm_kinds.RESERVE_TIME.name
+RAPID_DEPRESS = alarm_kinds.RAPID_DEPRESS.name
+LOW_PRESSURE = alarm_kinds.LOW_PRESSURE.name
+SENSOR_FAULT = alarm_kinds.SENSOR_FAULT.name
 
 
 class _Sensor:
@@ -162,7 +163,7 @@ class _Volume:
         self.temperature_notice_given = False
         self.conditions = monitor.volume_conditions(vid)
         self.low_pressure = [
-            c for sev in (Severity.WARNING, Severity.EMERGENCY) if (c := self.conditions.get((LOW_PRESSURE, sev)))
+            c for sev in alarm_kinds.LOW_PRESSURE.severities if (c := self.conditions.get((LOW_PRESSURE, sev)))
         ]
         self.rapid_depress = self.conditions.get((RAPID_DEPRESS, Severity.EMERGENCY))
 
@@ -286,24 +287,18 @@ class Monitor:
     def volume_conditions(self, vid: str) -> dict[tuple[str, Severity], Condition]:
         """The alarm conditions of a volume, one per configured threshold."""
         a = self.settings.alarms
-        leak, reserve = a.leak_rate.confirmations, a.reserve_time.confirmations
-        low_delay = a.low_pressure.on_delay_s
-        low = 2 if low_delay > 0.0 else 1  # two readings, on_delay_s apart: one garbled line is not a pressure
-        wanted = [
-            (LEAK_RATE, Severity.CAUTION, a.leak_rate.caution_kg_per_day, leak),
-            (LEAK_RATE, Severity.WARNING, a.leak_rate.warning_kg_per_day, leak),
-            (RAPID_DEPRESS, Severity.EMERGENCY, a.rapid_depress.emergency_pa_per_s, 1),
-            (LOW_PRESSURE, Severity.WARNING, a.low_pressure.warning_pa, low),
-            (LOW_PRESSURE, Severity.EMERGENCY, a.low_pressure.emergency_pa, low),
-            (RESERVE_TIME, Severity.CAUTION, a.reserve_time.caution_s, reserve),
-            (RESERVE_TIME, Severity.WARNING, a.reserve_time.warning_s, reserve),
-            (RESERVE_TIME, Severity.EMERGENCY, a.reserve_time.emergency_s, reserve),
-        ]
-        return {
-            (al, sev): Condition(al, vid, sev, th, n, low_delay if al == LOW_PRESSURE else 0.0)
-            for al, sev, th, n in wanted
-            if th is not None
-        }
+        out: dict[tuple[str, Severity], Condition] = {}
+        for kind in alarm_kinds.VOLUME_KINDS:
+            limits = getattr(a, kind.section)
+            n = getattr(limits, "confirmations", 1)  # consecutive estimates past the bound
+            delay = getattr(limits, "on_delay_s", 0.0)
+            if delay > 0.0:  # two readings, on_delay_s apart: one garbled line is not a pressure
+                n = 2
+            for sev, key in kind.thresholds:
+                threshold = getattr(limits, key)
+                if threshold is not None:
+                    out[(kind.name, sev)] = Condition(kind.name, vid, sev, threshold, n, delay)
+        return out
 
     def detection_limits(self, windows_s: Iterable[float] = DETECTION_WINDOWS_S) -> dict[str, dict[float, float]]:
         """Per volume with a leak fit: the smallest loss (kg/day) confirmed at k σ over each window.

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from hullwatch.core.alarm_kinds import RAPID_DEPRESS
+
 
 @dataclass(frozen=True, slots=True)
 class Segment:
@@ -92,7 +94,7 @@ class AlarmLimits:
     low_pressure: LowPressureLimits = field(default_factory=LowPressureLimits)
     reserve_time: ReserveTimeLimits = field(default_factory=ReserveTimeLimits)
     sensor: SensorLimits = field(default_factory=SensorLimits)
-    latching: tuple[str, ...] = ("rapid_depress",)  # alarm kinds that stay until reset (ISA-18.2 latching)
+    latching: tuple[str, ...] = (RAPID_DEPRESS.name,)  # alarm kinds that stay until reset (ISA-18.2 latching)
     max_shelve_s: float = 8 * 3600.0  # the longest an operator may shelve an alarm
 
 
