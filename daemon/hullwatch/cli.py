@@ -17,6 +17,7 @@ from contextlib import ExitStack
 from typing import Any
 
 from hullwatch import __version__, config, present, progress
+from hullwatch.core import alarm_kinds
 from hullwatch.core.model import AlarmState, AlarmTransition, Estimate, Notice
 from hullwatch.core.monitor import Monitor
 from hullwatch.exits import (
@@ -70,23 +71,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         )
     out.append("volumes now: " + ", ".join(cfg.volumes()))
     out.append("sensors: " + ", ".join(f"{s.name} ({s.driver}, in {s.spec.segment})" for s in cfg.sensors))
-    lr = a.leak_rate
-    out.append(
-        f"leak_rate: caution {_fmt(lr.caution_kg_per_day)} / warning {_fmt(lr.warning_kg_per_day)} kg/day"
-        f" at {m.leak.confidence_sigma:g}σ, hysteresis {lr.hysteresis_kg_per_day:g}; estimate every "
-        f"{m.leak.report_interval_s:g} s"
-    )
-    out.append(f"rapid_depress: emergency above {_fmt(a.rapid_depress.emergency_pa_per_s)} Pa/s")
-    out.append(
-        f"low_pressure: warning below {_fmt(a.low_pressure.warning_pa)} Pa, emergency below "
-        f"{_fmt(a.low_pressure.emergency_pa)} Pa"
-    )
-    rt = a.reserve_time
-    out.append(
-        f"reserve_time to {rt.minimum_pa:g} Pa: caution {_fmt(rt.caution_s)} s, warning {_fmt(rt.warning_s)} s,"
-        f" emergency {_fmt(rt.emergency_s)} s"
-    )
-    out.append(f"sensor_fault ({a.sensor.severity}): stale after {a.sensor.stale_after_s:g} s")
+    out += [kind.render(kind.check_text, a, m.leak, lambda x, _unit: _fmt(x)) for kind in alarm_kinds.KINDS]
     outputs = [
         name
         for name, on in (

@@ -49,6 +49,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from hullwatch import __version__, present
+from hullwatch.core import alarm_kinds
 from hullwatch.core.model import (
     AlarmState,
     AlarmTransition,
@@ -1094,28 +1095,10 @@ def markdown(
             ["hatch", "between", "initially"],
             [[h.name, " ↔ ".join(h.between), "open" if h.initially_open else "closed"] for h in m.hatches],
         )
-    a = m.alarms
-    lr = a.leak_rate
     out += _table(
         ["limit", "setting"],
         [
-            [
-                "leak_rate",
-                f"caution {_off(lr.caution_kg_per_day, 'kg/day')}, warning {_off(lr.warning_kg_per_day, 'kg/day')}; "
-                f"active when r − {m.leak.confidence_sigma:g}σ > limit for {lr.confirmations} estimates, cleared "
-                f"when r + {m.leak.confidence_sigma:g}σ < limit − {lr.hysteresis_kg_per_day:g}",
-            ],
-            ["rapid_depress", f"emergency {_off(a.rapid_depress.emergency_pa_per_s, 'Pa/s')}"],
-            [
-                "low_pressure",
-                f"warning {_off(a.low_pressure.warning_pa, 'Pa')}, emergency {_off(a.low_pressure.emergency_pa, 'Pa')}",
-            ],
-            [
-                "reserve_time",
-                f"to {a.reserve_time.minimum_pa:g} Pa: caution {_off(a.reserve_time.caution_s, 's')}, warning "
-                f"{_off(a.reserve_time.warning_s, 's')}, emergency {_off(a.reserve_time.emergency_s, 's')}",
-            ],
-            ["sensor_fault", f"{a.sensor.severity}, stale after {a.sensor.stale_after_s:g} s"],
+            *([k.name, k.render(k.report_text, m.alarms, m.leak, _off)] for k in alarm_kinds.KINDS),
             ["estimates", f"every {m.leak.report_interval_s:g} s of data per volume"],
         ],
     )
@@ -1217,7 +1200,7 @@ def markdown(
         out += [f"- {level}: {text}" for level, text in verdict.findings]
     else:
         out += [f"- {verdict.reasons[0]}"]
-    lim_name = "caution" if lr.caution_kg_per_day is not None else "warning"
+    lim_name = "caution" if m.alarms.leak_rate.caution_kg_per_day is not None else "warning"
     out += [
         "",
         f"PASS requires that no leak_rate caution or warning was ever active and that each final rate is below the "
