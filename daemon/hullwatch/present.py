@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import time
 
+from hullwatch.core.alarm_kinds import SENSOR_FAULT, unit_of
 from hullwatch.core.model import AlarmTransition, Estimate, Event, HatchChange, LevelStep, Notice
-
-UNITS = {"leak_rate": "kg/day", "rapid_depress": "Pa/s", "low_pressure": "Pa", "reserve_time": "s"}
 
 
 def utc(t: float) -> str:
@@ -38,10 +37,10 @@ def quantity(alarm: str, value: float | None) -> str:
     """An alarm's value with its unit."""
     if value is None:
         return "—"
-    if alarm == "reserve_time":
+    unit = unit_of(alarm)
+    if unit == "s":
         return duration(value)
-    unit = UNITS.get(alarm, "")
-    return f"{value:.0f} {unit}" if alarm == "low_pressure" else f"{value:.3g} {unit}".rstrip()
+    return f"{value:.0f} {unit}" if unit == "Pa" else f"{value:.3g} {unit}".rstrip()
 
 
 def describe(event: Event) -> str:
@@ -49,7 +48,7 @@ def describe(event: Event) -> str:
     when = utc(event.time)
     if isinstance(event, AlarmTransition):
         head = f"{when} {event.severity.label.upper():9} {event.alarm} {event.source} {event.state.value.upper()}"
-        if event.alarm == "sensor_fault" or (event.threshold is None and event.reason):  # and the daemon's own
+        if event.alarm == SENSOR_FAULT.name or (event.threshold is None and event.reason):  # and the daemon's own
             return f"{head}: {event.reason}"
         detail = f"{quantity(event.alarm, event.value)} (threshold {quantity(event.alarm, event.threshold)})"
         return f"{head}: {detail}" + (f"; {event.reason}" if event.reason else "")

@@ -15,6 +15,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from hullwatch.core import alarm_kinds
 from hullwatch.topics import SEVERITIES, Kind, Topics, parse
 
 ROOT = "hullwatch"  # the first level of the default prefix, hullwatch/<station>
@@ -409,7 +410,7 @@ def _flatten(obj: Mapping[str, Any], head: str = "") -> Iterable[tuple[str, Any]
 
 # -- text for people --------------------------------------------------------------------------
 
-UNITS = {"leak_rate": "kg/d", "rapid_depress": "Pa/s", "low_pressure": "kPa", "reserve_time": ""}
+SHORT_UNITS = {"kg/day": ("kg/d", 1.0), "Pa": ("kPa", 1000.0)}  # an alarm's unit -> (shown, divided by)
 
 
 def span(seconds: float | None) -> str:
@@ -442,12 +443,12 @@ def clock(t: float | None, now: float | None = None) -> str:
 
 def alarm_values(a: AlarmView) -> str:
     """value / threshold with the unit, e.g. `0.97 / 0.9 kg/d`; a sensor fault shows its reason."""
-    if a.alarm == "reserve_time":
+    unit = alarm_kinds.unit_of(a.alarm)
+    if unit == "s":
         return f"{span(a.value)} / {span(a.threshold)}"
     if a.value is None and a.threshold is None:
         return a.reason or "—"
-    scale = 1000.0 if a.alarm == "low_pressure" else 1.0
-    unit = UNITS.get(a.alarm, "")
+    unit, scale = SHORT_UNITS.get(unit, (unit, 1.0))
 
     def num(x: float | None) -> str:
         return "—" if x is None else f"{x / scale:.4g}"
