@@ -57,6 +57,7 @@ from typing import Any
 
 from hullwatch import config, present, timebase
 from hullwatch.config import Config, ConfigError, MqttConfig
+from hullwatch.core.alarm_kinds import LEAK_RATE, LOW_PRESSURE, RESERVE_TIME
 from hullwatch.core.lifecycle import (
     ALL_SOURCES,
     NOT_CONFIRMED,
@@ -823,12 +824,12 @@ class Daemon:
         module = self.cfg.module
         a, leak = module.alarms, module.leak
         stale = a.sensor.stale_after_s
-        if alarm in ("leak_rate", "reserve_time"):  # judged only after settle_s, on consecutive estimates
-            n = a.leak_rate.confirmations if alarm == "leak_rate" else a.reserve_time.confirmations
+        if alarm in (LEAK_RATE.name, RESERVE_TIME.name):  # judged only after settle_s, on consecutive estimates
+            n = a.leak_rate.confirmations if alarm == LEAK_RATE.name else a.reserve_time.confirmations
             return leak.settle_s + (n + 1) * leak.report_interval_s + stale + CONFIRM_MARGIN_S
         if alarm in OWN_ALARMS:  # the daemon's own checks
             return SINK_FAULT_AFTER_S + 2 * FAULTS_EVERY_S
-        if alarm == "low_pressure":  # two readings on_delay_s apart
+        if alarm == LOW_PRESSURE.name:  # two readings on_delay_s apart
             return a.low_pressure.on_delay_s + stale + CONFIRM_MARGIN_S
         return stale + CONFIRM_MARGIN_S  # rapid_depress, sensor_fault: a few readings
 

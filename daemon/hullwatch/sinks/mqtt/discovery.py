@@ -19,6 +19,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from hullwatch import __version__
+from hullwatch.core.alarm_kinds import LEAK_RATE, RESERVE_TIME
 from hullwatch.core.topology import form_volumes
 from hullwatch.topics import Topics
 
@@ -39,10 +40,10 @@ QUANTITY_ENTITIES: dict[str, tuple[str, dict[str, Any]]] = {  # quantity -> (val
 }  # fmt: skip
 # (component, object id suffix, name suffix, state on P/volume/<id>/alarm rather than P/volume/<id>, config)
 VOLUME_ENTITIES: tuple[tuple[str, str, str, bool, dict[str, Any]], ...] = (
-    ("sensor", "leak_rate", "leak rate", False,
+    ("sensor", LEAK_RATE.name, "leak rate", False,
      {"value_template": "{{ value_json.leak_kg_per_day }}", "unit_of_measurement": "kg/d",
       "suggested_display_precision": 3, **_MEASUREMENT}),
-    ("sensor", "reserve_time", "reserve time", False,
+    ("sensor", RESERVE_TIME.name, "reserve time", False,
      {"value_template": "{{ value_json.reserve_time_s }}", "device_class": "duration", "unit_of_measurement": "s",
       "suggested_display_precision": 0, **_MEASUREMENT}),
     ("sensor", "pressure", "pressure", False,
@@ -144,7 +145,7 @@ def messages(d: StationDescription, topics: Topics, discovery_prefix: str, qos: 
     for v in d.volumes:
         for component, suffix, label, on_alarm_topic, extra in VOLUME_ENTITIES:
             state = topics.volume_alarm(v) if on_alarm_topic else topics.volume(v)
-            attrs = {"json_attributes_topic": state} if suffix == "leak_rate" else {}
+            attrs = {"json_attributes_topic": state} if suffix == LEAK_RATE.name else {}
             add(component, f"{v}_{suffix}", f"{v} {label}", {"state_topic": state, **extra, **attrs})
     for h in d.hatches:
         cfg = {"state_topic": topics.hatch(h), "payload_on": "open", "payload_off": "closed", "device_class": "door"}
