@@ -15,9 +15,13 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any
 
 from hullwatch.core.model import Severity
+
+if TYPE_CHECKING:  # settings imports this module (for its default latching kind)
+    from hullwatch.core.settings import AlarmLimits, LeakSettings
 
 VOLUME = "volume"
 SENSOR = "sensor"
@@ -42,8 +46,10 @@ class AlarmKind:
         """The severities it can raise, mildest first."""
         return tuple(sev for sev, _ in self.thresholds) if self.thresholds else tuple(Severity)
 
-    def render(self, template: str, alarms: Any, leak: Any, threshold: Callable[[float | None, str], str]) -> str:
-        """`template` filled from the limits in `alarms` (an AlarmLimits) and `leak` (LeakSettings).
+    def render(
+        self, template: str, alarms: AlarmLimits, leak: LeakSettings, threshold: Callable[[float | None, str], str]
+    ) -> str:
+        """`template` filled from this kind's limits in `alarms` and the `[leak]` settings.
 
         Each threshold value is shown as `threshold(value, unit)` gives; other values as they are.
         """
@@ -55,6 +61,7 @@ class AlarmKind:
 
 
 def _fields(obj: Any) -> dict[str, Any]:
+    """A dataclass's fields by name."""
     return {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}
 
 
@@ -119,7 +126,7 @@ SENSOR_FAULT = AlarmKind(
 )
 
 KINDS: tuple[AlarmKind, ...] = (LEAK_RATE, RAPID_DEPRESS, LOW_PRESSURE, RESERVE_TIME, SENSOR_FAULT)
-BY_NAME: Mapping[str, AlarmKind] = {k.name: k for k in KINDS}
+BY_NAME: Mapping[str, AlarmKind] = MappingProxyType({k.name: k for k in KINDS})
 NAMES: tuple[str, ...] = tuple(BY_NAME)
 VOLUME_KINDS: tuple[AlarmKind, ...] = tuple(k for k in KINDS if k.per == VOLUME)
 
