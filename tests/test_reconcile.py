@@ -98,6 +98,7 @@ def test_a_previous_runs_retained_alarms_are_gone_once_the_daemon_is_up(tmp_path
         publish(broker.port, topic, payload, retain=True)
     assert set(ours(broker.port)) == set(stale)
     rig = None
+    live = Listener(broker.port, f"{P}/alarm/#")
     try:
         rig = Station(tmp_path, broker.port)
         ready = rig.ready()
@@ -105,9 +106,23 @@ def test_a_previous_runs_retained_alarms_are_gone_once_the_daemon_is_up(tmp_path
         assert wait_until(lambda: ours(broker.port) == right), (ours(broker.port), rig.daemon.text())
         print(f"the broker held only the present state {time.monotonic() - ready:.1f} s after READY=1")
         assert "removed retained" in rig.daemon.text()
+        for topic, payload in stale.items():  # each stale alarm ended with a cleared record, then its removal
+            if "/alarm/" not in topic:
+                continue
+            assert wait_until(lambda t=topic: len(live.on(t)) >= 3), live.on(topic)
+            kept, final, removal = live.on(topic)[:3]
+            assert kept[3] and kept[2] == payload  # what the listener found retained on subscribing
+            assert json.loads(final[2]) == {
+                **json.loads(payload),
+                "state": "cleared",
+                "time": json.loads(final[2])["time"],
+                "by": "restart",
+            }
+            assert not final[3] and removal[2] == b""
         time.sleep(1.0)  # and it stays so
         assert ours(broker.port) == right
     finally:
+        live.close()
         if rig is not None:
             rig.close()
         broker.stop()

@@ -30,7 +30,8 @@ flag clear) are ignored.
 An alarm's ending. When an alarm leaves the book (`alarm(..., gone=True)`), its final record
 (`"state": "cleared"`) is published first, not retained, and then the empty retained message
 that removes the topic: live subscribers and `hullwatch bridge` see how it ended, a new
-subscriber sees nothing.
+subscriber sees nothing. A stale alarm that reconciliation removes (one the book no longer has)
+ends the same way, its kept record marked cleared by "restart".
 
 Queueing. Samples, estimates, steps, clock steps and hatch readings reach the broker through
 the spool (`send`, the spool's SpoolSink): published in order at QoS `min(qos, 1)` for samples
@@ -402,6 +403,11 @@ class MqttSink:
         if not payload or not any(mqtt.topic_matches_sub(f, topic) for f in self.reconcile_filters()):
             return
         # no alarm of a described volume: its flag says OFF rather than going silent
+        parsed = self.topics.parse(topic)
+        if parsed is not None and parsed.kind is Kind.ALARM and self._retained.get(topic) is None:
+            ending = self.telemetry.stale_alarm_ending(topic, payload, time.time())
+            if ending is not None:  # the topic is about to be removed: its ending goes first
+                self._publish_live(ending, queue=True)
         default = VOLUME_ALARM_FLAG[False] if self._described_volume_flag(topic) else None
         fix = self._retained.reconcile(topic, payload, lambda t, p: self._send(client, t, p, self.qos, True), default)
         if fix is None:

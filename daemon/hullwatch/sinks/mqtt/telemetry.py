@@ -95,6 +95,21 @@ class Telemetry:
         final = self.alarm(record, alarm, source, severity)
         return [Message(final.topic, final.payload, self.qos), Message(final.topic, b"", self.qos, True)]
 
+    def stale_alarm_ending(self, topic: str, held: bytes, now: float) -> Message | None:
+        """The final record of an alarm the broker kept that the station no longer has (a previous run's).
+
+        The kept record, `"state": "cleared"` at `now`, by "restart", not retained: so that live
+        subscribers and the bridge see it end. None if the kept payload is no alarm record.
+        """
+        try:
+            record = json.loads(held)
+        except (ValueError, RecursionError):
+            return None
+        if not isinstance(record, dict) or record.get("state") == "cleared":
+            return None
+        record.update(state="cleared", time=now, by="restart")
+        return Message(topic, dumps(record), self.qos)
+
     def volume_alarm(self, volume: str, active: bool) -> Message:
         """`P/volume/<volume>/alarm`: `ON` while any alarm of the volume is active, else `OFF`; retained."""
         return Message(self.topics.volume_alarm(volume), VOLUME_ALARM_FLAG[active], self.qos, True)
