@@ -987,7 +987,8 @@ class Daemon:
             if self.spool is not None:
                 self.spool.append("hatch", stored.time, {"hatch": sample.sensor, "open": sample.value >= 0.5})
         elif self.spool is not None:
-            self.spool.append("sample", stored.time, {"sensor": sample.sensor, **sample_payload(stored)})
+            # the sensor last: the MQTT message is cut from this record's JSON text (Telemetry.record)
+            self.spool.append("sample", stored.time, {**sample_payload(stored), "sensor": sample.sensor})
         return self.monitor.feed(sample)
 
     # -- health -----------------------------------------------------------------------------------

@@ -16,6 +16,13 @@ After a crash a sink starts again from its saved cursor: what was confirmed but 
 is sent again (InfluxDB overwrites a point with the same series and timestamp, so the replay
 is idempotent; MQTT is at-least-once).
 
+Pipelining. A sink with a `submit` method (MQTT) gets its live records without a wait per
+record: the live lane hands over whatever is new, up to the sink's `window` of unconfirmed
+records, and the sink reports confirmations as they come (MQTT: each PUBACK, in any order).
+The live cursor is the newest id below the oldest record still unconfirmed, so a round trip
+costs no throughput. When the sink fails (disconnected, or no confirmation for
+`CONFIRM_TIMEOUT_S`), whatever was handed over and not confirmed goes again from the cursor.
+
 Backlog. When a sink comes back with more than `BACKLOG_MIN` records waiting, its forwarder
 splits them at a mark (the newest id then): records after the mark are live and go first on
 every round; the backlog up to the mark is sent oldest first in chunks, at most
@@ -81,6 +88,7 @@ RETRY_FIRST_S = 1.0
 RETRY_MAX_S = 15.0
 MAX_PENDING = 100_000  # records held in memory when the file cannot be written (about 37 MB)
 UNSTORABLE_KEPT, UNSTORABLE_BYTES = 1000, 2000  # unstorable records kept in `rejected` a run, and their size
+CONFIRM_TIMEOUT_S = 10.0  # a pipelining sink that confirms nothing handed over for this long has failed
 ISOLATE_BATCH = 50  # records read after an unexpected send failure, to tell a poison record from an outage
 SQLITE_CORRUPT, SQLITE_NOTADB = 11, 26  # the primary result codes of a damaged file
 
@@ -126,9 +134,15 @@ class SpoolSink(Protocol):
     """What a forwarder needs from a sink.
 
     Optional attributes: `live_batch` (most live records per send, default LIVE_BATCH) and
-    `live_interval_s` (least time between live sends, default 0): MQTT sends one message at a
-    time, so that a broker's Nagle delay never holds one behind another; InfluxDB gathers a
-    second of records per HTTP request.
+    `live_interval_s` (least time between live sends, default 0): InfluxDB gathers a second of
+    records per HTTP request.
+
+    Optional pipelining (MQTT): `window` (most live records handed over and not yet confirmed)
+    and the methods `submit(records, replay, wake) -> int` (hand records over in order without
+    waiting; how many leading ones it took; SinkUnavailable if none), `confirmed() -> list[int]`
+    (ids of submitted records the far end has taken since the last call, in any order; `wake()`
+    was called, from any thread, when there were new ones) and `forget()` (drop what was submitted
+    and not confirmed: it goes again). The forwarder's thread alone calls these three.
     """
 
     name: str
@@ -609,7 +623,8 @@ class Spool:
             sql = "SELECT id, kind, time_ns, body FROM record WHERE id > ? AND id <= ? ORDER BY id LIMIT ?"
             return self._reader().execute(sql, (after, hi, limit)).fetchall()
 
-        out = [Record(i, k, t, json.loads(b)) for i, k, t, b in self._on_disk(select)]
+        rows = self._on_disk(select)
+        out = [Record(i, k, t, json.loads(b), b if isinstance(b, str) else None) for i, k, t, b in rows]
         if len(out) < limit:
             start = out[-1].id if out else after
             out += [r for r in memory if start < r.id <= hi][: limit - len(out)]
@@ -629,11 +644,16 @@ class Spool:
         """The id of the newest record appended."""
         return self._next_id - 1
 
-    def wait_for_append(self, after: int, timeout_s: float) -> None:
-        """Block until a record newer than `after` exists, or the timeout."""
+    def wait_for_append(self, after: int, timeout_s: float, woken: Callable[[], bool] | None = None) -> None:
+        """Block until a record newer than `after` exists, `woken()` is true (see `wake`), or the timeout."""
         with self._lock:
-            if self._next_id - 1 <= after:
+            if self._next_id - 1 <= after and not (woken is not None and woken()):
                 self._appended.wait(timeout_s)
+
+    def wake(self) -> None:
+        """Wake the threads in `wait_for_append` (they look at their `woken` again)."""
+        with self._lock:
+            self._appended.notify_all()
 
     def set_cursor(self, sink: str, done: int) -> None:
         """A sink has every record up to `done` (saved with the next commit)."""
@@ -768,6 +788,39 @@ class Spool:
                     os.unlink(name)
 
 
+class InFlight:
+    """A pipelining sink's live records handed over and not yet confirmed; confirmations come in any order.
+
+    Every id at or below `frontier` is done: confirmed, or of a kind the sink does not take.
+    """
+
+    def __init__(self, after: int) -> None:
+        self.sent = after  # the newest id handed over (or passed over: a kind the sink does not take)
+        self._waiting: dict[int, float] = {}  # id -> monotonic time handed over, oldest first
+
+    def __len__(self) -> int:
+        return len(self._waiting)
+
+    def handed(self, ids: Iterable[int], upto: int) -> None:
+        """Records handed over, and every id up to `upto` passed."""
+        now = time.monotonic()
+        for rid in ids:
+            self._waiting[rid] = now
+        self.sent = max(self.sent, upto)
+
+    def confirm(self, rid: int) -> bool:
+        """One record confirmed; False if it was not waiting (already confirmed, or of an earlier round)."""
+        return self._waiting.pop(rid, None) is not None
+
+    @property
+    def frontier(self) -> int:
+        return next(iter(self._waiting)) - 1 if self._waiting else self.sent
+
+    def oldest_wait_s(self) -> float:
+        """How long the oldest unconfirmed record has waited (0 if none)."""
+        return time.monotonic() - next(iter(self._waiting.values())) if self._waiting else 0.0
+
+
 class Forwarder:
     """Moves one sink's records from the spool to the sink: live first, then the backlog, bounded."""
 
@@ -786,6 +839,10 @@ class Forwarder:
         self.live_batch = getattr(sink, "live_batch", LIVE_BATCH)
         self.live_interval_s = getattr(sink, "live_interval_s", 0.0)
         self._next_live = 0.0
+        self.pipelined = callable(getattr(sink, "submit", None))
+        self.window = max(1, int(getattr(sink, "window", 1)))
+        self.inflight = InFlight(self.live_done)
+        self._woken = False  # the sink has confirmations for us (set from its thread)
         self.sent = 0
         self._suspect = False  # a send failed unexpectedly: read more records, to isolate a poison one
         self.down_since: float | None = None  # monotonic time the sink became unavailable; None while it works
@@ -807,14 +864,28 @@ class Forwarder:
                     self._fail(f"internal error: {type(exc).__name__}: {exc}")
                     continue
                 if not busy:
-                    delay = self._next_live - time.monotonic()
-                    if delay > 0:
-                        self.stop.wait(delay)
-                    else:
-                        self.spool.wait_for_append(self.live_done, IDLE_WAIT_S)
+                    self._idle()
         finally:
             with contextlib.suppress(Exception):
                 self.spool.release_reader()
+
+    def _idle(self) -> None:
+        """Wait for new records (pipelining: with room in the window) or confirmations, at most IDLE_WAIT_S."""
+        if self.pipelined:
+            full = len(self.inflight) >= self.window
+            after = self.spool.last_id if full else self.inflight.sent
+            self.spool.wait_for_append(after, IDLE_WAIT_S, woken=lambda: self._woken)
+            return
+        delay = self._next_live - time.monotonic()
+        if delay > 0:
+            self.stop.wait(delay)
+        else:
+            self.spool.wait_for_append(self.live_done, IDLE_WAIT_S)
+
+    def _wake(self) -> None:
+        """The sink has confirmations (called from its thread)."""
+        self._woken = True
+        self.spool.wake()
 
     def step(self) -> bool:
         """One round: the live lane, then a chunk of backlog; whether anything was sent."""
@@ -827,7 +898,9 @@ class Forwarder:
             self._failing = False
             self._split_if_backlog()
         busy = False
-        if time.monotonic() >= self._next_live:
+        if self.pipelined:
+            busy = self._pipeline()
+        elif time.monotonic() >= self._next_live:
             live = self.spool.read(self.live_done, max(self.live_batch, ISOLATE_BATCH if self._suspect else 0))
             if live:
                 if len(live) < self.live_batch:  # caught up: let the next ones gather for an interval
@@ -855,6 +928,40 @@ class Forwarder:
             self._retry_s = RETRY_FIRST_S
             log.info("spool: %s is back; %d record(s) to catch up", self.sink.name, self.spool.last_id - self.done)
         return busy
+
+    def _pipeline(self) -> bool:
+        """The live lane of a pipelining sink: take its confirmations, hand over what is new up to the window."""
+        flight = self.inflight
+        self._woken = False
+        confirmed = sum(flight.confirm(rid) for rid in self.sink.confirmed())
+        self.sent += confirmed
+        if flight.oldest_wait_s() > CONFIRM_TIMEOUT_S:
+            raise SinkUnavailable(f"nothing confirmed for {CONFIRM_TIMEOUT_S:g} s")
+        room = self.window - len(flight)
+        live = self.spool.read(flight.sent, room) if room > 0 else []
+        if live:
+            wanted = [r for r in live if r.kind in self.sink.kinds]
+            if not wanted:
+                flight.handed((), live[-1].id)
+            else:
+                try:
+                    taken = self.sink.submit(wanted, False, self._wake)
+                except SinkUnavailable:
+                    raise
+                except Exception:  # not an outage by the sink's word: the records one by one, to isolate a bad one
+                    flight.handed((), self._deliver(live, replay=False))
+                else:
+                    upto = live[-1].id if taken >= len(wanted) else wanted[taken].id - 1
+                    flight.handed((r.id for r in wanted[:taken]), upto)
+        self.live_done = flight.frontier
+        return bool(live or confirmed)
+
+    def _restart_live(self, at: int) -> None:
+        """The live lane starts again after `at`: what was handed over past it and not confirmed goes again."""
+        self.live_done = at
+        if self.pipelined:
+            self.inflight = InFlight(at)
+            self.sink.forget()
 
     def _deliver(self, records: list[Record], replay: bool) -> int:
         """Send what the sink takes; the id up to which everything is handled."""
@@ -902,10 +1009,11 @@ class Forwarder:
     def _split_if_backlog(self) -> None:
         waiting = self.spool.last_id - self.done
         if waiting > BACKLOG_MIN:
-            self.mark = self.live_done = self.spool.last_id
+            self.mark = self.spool.last_id
             log.debug("spool: %d record(s) of backlog for %s; live data goes first", waiting, self.sink.name)
         else:
-            self.mark = self.live_done = self.done
+            self.mark = self.done
+        self._restart_live(self.mark)
 
     def _allowance(self) -> int:
         """How many backlog records may go now (a token bucket of replay_per_s, holding at least one record)."""
@@ -925,7 +1033,8 @@ class Forwarder:
             log.warning("spool: %s unavailable (%s); keeping records", self.sink.name, reason)
             self._down_logged = True
         self._failing = True
-        self.mark = self.live_done = self.done  # what the live lane confirmed past `done` goes again
+        self.mark = self.done  # what the live lane confirmed past `done` goes again
+        self._restart_live(self.done)
         if wait:
             self.stop.wait(self._retry_s)
             self._retry_s = min(RETRY_MAX_S, self._retry_s * 2)

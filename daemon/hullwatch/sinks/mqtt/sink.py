@@ -34,9 +34,15 @@ subscriber sees nothing. A stale alarm that reconciliation removes (one the book
 ends the same way, its kept record marked cleared by "restart".
 
 Queueing. Samples, estimates, steps, clock steps and hatch readings reach the broker through
-the spool (`send`, the spool's SpoolSink): published in order at QoS `min(qos, 1)` for samples
+the spool (the spool's SpoolSink): published in order at QoS `min(qos, 1)` for samples
 and `qos` for the others, and confirmed to the spool only once the broker's PUBACK is in, so a
-broker outage only grows the spool; a replayed backlog carries `"replay": true`. The direct
+broker outage only grows the spool; a replayed backlog carries `"replay": true`. The live lane
+is pipelined (`submit`): up to `LIVE_WINDOW` messages are out unacknowledged at once and each
+is confirmed as its PUBACK comes (`on_publish`, by message id, in any order), so a slow link
+costs latency, not throughput; after a reconnect the spool sends again whatever had no PUBACK
+(paho re-sends its own copy as well: at least once). The backlog's lane (`send`) publishes a
+chunk and waits for its PUBACKs. TCP_NODELAY is set, so that a lone message never waits for an
+earlier one's PUBACK (Nagle's algorithm). The direct
 `sample` and `estimate` methods publish live only (dropped while disconnected). Other
 non-retained messages (command results, extras) at QoS >= 1 wait in paho's in-memory queue,
 bounded by `max_queued_messages_set`. If that queue is ever full when a retained message is
@@ -60,6 +66,7 @@ import socket
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -91,7 +98,8 @@ log = logging.getLogger(__name__)
 DEFAULT_MAX_QUEUED = 10_000
 RESYNC_INTERVAL_S = 1.0
 PUBACK_TIMEOUT_S = 10.0
-MAX_INFLIGHT = 100
+MAX_INFLIGHT = 100  # paho's window of unacknowledged QoS > 0 messages, all kinds together
+LIVE_WINDOW = 64  # of them, the spool's live records (the rest of paho's window is left to the others)
 
 OnCommand = Callable[[str, dict, str], Mapping[str, Any]]
 
@@ -140,6 +148,11 @@ class MqttSink:
         self._up = False  # connected since the last disconnect
         self._refused = False  # the last attempt got a CONNACK refusal (already logged)
         self._down_since: float | None = None  # when the last established connection was lost
+        # the spool's live lane (pipelined): mid -> record id of what was handed to paho and not yet
+        # confirmed, used by the forwarder's thread alone; on_publish only appends mids to _acks
+        self._handed: dict[int, int] = {}
+        self._acks: deque[int] = deque(maxlen=65535)  # mids paho reported published, not yet looked at
+        self._wake_forwarder: Callable[[], None] | None = None
         self._counts = {
             "connects": 0,
             "published": 0,
@@ -172,6 +185,7 @@ class MqttSink:
         client.on_disconnect = self._on_disconnect
         client.on_subscribe = self._on_subscribe
         client.on_message = self._on_message
+        client.on_publish = self._on_publish
         self._stopping = False
         self._client = client
         if self._homeassistant:
@@ -294,14 +308,17 @@ class MqttSink:
 
     name = "mqtt"
     kinds = frozenset({"sample", "estimate", "step", "hatch", "clock_step"})
-    live_batch = 1  # each live message waits for its PUBACK before the next goes: no burst for Nagle to hold
+    window = LIVE_WINDOW  # live records in flight at once: one round trip carries up to this many
 
     def ready(self) -> bool:
         """Whether the broker connection is up."""
         return self.connected
 
     def send(self, records: Sequence[Record], replay: bool) -> SendResult:
-        """Publish records in order (`Telemetry.record`) and wait for the broker to take them (PUBACK at QoS >= 1)."""
+        """Publish records in order (`Telemetry.record`) and wait for the broker to take them (PUBACK at QoS >= 1).
+
+        The backlog's lane (and a live record sent alone, to tell a bad one from an outage).
+        """
         client = self._client
         if client is None or not client.is_connected():
             raise SinkUnavailable("not connected")
@@ -324,6 +341,48 @@ class MqttSink:
         if records and not confirmed:
             raise SinkUnavailable("the broker took none of the messages")
         return SendResult(confirmed)
+
+    def submit(self, records: Sequence[Record], replay: bool, wake: Callable[[], None]) -> int:
+        """Hand records to paho in order without waiting; how many leading ones it took.
+
+        The live lane: each is confirmed (`confirmed()`) when its PUBACK comes, in whatever order;
+        `wake()` is called then, from paho's thread. SinkUnavailable if it took none.
+        """
+        client = self._client
+        if client is None or not client.is_connected():
+            raise SinkUnavailable("not connected")
+        self._wake_forwarder = wake
+        taken = 0
+        for r in records:
+            try:
+                m = self.telemetry.record(r, replay)
+            except Exception:
+                if taken:
+                    break  # the bad one goes first next time, alone
+                raise
+            info = client.publish(m.topic, m.payload, qos=m.qos)
+            if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                break
+            self._handed[info.mid] = r.id
+            taken += 1
+        if records and not taken:
+            raise SinkUnavailable("the broker took none of the messages")
+        return taken
+
+    def confirmed(self) -> list[int]:
+        """Ids of submitted records whose PUBACK came since the last call (the forwarder's thread only)."""
+        out = []
+        while self._acks:
+            rid = self._handed.pop(self._acks.popleft(), None)
+            if rid is not None:  # else a message of our own (retained, a result) or of a forgotten round
+                out.append(rid)
+        self._counts["published"] += len(out)
+        return out
+
+    def forget(self) -> None:
+        """Drop what was submitted and not confirmed: the spool sends it again (the forwarder's thread only)."""
+        self._handed.clear()
+        self._acks.clear()
 
     # -- the plumbing -------------------------------------------------------------------------
 
@@ -464,7 +523,7 @@ class MqttSink:
         self._counts["connects"] += 1
         self._up = True
         sock = client.socket()
-        if sock is not None:  # each message waits for its PUBACK: Nagle would hold the next one ~40 ms
+        if sock is not None:  # Nagle would hold a lone message until the previous one's PUBACK came back
             with contextlib.suppress(OSError, AttributeError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if self._down_since is None:
@@ -504,6 +563,18 @@ class MqttSink:
             )
         self._republish(client)
         self.synced.set()
+
+    @guarded("on_publish")
+    def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, reason_code: Any, properties: Any) -> None:
+        """A message is out (QoS 0) or acknowledged (PUBACK): noted for the spool's live lane.
+
+        paho calls this holding its message lock, and before the message's own `is_published()`
+        is true: it only appends, wakes the forwarder and takes no lock of ours.
+        """
+        wake = self._wake_forwarder
+        if wake is not None:  # a forwarder submits to us
+            self._acks.append(mid)
+            wake()
 
     @guarded("on_connect_fail")
     def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:

@@ -136,11 +136,11 @@ class Telemetry:
         A replayed record carries `"replay": true`; a hatch reading goes to `P/hatch/<hatch>/event`
         with its own time, which the retained `open`/`closed` state cannot carry.
         """
+        if r.kind == "sample":
+            return Message(self.topics.sensor(r.body["sensor"]), self._spooled_sample(r, replay), self.sample_qos)
         body = dict(r.body)
         if replay:
             body["replay"] = True
-        if r.kind == "sample":
-            return Message(self.topics.sensor(body.pop("sensor")), dumps(body), self.sample_qos)
         if r.kind == "step":
             return Message(self.topics.step(body["volume"]), dumps(body), self.qos)
         if r.kind == "hatch":
@@ -151,3 +151,19 @@ class Telemetry:
         if r.kind == "clock_step":
             return Message(self.topics.clock_step, dumps(body), self.qos)
         return Message(self.topics.volume(body["volume"]), dumps(body), self.qos)
+
+    def _spooled_sample(self, r: Record, replay: bool) -> bytes:
+        """A spooled sample's message: its body without the sensor's name.
+
+        The spool's text of a sample ends with `,"sensor":<name>}` (the service puts the name last),
+        so the message is cut from the text made at append rather than encoded a second time; any
+        other text (or none) is encoded afresh.
+        """
+        tail = ',"sensor":' + json.dumps(r.body["sensor"]) + "}"
+        text = r.text
+        if text is not None and text.endswith(tail) and "NaN" not in text and "Infinity" not in text:
+            return (text[: -len(tail)] + (',"replay":true}' if replay else "}")).encode()
+        body = {k: v for k, v in r.body.items() if k != "sensor"}
+        if replay:
+            body["replay"] = True
+        return dumps(body)
