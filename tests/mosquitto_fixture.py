@@ -5,6 +5,7 @@
     broker.start(); broker.stop(); broker.start()   # restartable on the same port
     Listener(broker.port).wait_for(...)             # a paho subscriber that records what arrives
     ShippedBroker(tmp_dir, certs, users)            # deploy/mosquitto as shipped, its own acl file
+    HoldingProxy(broker.port).hold() / .cut()       # a link that keeps the broker's PUBACKs back, then drops
 
 Every broker runs as `user root` (so it can read 0600 keys when tests run as root) with
 `persistence false` (unless `persistence=True`: retained messages saved in its directory at
@@ -14,6 +15,7 @@ stopped by their own handle, never by name.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import socket
@@ -317,6 +319,71 @@ class Listener:
     def close(self) -> None:
         self.client.disconnect()
         self.client.loop_stop()
+
+
+class HoldingProxy:
+    """A TCP proxy on loopback in front of a broker: `hold()` keeps back what the broker sends to its
+    clients (PUBACKs, CONNACKs) from then on; `cut()` closes every connection, as a dropped link does.
+    Connections made after a cut go both ways again. Its threads are daemon threads."""
+
+    def __init__(self, target_port: int) -> None:
+        self._target = target_port
+        self._server = socket.create_server(("127.0.0.1", 0))
+        self.port = self._server.getsockname()[1]
+        self._lock = threading.Lock()
+        self._holding = False
+        self._sockets: list[socket.socket] = []
+        self.held = 0  # bytes kept back
+        threading.Thread(target=self._accept, name="holding-proxy", daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._server.accept()
+                upstream = socket.create_connection(("127.0.0.1", self._target), timeout=5)
+            except OSError:
+                return
+            upstream.settimeout(None)
+            for sock in (client, upstream):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            with self._lock:
+                self._sockets += [client, upstream]
+            threading.Thread(target=self._pump, args=(client, upstream, False), daemon=True).start()
+            threading.Thread(target=self._pump, args=(upstream, client, True), daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket, from_broker: bool) -> None:
+        try:
+            while data := src.recv(65536):
+                with self._lock:
+                    hold = from_broker and self._holding
+                    if hold:
+                        self.held += len(data)
+                if not hold:
+                    dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock in (src, dst):
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+
+    def hold(self) -> None:
+        with self._lock:
+            self._holding = True
+
+    def cut(self) -> None:
+        """Drop every connection (what was held is lost with it); new ones are forwarded both ways."""
+        with self._lock:
+            sockets, self._sockets = self._sockets, []
+            self._holding = False
+        for sock in sockets:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+
+    def close(self) -> None:
+        self._server.close()
+        self.cut()
 
 
 def _client(

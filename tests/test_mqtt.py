@@ -20,11 +20,12 @@ from hullwatch.core.model import Estimate, Quality, Quantity, Sample
 from hullwatch.sinks.mqtt import MqttSetupError, MqttSink, StationDescription, apply_credentials
 from hullwatch.sinks.mqtt.commands import validate
 from hullwatch.sinks.mqtt.connection import Throttle
-from hullwatch.sinks.spool import Record, time_ns
+from hullwatch.sinks.spool import Record, Spool, time_ns
 from mosquitto_fixture import (
     HAVE_MOSQUITTO,
     HAVE_OPENSSL,
     Broker,
+    HoldingProxy,
     Listener,
     free_port,
     make_certs,
@@ -250,6 +251,72 @@ def test_hatch_readings_go_out_through_the_spool_with_their_own_time(broker, mak
         {"time": 1780000060.5, "open": False, "replay": True},
     ]
     assert retained(broker.port, f"{P}/hatch/#") == {}  # events are not retained; `hatch()` keeps the state
+
+
+def spooled_sample(rid: int, value: float, sensor: str = "p1") -> Record:
+    """A sample as the spool holds it (the service's body, its JSON text made once at append)."""
+    body = {"time": 1780000000.0 + rid, "quantity": "pressure", "value": value, "quality": "good", "sensor": sensor}
+    return Record(rid, "sample", time_ns(body["time"]), body, json.dumps(body, separators=(",", ":")))
+
+
+def test_the_live_lane_is_confirmed_by_each_puback_in_whatever_order_it_comes(broker, make_sink, listener):
+    live = listener(broker.port, f"{P}/#")
+    sink, _ = make_sink(broker.port)
+    assert sink.synced.wait(10)
+    mids: list[int] = []
+    sink._client.on_publish = lambda client, userdata, mid, rc, props: mids.append(mid)  # hold paho's reports back
+    woken: list[bool] = []
+    records = [spooled_sample(10 + i, 101325.0 + i, sensor="p\u00e9") for i in range(5)]
+    assert sink.submit(records, False, lambda: woken.append(True)) == 5, "all handed over, no wait for a PUBACK"
+    sink.publish_json("extra", {"x": 1})  # a message of the sink's own: its PUBACK confirms no record
+    assert wait_until(lambda: len(mids) == 6, 10)
+    assert sink.confirmed() == [] and not woken
+    for mid in reversed(mids):  # the PUBACKs in the reverse order
+        sink._on_publish(sink._client, None, mid, None, None)
+    assert woken
+    assert sink.confirmed() == [14, 13, 12, 11, 10]
+    assert sink.confirmed() == [], "each once"
+    assert wait_until(lambda: len(live.on(f"{P}/sensor/p\u00e9")) == 5)
+    first = b'{"time":1780000010.0,"quantity":"pressure","value":101325.0,"quality":"good"}'
+    assert live.payloads(f"{P}/sensor/p\u00e9")[0] == first, "the spool's text without the sensor"
+    sink.submit([spooled_sample(20, 1.5)], True, lambda: None)  # replayed: cut from the text all the same
+    assert wait_until(lambda: live.json(f"{P}/sensor/p1") == [
+        {"time": 1780000020.0, "quantity": "pressure", "value": 1.5, "quality": "good", "replay": True}
+    ])  # fmt: skip
+
+
+def test_what_was_in_flight_when_the_link_dropped_goes_again_from_the_spool(broker, make_sink, listener, tmp_path):
+    live = listener(broker.port, f"{P}/sensor/#")
+    proxy = HoldingProxy(broker.port)
+    spool = Spool(str(tmp_path / "spool.sqlite"), commit_interval_s=0.05)
+    try:
+        sink, _ = make_sink(proxy.port)
+        assert sink.synced.wait(10)
+        spool.start([sink])
+
+        def append(k: int) -> None:
+            body = {"time": 1780000000.0 + k, "quantity": "pressure", "value": float(k), "quality": "good"}
+            spool.append("sample", body["time"], {**body, "sensor": "p1"})
+
+        def values(since: int = 0) -> list[float]:
+            return [json.loads(m[2])["value"] for m in live.messages[since:]]
+
+        for k in range(5):
+            append(k)
+        assert wait_until(lambda: spool.cursors["mqtt"] == 5, 10), "confirmed through the proxy"
+        proxy.hold()  # from now on no PUBACK reaches the sink
+        for k in range(5, 25):
+            append(k)
+        assert wait_until(lambda: set(values()) == {float(k) for k in range(25)}, 10), "all out, none waited"
+        assert spool.cursors["mqtt"] == 5 and len(spool.forwarder("mqtt").inflight) == 20, "none confirmed"
+        n = len(live.messages)
+        proxy.cut()  # the link drops with 20 messages unacknowledged
+        assert wait_until(lambda: spool.cursors["mqtt"] == 25, 30), "sent again after the reconnect, and confirmed"
+        assert set(values(n)) == {float(k) for k in range(5, 25)}, "exactly the unconfirmed ones went again"
+        assert wait_until(lambda: spool.stats()["depth"] == 0, 10)
+    finally:
+        spool.close()
+        proxy.close()
 
 
 def test_sample_qos_is_capped_at_1_and_topic_prefix_defaults_to_station(broker, listener):
