@@ -115,3 +115,19 @@ def test_every_message_goes_to_its_icd_topic() -> None:
     spooled = t.record(Record(id=2, kind="sample", time_ns=0, body={"sensor": "fwd", "time": 0.0, "value": 1.0}), False)
     assert spooled.topic == "hullwatch/lab/sensor/fwd" and "sensor" not in json.loads(spooled.payload)
     assert t.status(online=False).retain and t.volume_alarm("v", True).payload == b"ON"
+
+
+def test_a_spooled_sample_is_cut_from_the_spools_text_not_encoded_again() -> None:
+    t = Telemetry(Topics("P"), qos=1)
+    body = {"time": 1.5, "quantity": "pressure", "value": 101325.25, "quality": "good", "sensor": 'f"w\u00e9'}
+    text = json.dumps(body, separators=(",", ":"))  # as Spool.append makes it, the sensor last
+    live = t.record(Record(1, "sample", 0, body, text), replay=False)
+    replayed = t.record(Record(1, "sample", 0, body, text), replay=True)
+    expected = {k: v for k, v in body.items() if k != "sensor"}
+    assert live.topic == 'P/sensor/f"w\u00e9' and live.qos == 1
+    assert live.payload == text[: text.index(',"sensor"')].encode() + b"}", "the same bytes, cut"
+    assert json.loads(live.payload) == expected
+    assert json.loads(replayed.payload) == {**expected, "replay": True}
+    moved = {"sensor": "fwd", **expected}  # a text of another order, or none: encoded afresh, same message
+    for r in (Record(2, "sample", 0, moved, json.dumps(moved)), Record(2, "sample", 0, moved)):
+        assert json.loads(t.record(r, replay=False).payload) == expected
