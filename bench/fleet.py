@@ -35,7 +35,6 @@ import sqlite3
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,11 +43,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "daemon"))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from influxd_fixture import Influxd  # noqa: E402
-from mosquitto_fixture import Broker  # noqa: E402
-
 from hullwatch.core.model import Quantity, Sample  # noqa: E402
 from hullwatch.sinks.mqtt import sample_payload  # noqa: E402
+from influxd_fixture import Influxd  # noqa: E402
+from mosquitto_fixture import Broker  # noqa: E402
 
 TICKS = 1 / os.sysconf("SC_CLK_TCK")
 
@@ -119,7 +117,8 @@ def run_stations(port: int, stations: int, sensors: int, rate: float, seconds: f
             for j in range(sensors):
                 mid = mid % 65535 + 1
                 sample = Sample(t, f"p{j}", Quantity.PRESSURE, 100_000.0 + j + n * 0.01)
-                out.append(publish_packet(topics[i][j], json.dumps(sample_payload(sample), separators=(",", ":")).encode(), mid))  # fmt: skip
+                payload = json.dumps(sample_payload(sample), separators=(",", ":")).encode()
+                out.append(publish_packet(topics[i][j], payload, mid))
             socks[i].setblocking(True)
             socks[i].sendall(b"".join(out))
             socks[i].setblocking(False)
@@ -249,8 +248,9 @@ def measure(args: argparse.Namespace, work: Path, broker: Broker, influx: Influx
     for i, (p, n) in enumerate(zip(procs, records, strict=True)):
         cpu = (c1[p.proc.pid] - c0[p.proc.pid]) / window * 100
         share = n / sum(records) * 100 if sum(records) else 0.0
+        per_sample = cpu * 1e4 / max(1.0, (s1 - s0) / window * share / 100)
         print(f"  bridge {i}: {n:,} records ({share:.1f} %), CPU {cpu:.0f} % of a core "
-              f"({cpu * 1e4 / max(1.0, (s1 - s0) / window * (share / 100)):.0f} µs/sample), RSS {rss[i]:.0f} MB")  # fmt: skip
+              f"({per_sample:.0f} µs/sample), RSS {rss[i]:.0f} MB")  # fmt: skip
     print("  " + ", ".join(f"{n} CPU {(c1[n] - c0[n]) / window * 100:.0f} %" for n in others), flush=True)
 
 
