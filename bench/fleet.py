@@ -251,7 +251,15 @@ def measure(args: argparse.Namespace, work: Path, broker: Broker, influx: Influx
         per_sample = cpu * 1e4 / max(1.0, (s1 - s0) / window * share / 100)
         print(f"  bridge {i}: {n:,} records ({share:.1f} %), CPU {cpu:.0f} % of a core "
               f"({per_sample:.0f} µs/sample), RSS {rss[i]:.0f} MB")  # fmt: skip
-    print("  " + ", ".join(f"{n} CPU {(c1[n] - c0[n]) / window * 100:.0f} %" for n in others), flush=True)
+    print("  " + ", ".join(f"{n} CPU {(c1[n] - c0[n]) / window * 100:.0f} %" for n in others)
+          + f"; load average {os.getloadavg()[0]:.1f}")  # fmt: skip
+    for i, p in enumerate(procs):
+        for line in [x for x in p.log.read_text().splitlines() if "WARNING" in x or "ERROR" in x][:3]:
+            print(f"  bridge {i}: {line}")
+    dropped = [x for x in broker.log_text().splitlines() if "dropped" in x.lower()]
+    if dropped:
+        print(f"  mosquitto: {dropped[0]} ({len(dropped)} such line(s))")
+    sys.stdout.flush()
 
 
 def main() -> None:
