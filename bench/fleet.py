@@ -9,8 +9,8 @@ influxd 1.6 (v1 API) on free loopback ports. The stations are one process of the
 (`fleet.py stations ...`): one MQTT connection per station, each sending its sensors' ICD §5
 sample messages (`sample_payload`, QoS 1, as `hullwatch run` does) at the sensors' rate, the
 stations spread evenly over each period. Each load runs against fresh bridges (`python -m
-hullwatch bridge`, one process each, the same `share_group`, their own spool) and a fresh
-database, for a warm-up and a measuring window, then waits (up to --drain seconds) until
+hullwatch bridge`, one process each, their own spool, one `share_group`) and a fresh
+database (also the group's name), for a warm-up and a measuring window, then waits (up to --drain seconds) until
 InfluxDB has everything, and prints:
 
 - stored/s: points InfluxDB gained over the window, per second;
@@ -177,7 +177,7 @@ def start_bridge(work: Path, name: str, broker: Broker, influx: Influxd, databas
     conf = work / f"{name}.toml"
     spool = work / f"{name}.sqlite"
     conf.write_text(
-        f'[bridge]\nstations = ["+"]\nclient_id = "{name}"\nshare_group = "fleet"\n'
+        f'[bridge]\nstations = ["+"]\nclient_id = "{name}"\nshare_group = "{database}"\n'
         f'[mqtt]\nhost = "127.0.0.1"\nport = {broker.port}\n'
         f'[influxdb]\nurl = "{influx.url}"\napi = "v1"\ndatabase = "{database}"\n'
         f'[spool]\npath = "{spool}"\ncommit_interval_s = {commit_s}\n'
@@ -203,7 +203,9 @@ def wait_for(pred, timeout: float, step: float = 0.1) -> bool:
 
 
 def measure(args: argparse.Namespace, work: Path, broker: Broker, influx: Influxd, bridges: int) -> None:
-    database = f"fleet{bridges}"
+    database = f"fleet{bridges}"  # also the share group: the stopped bridges of a load before keep their
+    # sessions (24 h) and with them their place in the group, where mosquitto would queue a share for them
+    broker_log = len(broker.log_text())
     influx.query(f'CREATE DATABASE "{database}"', post=True)
     influx.database = database
     procs = [start_bridge(work, f"bridge-{bridges}-{i}", broker, influx, database, args.commit) for i in range(bridges)]
@@ -256,7 +258,7 @@ def measure(args: argparse.Namespace, work: Path, broker: Broker, influx: Influx
     for i, p in enumerate(procs):
         for line in [x for x in p.log.read_text().splitlines() if "WARNING" in x or "ERROR" in x][:3]:
             print(f"  bridge {i}: {line}")
-    dropped = [x for x in broker.log_text().splitlines() if "dropped" in x.lower()]
+    dropped = [x for x in broker.log_text()[broker_log:].splitlines() if "dropped" in x.lower()]
     if dropped:
         print(f"  mosquitto: {dropped[0]} ({len(dropped)} such line(s))")
     sys.stdout.flush()

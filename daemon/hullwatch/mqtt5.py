@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import select
 import socket
 import ssl
 import threading
@@ -214,6 +215,7 @@ class Subscriber:
         self._send_lock = threading.Lock()
         self._last_sent = 0.0
         self._connected = False
+        self._accepted = False  # the current connection's CONNACK said yes
         self.connection = 0  # counts the connections made; each message names the one that brought it
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -264,12 +266,18 @@ class Subscriber:
             log.debug("mqtt5: acknowledgements not sent (%s); the broker will send those messages again", exc)
 
     def _send(self, data: bytes, connection: int | None = None) -> None:
+        """Write whole packets; a failed write (perhaps half a packet out) ends the connection."""
         with self._send_lock:
             if self._sock is None:
                 raise OSError("not connected")
             if connection is not None and connection != self.connection:
                 return
-            self._sock.sendall(data)
+            try:
+                self._sock.sendall(data)
+            except OSError:
+                with contextlib.suppress(OSError):
+                    self._sock.shutdown(socket.SHUT_RDWR)  # the reader sees it and connects again
+                raise
             self._last_sent = time.monotonic()
 
     def _run(self) -> None:
@@ -277,8 +285,9 @@ class Subscriber:
         while not self._stop.is_set():
             try:
                 self._session()
-                attempt = 0
             except (OSError, ProtocolError) as exc:
+                if self._accepted:
+                    attempt = 0  # a new outage: say so again
                 if not self._stop.is_set():
                     level = logging.WARNING if attempt == 0 else logging.DEBUG
                     log.log(level, "mqtt5: %s:%d: %s; connecting again", self.host, self.port, exc)
@@ -301,8 +310,10 @@ class Subscriber:
                 sock.close()
                 raise
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.settimeout(CONNECT_TIMEOUT_S)  # for writes and a TLS record's rest; reads wait in select()
         keepalive = self.keepalive_s
-        sock.settimeout(min(1.0, keepalive / 2) if keepalive else 1.0)
+        tick = min(1.0, keepalive / 2) if keepalive else 1.0
+        self._accepted = False
         with self._send_lock:
             self._sock = sock
             self.connection += 1
@@ -317,10 +328,8 @@ class Subscriber:
         started = last_heard = ping_sent = time.monotonic()
         acknowledged = False  # the CONNACK came
         while not self._stop.is_set():
-            try:
-                data = sock.recv(READ_BYTES)
-            except TimeoutError:
-                data = None
+            pending = isinstance(sock, ssl.SSLSocket) and sock.pending()  # decrypted bytes select() cannot see
+            data = sock.recv(READ_BYTES) if pending or select.select([sock], [], [], tick)[0] else None
             now = time.monotonic()
             if data == b"":
                 raise OSError("the broker closed the connection")
@@ -343,7 +352,7 @@ class Subscriber:
                     present, code = parse_connack(body)
                     if code >= 0x80:
                         raise ProtocolError(f"the broker refused the connection (reason code {code:#04x})")
-                    acknowledged = True
+                    acknowledged = self._accepted = True
                     self.on_connect(present)
                     self._send(encode_subscribe(1, self.filters, self.qos))
                 elif kind == SUBACK:
