@@ -301,3 +301,36 @@ def wait_until(predicate, timeout: float = 30.0) -> bool:
             return True
         time.sleep(0.05)
     return predicate()
+
+
+@pytest.mark.skipif(not (HAVE_MOSQUITTO and HAVE_INFLUXD), reason="needs mosquitto and influxd (Debian packages)")
+def test_a_bridge_takes_far_more_than_mosquittos_default_window_before_acknowledging(tmp_path, broker_and_influx):
+    """With no acknowledgement at all, 2000 messages still arrive: the bridge's Receive Maximum, not mosquitto's
+    default of 20 in flight, bounds what the broker sends ahead of the spool's commits."""
+    broker, influx = broker_and_influx
+    path = tmp_path / "bridge.toml"
+    path.write_text(
+        f'[bridge]\nstations = ["+"]\nclient_id = "bridge-w"\n'
+        f'[mqtt]\nhost = "127.0.0.1"\nport = {broker.port}\n'
+        f'[influxdb]\nurl = "{influx.url}"\napi = "v1"\ndatabase = "hullwatch"\n'
+        f'[spool]\npath = "{tmp_path / "spool.sqlite"}"\n'
+    )
+    pub = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="station")
+    pub.connect("127.0.0.1", broker.port)
+    pub.loop_start()
+    bridge = Bridge(load_bridge(str(path)))
+    bridge.start()
+    try:
+        wait_subscribed(bridge, pub)
+        assert wait_until(lambda: not bridge._unacked)
+        bridge.spool.on_commit = None  # nothing is acknowledged from here on
+        ready = bridge.received
+        infos = [pub.publish("hullwatch/alpha/sensor/p1", sensor_message(time=T0 + k), qos=1) for k in range(2000)]
+        for info in infos:
+            info.wait_for_publish(30)
+        assert wait_until(lambda: bridge.received - ready >= 2000), bridge.received - ready
+        assert len(bridge._unacked) >= 2000
+    finally:
+        bridge.stop()
+        pub.loop_stop()
+        pub.disconnect()

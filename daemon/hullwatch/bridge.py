@@ -34,6 +34,7 @@ the count since. It never reaches the spool's transaction, so it can never fail 
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -44,13 +45,8 @@ import uuid
 from collections import Counter
 from typing import Any
 
-import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
-from paho.mqtt.subscribeoptions import SubscribeOptions
-
 from hullwatch.config import BridgeConfig
+from hullwatch.mqtt5 import Message, Subscriber
 from hullwatch.sinks.influx import ESTIMATE_FIELDS, InfluxSink
 from hullwatch.sinks.mqtt import apply_credentials
 from hullwatch.sinks.spool import Record, Spool, time_ns
@@ -59,6 +55,7 @@ from hullwatch.topics import Kind, Topic, parse, subscription
 log = logging.getLogger(__name__)
 
 SESSION_EXPIRY_S = 24 * 3600  # the broker keeps our queue this long while the bridge is away
+RECEIVE_MAXIMUM = 65535  # unacknowledged messages the broker may have out to us (MQTT 5's largest)
 STORED = (Kind.SENSOR, Kind.VOLUME, Kind.STEP, Kind.CLOCK_STEP, Kind.HATCH_EVENT, Kind.ALARM, Kind.METRICS)
 TOPICS = tuple(subscription(kind) for kind in STORED)  # below each station's prefix
 # The telemetry kinds whose malformed topics are set aside (a wrong number of levels), with why.
@@ -69,6 +66,7 @@ _SHAPES = {
     "hatch": "hatch topics are hatch/<hatch> and hatch/<hatch>/event",
     "alarm": "alarm topics have 3 level(s) after 'alarm/'",
 }
+TOPICS_CACHED = 65536  # parsed topics kept (a fleet of 1000 stations x 60 topics fits)
 SET_ASIDE_MAX = 1000  # unstorable messages kept per run (all are counted)
 SET_ASIDE_BYTES = 4096  # of each one's payload
 WARN_EVERY_S = 60.0  # at most one warning per kind of problem this often
@@ -132,10 +130,12 @@ def _json_object(payload: bytes) -> dict:
     return obj
 
 
+@functools.lru_cache(maxsize=TOPICS_CACHED)
 def station_topic(topic: str, root: str) -> tuple[str, Topic | None]:
     """(station, parsed topic) of `<root>/<station>/...`; the topic is None when it is none of ICD §5.
 
-    Raises Unstorable for a telemetry topic with the wrong number of levels.
+    Raises Unstorable for a telemetry topic with the wrong number of levels. Cached: a fleet
+    sends the same few thousand topics over and over.
     """
     if not topic.startswith(root + "/"):
         return "", None
@@ -233,18 +233,18 @@ class Bridge:
         self.spool = spool or Spool(s.path, s.max_mb, s.commit_interval_s, s.replay_per_s)
         self.sink = InfluxSink(cfg.influxdb, station="")
         self.client_id = cfg.client_id or f"hullwatch-bridge-{uuid.uuid4().hex[:8]}"
-        self._unacked: list[tuple[int, int, int]] = []  # (last record id, mid, qos), oldest first
+        self._unacked: list[tuple[int, int, int]] = []  # (last record id, packet id, connection), oldest first
         self._lock = threading.Lock()
         self.received = 0
         self.ignored = 0  # not telemetry (e.g. a removed alarm)
         self.unstorable: Counter[str] = Counter()  # set aside, per kind of problem
         self._kept = 0  # of them in the spool's rejected table
         self._warned: dict[str, tuple[float, int]] = {}  # kind -> (when last logged, how many since)
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=mqtt.MQTTv5)
-        self.client.manual_ack_set(True)
+        qos = min(cfg.mqtt.qos, 1) or 1
+        self.client = Subscriber(self.client_id, self.subscriptions(), qos, self._on_messages,
+                                 keepalive_s=cfg.mqtt.keepalive_s, session_expiry_s=SESSION_EXPIRY_S,
+                                 receive_maximum=RECEIVE_MAXIMUM)  # fmt: skip
         self.client.on_connect = self._on_connect
-        self.client.on_message = self._on_message
-        self.client.reconnect_delay_set(1, 2)
         apply_credentials(self.client, cfg.mqtt)  # MqttSetupError names the key
 
     def subscriptions(self) -> list[str]:
@@ -256,17 +256,13 @@ class Bridge:
         """Start the spool (its commits acknowledge messages) and connect in the background."""
         self.spool.on_commit = self._acknowledge
         self.spool.start([self.sink])
-        props = Properties(PacketTypes.CONNECT)
-        props.SessionExpiryInterval = SESSION_EXPIRY_S
         m = self.cfg.mqtt
-        self.client.connect_async(m.host, m.port, keepalive=m.keepalive_s, clean_start=False, properties=props)
-        self.client.loop_start()
+        self.client.start(m.host, m.port)
         log.info("bridge %s: %s:%d -> %s", self.client_id, m.host, m.port, self.cfg.influxdb.url)
 
     def stop(self) -> None:
         """Disconnect (the session stays on the broker) and close the spool."""
-        self.client.disconnect()
-        self.client.loop_stop()
+        self.client.stop()
         self.spool.close(drain_s=2.0)
         self.sink.close()
         if self.unstorable:
@@ -274,24 +270,23 @@ class Bridge:
             total = self.unstorable.total()
             log.warning("bridge: %d message(s) could not be stored and were set aside (%s)", total, kinds)
 
-    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
-        if reason_code.is_failure:
-            log.warning("bridge: broker refused the connection: %s", reason_code)
-            return
-        qos = min(self.cfg.mqtt.qos, 1) or 1
-        client.subscribe([(t, SubscribeOptions(qos=qos)) for t in self.subscriptions()])
-        log.info("bridge: connected; %s", ", ".join(self.subscriptions()))
+    def _on_connect(self, session_present: bool) -> None:
+        log.info("bridge: connected (%s session); %s", "resumed" if session_present else "new",
+                 ", ".join(self.subscriptions()))  # fmt: skip
 
-    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+    def _on_messages(self, messages: list[Message]) -> None:
+        """Spool a batch of messages (one read's worth); each is acknowledged once its records are committed."""
         now = time.time()
-        try:
-            self._take(msg.topic, msg.payload, now)
-        except Unstorable as exc:
-            self._set_aside(msg.topic, msg.payload, now, exc.kind, str(exc))
-        except Exception as exc:  # never kills paho's thread
-            self._set_aside(msg.topic, msg.payload, now, "internal", f"{type(exc).__name__}: {exc}")
+        for msg in messages:
+            try:
+                self._take(msg.topic, msg.payload, now)
+            except Unstorable as exc:
+                self._set_aside(msg.topic, msg.payload, now, exc.kind, str(exc))
+            except Exception as exc:  # never kills the connection's thread
+                self._set_aside(msg.topic, msg.payload, now, "internal", f"{type(exc).__name__}: {exc}")
         with self._lock:  # acknowledged once everything spooled so far is committed
-            self._unacked.append((self.spool.last_id, msg.mid, msg.qos))
+            last = self.spool.last_id
+            self._unacked += [(last, m.packet_id, m.connection) for m in messages if m.qos]
 
     def _take(self, topic: str, payload: bytes, now: float) -> None:
         station, parsed = station_topic(topic, self.root)
@@ -328,13 +323,17 @@ class Bridge:
         self._warned[kind] = (mono, 0)
 
     def _acknowledge(self, committed_id: int) -> None:
-        """PUBACK every message whose records are now in the spool file."""
+        """PUBACK every message whose records are now in the spool file, one write per connection."""
         with self._lock:
-            done = [u for u in self._unacked if u[0] <= committed_id]
-            self._unacked = self._unacked[len(done) :]
-        for _, mid, qos in done:
-            if qos > 0:
-                self.client.ack(mid, qos)
+            n = 0
+            while n < len(self._unacked) and self._unacked[n][0] <= committed_id:
+                n += 1
+            done, self._unacked = self._unacked[:n], self._unacked[n:]
+        by_connection: dict[int, list[int]] = {}
+        for _, packet_id, connection in done:
+            by_connection.setdefault(connection, []).append(packet_id)
+        for connection, packet_ids in by_connection.items():
+            self.client.ack(packet_ids, connection)
 
 
 def run(cfg: BridgeConfig, stop: threading.Event) -> None:

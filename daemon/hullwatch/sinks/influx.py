@@ -34,6 +34,7 @@ Every answer is classified (the same for both APIs):
 from __future__ import annotations
 
 import base64
+import functools
 import logging
 import math
 import time
@@ -52,6 +53,7 @@ log = logging.getLogger(__name__)
 
 TIMEOUT_S = 10.0
 BATCH_LINES = 5000
+SERIES_CACHED = 65536  # series whose line-protocol text is kept
 KINDS = frozenset({"sample", "hatch", "estimate", "step", "alarm", "metric", "clock_step"})
 
 
@@ -167,13 +169,19 @@ def _field(key: str, value: bool | int | float | str) -> str:
 
 def line_protocol(measurement: str, tags: dict[str, str], fields: dict[str, Any], time_ns: int) -> str:
     """One line: tags and fields sorted by key, empty tags and non-finite floats left out ("" if no field is left)."""
-    tag_text = "".join(f",{k.translate(_ESCAPE_KEY)}={_tag_value(v)}" for k, v in sorted(tags.items()) if k and v)
     field_text = ",".join(
         _field(k, v) for k, v in sorted(fields.items()) if not (isinstance(v, float) and not math.isfinite(v))
     )
     if not field_text:
         return ""  # a point without fields is no point (as influxdb-client's Point has it)
-    return f"{measurement.translate(_ESCAPE_MEASUREMENT)}{tag_text} {field_text} {time_ns}"
+    return f"{_series(measurement, tuple(tags.items()))} {field_text} {time_ns}"
+
+
+@functools.lru_cache(maxsize=SERIES_CACHED)
+def _series(measurement: str, tags: tuple[tuple[str, str], ...]) -> str:
+    """A series' measurement and tags as line protocol (cached: a fleet writes the same series over and over)."""
+    tag_text = "".join(f",{k.translate(_ESCAPE_KEY)}={_tag_value(v)}" for k, v in sorted(tags) if k and v)
+    return measurement.translate(_ESCAPE_MEASUREMENT) + tag_text
 
 
 def _tag_value(value: str) -> str:
