@@ -170,7 +170,7 @@ class AdaptiveSlope:
         if n:
             t, y = (self._pending_t + t) / (n + 1), (self._pending_y + y) / (n + 1)
             self._pending_n, self._pending_t, self._pending_y = 0, 0.0, 0.0
-        self.series.append(t, y - self._offset)
+        self.series.defer(t, y - self._offset)  # the sums catch up at the next estimate
 
     def reset(self) -> None:
         """Forget everything (the quantity measured is no longer the same)."""
@@ -189,6 +189,7 @@ class AdaptiveSlope:
     def estimate(self) -> SlopeEstimate | None:
         """The slope over the current window, or None while there are too few points."""
         s = self.series
+        s.settle()
         end = len(s)
         if end == 0:
             return None
@@ -598,7 +599,8 @@ class FallRate:
     """How fast the pressure falls over the last few seconds, with its uncertainty.
 
     Fits over WINDOWS_S (each needing MIN_POINTS); `bounds` gives the most confident
-    evidence of a fall and the highest plausible fall, for the rapid-depress alarm.
+    evidence of a fall and the highest plausible fall, for the rapid-depress alarm. Each
+    window's first point only moves forward as points come, so it is followed, not searched.
     """
 
     WINDOWS_S = (2.0, 5.0, 15.0)
@@ -606,6 +608,7 @@ class FallRate:
 
     def __init__(self) -> None:
         self.series = LineSeries()
+        self._starts: list[int] | None = None  # each window's first point; None: to be searched
 
     def add(self, t: float, p: float) -> None:
         """Add a pressure reading."""
@@ -613,6 +616,8 @@ class FallRate:
         s.append(t, p)
         if len(s) > 2 * _COMPACT_AFTER:
             s.trim_before(t - self.WINDOWS_S[-1])
+            s.settle()
+            self._starts = None
 
     def bounds(self, k: float, faster_than: float = -math.inf) -> tuple[float, float, float] | None:
         """(fall rate, its lower bound, the highest upper bound) in Pa/s at k sigma; None if too few points.
@@ -629,9 +634,19 @@ class FallRate:
         sx, sy, sxx, sxy, syy = s.sx, s.sy, s.sxx, s.sxy, s.syy
         ex, ey, exx, exy, eyy = sx[end], sy[end], sxx[end], sxy[end], syy[end]
         x_end = xs[-1]
+        starts = self._starts
+        if starts is None:
+            starts = self._starts = [bisect_left(xs, x_end - w) for w in self.WINDOWS_S]
+        last = end - few + 1  # a window starting later has too few points
         best_fall, best_lower, upper = math.nan, -math.inf, -math.inf
-        for w in self.WINDOWS_S:
-            i = bisect_left(xs, x_end - w, 0, end - few + 1)  # end - few + 1: too few points
+        for j, w in enumerate(self.WINDOWS_S):
+            i = starts[j]
+            cut = x_end - w
+            while xs[i] < cut:  # the first point at or after the cut (the newest one is)
+                i += 1
+            starts[j] = i
+            if i > last:
+                i = last
             n = end - i
             if n < few:
                 continue
