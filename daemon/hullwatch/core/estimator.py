@@ -367,6 +367,7 @@ class AdaptiveSlope:
         fx, fy, fxx, fxy, fyy = sx[first], sy[first], sxx[first], sxy[first], syy[first]
         ex, ey, exx, exy, eyy = sx[end], sy[end], sxx[end], sxy[end], syy[end]
         longest = n - m
+        white, clip, memory, warm = WHITE_RATIO, Z2_CLIP, Z2_MEMORY, Z2_WARM  # this loop runs at every estimate
         for rung, r in enumerate(self._ladder):
             if r > longest:
                 break
@@ -385,15 +386,16 @@ class AdaptiveSlope:
             slope_a = axy / axx
             slope_b = bxy / bxx
             sse = (kyy - fyy - ay * ay / na - slope_a * axy) + (eyy - kyy - by * by / r - slope_b * bxy)
-            var = max(sse, 1e-300) / dof
+            var = (1e-300 if sse < 1e-300 else sse) / dof  # max(sse, 1e-300), without the call
             z2 = (slope_a - slope_b) ** 2 / (var * (1.0 / axx + 1.0 / bxx))
             typical = z2_typical[rung]
-            if z2 > z2_bar * (typical if typical > WHITE_RATIO else 1.0) and sse < best_sse:
+            if z2 > z2_bar * (typical if typical > white else 1.0) and sse < best_sse:
                 best_k, best_sse, best_r = k, sse, r
             count = seen[rung] + 1  # a plain mean at first, then an hour's memory
             seen[rung] = count
-            weight = Z2_MEMORY if count > Z2_WARM else 1.0 / count
-            z2_typical[rung] = typical + weight * (min(z2, Z2_CLIP * typical + 1.0) - typical)
+            weight = memory if count > warm else 1.0 / count
+            cap = clip * typical + 1.0
+            z2_typical[rung] = typical + weight * ((cap if cap < z2 else z2) - typical)  # min(z2, cap)
         shift = self._recent_shift(first, end, z2_bar)
         if shift is not None:
             shift_k, shift_sse = shift
