@@ -170,7 +170,7 @@ class AdaptiveSlope:
         if n:
             t, y = (self._pending_t + t) / (n + 1), (self._pending_y + y) / (n + 1)
             self._pending_n, self._pending_t, self._pending_y = 0, 0.0, 0.0
-        self.series.defer(t, y - self._offset)  # the sums catch up at the next estimate
+        self.series.append(t, y - self._offset)
 
     def reset(self) -> None:
         """Forget everything (the quantity measured is no longer the same)."""
@@ -189,7 +189,6 @@ class AdaptiveSlope:
     def estimate(self) -> SlopeEstimate | None:
         """The slope over the current window, or None while there are too few points."""
         s = self.series
-        s.settle()
         end = len(s)
         if end == 0:
             return None
@@ -618,7 +617,6 @@ class FallRate:
         s.append(t, p)
         if len(s) > 2 * _COMPACT_AFTER:
             s.trim_before(t - self.WINDOWS_S[-1])
-            s.settle()
             self._starts = None
 
     def bounds(self, k: float, faster_than: float = -math.inf) -> tuple[float, float, float] | None:

@@ -4,17 +4,12 @@ The series keeps running (prefix) sums of x, y, x², x·y and y², so the fit of
 i..j-1 costs a handful of subtractions whatever its length. Values are stored relative
 to an origin (the first point kept) and the sums are rebuilt when old points are
 dropped, which keeps their magnitudes, and so their rounding errors, small.
-
-A series fitted now and then rather than at every point takes its points with `defer`:
-the sums then catch up in one pass (`settle`, which every fit calls), with the very
-same additions in the same order, so the fits are identical to the bit.
 """
 
 from __future__ import annotations
 
 from bisect import bisect_left
 from itertools import accumulate
-from operator import mul
 from typing import NamedTuple
 
 
@@ -52,8 +47,6 @@ class LineSeries:
         """Add a point; x must not decrease."""
         if not self.xs:
             self.x0, self.y0 = x, y
-        elif len(self.sx) <= len(self.xs):
-            self.settle()
         x -= self.x0
         y -= self.y0
         self.xs.append(x)
@@ -64,25 +57,6 @@ class LineSeries:
         sxx.append(sxx[-1] + x * x)
         sxy.append(sxy[-1] + x * y)
         syy.append(syy[-1] + y * y)
-
-    def defer(self, x: float, y: float) -> None:
-        """Add a point whose sums are taken later, by `settle`; x must not decrease."""
-        if not self.xs:
-            self.x0, self.y0 = x, y
-        self.xs.append(x - self.x0)
-        self.ys.append(y - self.y0)
-
-    def settle(self) -> None:
-        """Bring the sums up to the points deferred so far (the same running sums `append` keeps)."""
-        done = len(self.sx) - 1
-        if done == len(self.xs):
-            return
-        xs, ys = self.xs[done:], self.ys[done:]
-        self.sx[-1:] = accumulate(xs, initial=self.sx[-1])
-        self.sy[-1:] = accumulate(ys, initial=self.sy[-1])
-        self.sxx[-1:] = accumulate(map(mul, xs, xs), initial=self.sxx[-1])
-        self.sxy[-1:] = accumulate(map(mul, xs, ys), initial=self.sxy[-1])
-        self.syy[-1:] = accumulate(map(mul, ys, ys), initial=self.syy[-1])
 
     def x(self, i: int) -> float:
         """The absolute x of point i."""
@@ -101,8 +75,6 @@ class LineSeries:
         n = j - i
         if n < 3:
             return None
-        if len(self.sx) <= j:
-            self.settle()
         sx = self.sx[j] - self.sx[i]
         sy = self.sy[j] - self.sy[i]
         sxx = self.sxx[j] - self.sxx[i] - sx * sx / n
@@ -121,25 +93,29 @@ class LineSeries:
             self.drop_before(self.index_at(x))
 
     def drop_before(self, i: int) -> None:
-        """Forget points before index i (indices shift down by i); the sums are rebuilt (by `settle`)."""
+        """Forget points before index i (indices shift down by i) and rebuild the sums."""
         if i <= 0:
             return
         if i >= len(self.xs):
             self.__init__()
             return
         x0, y0 = self.xs[i], self.ys[i]
-        self.xs = [x - x0 for x in self.xs[i:]]
-        self.ys = [y - y0 for y in self.ys[i:]]
+        xs = [x - x0 for x in self.xs[i:]]
+        ys = [y - y0 for y in self.ys[i:]]
         self.x0 += x0
         self.y0 += y0
-        self.sx, self.sy, self.sxx, self.sxy, self.syy = [0.0], [0.0], [0.0], [0.0], [0.0]
+        self.xs, self.ys = xs, ys
+        self.sx = list(accumulate(xs, initial=0.0))
+        self.sy = list(accumulate(ys, initial=0.0))
+        self.sxx = list(accumulate((x * x for x in xs), initial=0.0))
+        self.sxy = list(accumulate((x * y for x, y in zip(xs, ys, strict=True)), initial=0.0))
+        self.syy = list(accumulate((y * y for y in ys), initial=0.0))
 
     def shift_from(self, i: int, dy: float) -> None:
         """Add dy to the y of every point from index i on (absorbing a level shift) and mend the sums."""
         n = len(self.xs)
         if i >= n or dy == 0.0:
             return
-        self.settle()
         xs, ys = self.xs, self.ys
         for j in range(i, n):
             ys[j] += dy
@@ -159,7 +135,6 @@ class LineSeries:
         """
         if len(cuts) == 2:
             return self.fit(cuts[0], cuts[1])
-        self.settle()
         sxy_total = sxx_total = syy_total = 0.0
         x_mean = y_mean = 0.0
         for i, j in zip(cuts, cuts[1:], strict=False):

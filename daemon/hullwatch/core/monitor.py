@@ -475,7 +475,7 @@ class Monitor:
             v.slope.add(t, math.log(mass))
             if t >= v.air_temperature_due:  # a slowly moving series: MIN_SPACING_S apart is enough
                 v.air_temperature_due = t + MIN_SPACING_S
-                v.air_temperature.defer(t, v.size_m3 / capacity)  # fitted at estimates only
+                v.air_temperature.append(t, v.size_m3 / capacity)
                 v.air_temperature.trim_before(t - v.slope.max_window_s)
         v.fall.add(t, p)
         v.pressure = p
