@@ -366,6 +366,7 @@ class AdaptiveSlope:
         fx, fy, fxx, fxy, fyy = sx[first], sy[first], sxx[first], sxy[first], syy[first]
         ex, ey, exx, exy, eyy = sx[end], sy[end], sxx[end], sxy[end], syy[end]
         longest = n - m
+        white, clip, memory, warm = WHITE_RATIO, Z2_CLIP, Z2_MEMORY, Z2_WARM  # this loop runs at every estimate
         for rung, r in enumerate(self._ladder):
             if r > longest:
                 break
@@ -384,15 +385,16 @@ class AdaptiveSlope:
             slope_a = axy / axx
             slope_b = bxy / bxx
             sse = (kyy - fyy - ay * ay / na - slope_a * axy) + (eyy - kyy - by * by / r - slope_b * bxy)
-            var = max(sse, 1e-300) / dof
+            var = (1e-300 if sse < 1e-300 else sse) / dof  # max(sse, 1e-300), without the call
             z2 = (slope_a - slope_b) ** 2 / (var * (1.0 / axx + 1.0 / bxx))
             typical = z2_typical[rung]
-            if z2 > z2_bar * (typical if typical > WHITE_RATIO else 1.0) and sse < best_sse:
+            if z2 > z2_bar * (typical if typical > white else 1.0) and sse < best_sse:
                 best_k, best_sse, best_r = k, sse, r
             count = seen[rung] + 1  # a plain mean at first, then an hour's memory
             seen[rung] = count
-            weight = Z2_MEMORY if count > Z2_WARM else 1.0 / count
-            z2_typical[rung] = typical + weight * (min(z2, Z2_CLIP * typical + 1.0) - typical)
+            weight = memory if count > warm else 1.0 / count
+            cap = clip * typical + 1.0
+            z2_typical[rung] = typical + weight * ((cap if cap < z2 else z2) - typical)  # min(z2, cap)
         shift = self._recent_shift(first, end, z2_bar)
         if shift is not None:
             shift_k, shift_sse = shift
@@ -598,7 +600,8 @@ class FallRate:
     """How fast the pressure falls over the last few seconds, with its uncertainty.
 
     Fits over WINDOWS_S (each needing MIN_POINTS); `bounds` gives the most confident
-    evidence of a fall and the highest plausible fall, for the rapid-depress alarm.
+    evidence of a fall and the highest plausible fall, for the rapid-depress alarm. Each
+    window's first point only moves forward as points come, so it is followed, not searched.
     """
 
     WINDOWS_S = (2.0, 5.0, 15.0)
@@ -606,6 +609,7 @@ class FallRate:
 
     def __init__(self) -> None:
         self.series = LineSeries()
+        self._starts: list[int] | None = None  # each window's first point; None: to be searched
 
     def add(self, t: float, p: float) -> None:
         """Add a pressure reading."""
@@ -613,6 +617,7 @@ class FallRate:
         s.append(t, p)
         if len(s) > 2 * _COMPACT_AFTER:
             s.trim_before(t - self.WINDOWS_S[-1])
+            self._starts = None
 
     def bounds(self, k: float, faster_than: float = -math.inf) -> tuple[float, float, float] | None:
         """(fall rate, its lower bound, the highest upper bound) in Pa/s at k sigma; None if too few points.
@@ -629,9 +634,19 @@ class FallRate:
         sx, sy, sxx, sxy, syy = s.sx, s.sy, s.sxx, s.sxy, s.syy
         ex, ey, exx, exy, eyy = sx[end], sy[end], sxx[end], sxy[end], syy[end]
         x_end = xs[-1]
+        starts = self._starts
+        if starts is None:
+            starts = self._starts = [bisect_left(xs, x_end - w) for w in self.WINDOWS_S]
+        last = end - few + 1  # a window starting later has too few points
         best_fall, best_lower, upper = math.nan, -math.inf, -math.inf
-        for w in self.WINDOWS_S:
-            i = bisect_left(xs, x_end - w, 0, end - few + 1)  # end - few + 1: too few points
+        for j, w in enumerate(self.WINDOWS_S):
+            i = starts[j]
+            cut = x_end - w
+            while xs[i] < cut:  # the first point at or after the cut (the newest one is)
+                i += 1
+            starts[j] = i
+            if i > last:
+                i = last
             n = end - i
             if n < few:
                 continue
