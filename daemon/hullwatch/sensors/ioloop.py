@@ -64,9 +64,7 @@ class IoLoop:
         self._routes: dict[LoopDevice, Deliver] = {}
         self._commands: list[tuple[str, LoopDevice | None, threading.Event | None]] = []
         self._thread: threading.Thread | None = None
-        self._wake_r, self._wake_w = os.pipe()
-        os.set_blocking(self._wake_r, False)
-        os.set_blocking(self._wake_w, False)
+        self._wake_r = self._wake_w = -1  # the wake pipe, made with the thread
         # the loop thread's own: the selector, and each device with the descriptor registered for it
         self._selector: selectors.BaseSelector | None = None
         self._watched: dict[LoopDevice, int | None] = {}
@@ -79,6 +77,9 @@ class IoLoop:
             self._routes[device] = deliver
             self._commands.append(("attach", device, None))
             if self._thread is None:
+                self._wake_r, self._wake_w = os.pipe()
+                os.set_blocking(self._wake_r, False)
+                os.set_blocking(self._wake_w, False)
                 self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
                 self._thread.start()
         self._wake()
@@ -93,6 +94,10 @@ class IoLoop:
         """Stop reading the device and close its port; the event is set once it is closed."""
         done = threading.Event()
         with self._lock:
+            if self._thread is None or not self._thread.is_alive():  # nothing reads it (its port is closed)
+                self._routes.pop(device, None)
+                done.set()
+                return done
             self._commands.append(("detach", device, done))
         self._wake()
         return done
@@ -114,10 +119,14 @@ class IoLoop:
                 log.warning("%s: still closing ports after %.1f s; not waiting for it", self.name, timeout_s)
                 return
         for fd in (self._wake_r, self._wake_w):
-            with contextlib.suppress(OSError):
-                os.close(fd)
+            if fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        self._wake_r = self._wake_w = -1
 
     def _wake(self) -> None:
+        if self._wake_w < 0:
+            return
         with contextlib.suppress(OSError):  # full (a wake is pending anyway) or closed (the loop is gone)
             os.write(self._wake_w, b"x")
 
