@@ -1,6 +1,9 @@
 """The daemon: builds drivers, core and outputs from the configuration and runs them.
 
-Data flows one way. Driver threads put samples on a queue; the main loop takes them in
+Data flows one way. Every serial sensor is read by one I/O thread (`sensors.ioloop.IoLoop`:
+a `selectors` loop over all the ports, which parses lines where it reads them and puts all the
+samples of one wakeup on the inbox as one batch); the other drivers (Modbus, GPIO, the
+simulation) run in threads of their own and put each sample. The main loop takes them in
 arrival order (timestamps made non-decreasing), at most `MAX_BATCH` at a time so that it
 looks at `stop` and pings the watchdog between batches, records them, feeds the core, lets
 the core's clock tick when no sample comes, and hands every event to the outputs. The main
@@ -24,10 +27,10 @@ GPIO pin library, credentials and TLS files, sinks, the places of the recorder a
 and `check-config` calls that alone, so it refuses what `run` would refuse.
 `run()` starts it. A reload (`rebuild()`) builds the new daemon completely while the old one
 runs, taking over what the old one holds with unchanged settings (the spool file, the
-recorder file, the annunciator's pins, and each sensor and hatch switch whose driver
-settings are unchanged: its driver keeps running and reading, and its samples go to the
-new daemon from the moment the old one stops, so an open port is never closed and opened
-again, which would flush its input); if the new annunciator needs pins the old one holds,
+recorder file, the annunciator's pins, the serial I/O loop, and each sensor and hatch switch
+whose driver settings are unchanged: its driver keeps running and reading, and its samples go
+to the new daemon from the moment the old one stops, so an open port is never closed and
+opened again, which would flush its input); if the new annunciator needs pins the old one holds,
 the old one's are released first and taken back if the new one still cannot be built. A
 reload that cannot be built leaves the old daemon running and says why: log lines, STATUS,
 and a `reload_fault` advisory.

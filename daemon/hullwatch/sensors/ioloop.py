@@ -13,7 +13,7 @@ Other threads only `attach`, `route` (send a device's samples elsewhere: a reloa
 device to the new daemon), `detach` and `close`; these are queued and the loop is woken through a
 pipe. Everything else — opening, reading, parsing, closing — happens on the loop's thread, so a
 device needs no locks. A device's callbacks must not block (its port is non-blocking) and should
-not raise: one that does is logged and the loop goes on.
+not raise: one that does is logged and closed, and its `due` is called a second later to reopen it.
 """
 
 from __future__ import annotations
@@ -195,8 +195,10 @@ class IoLoop:
     def _call(self, device: LoopDevice, fn: Callable[..., None], *args: object) -> None:
         try:
             fn(*args)
-        except Exception:  # a device's bug must not stop the others
-            log.exception("%s: unexpected error on the serial loop", device.name)
+        except Exception:  # a device's bug must not stop the others: its port is closed, reopened by `due`
+            log.exception("%s: unexpected error on the serial loop; closing its port", device.name)
+            with contextlib.suppress(Exception):
+                device.close()
             device.wake_at = time.monotonic() + MAX_WAIT_S
 
     def _watch(self, device: LoopDevice) -> None:
