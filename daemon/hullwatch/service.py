@@ -1,6 +1,9 @@
 """The daemon: builds drivers, core and outputs from the configuration and runs them.
 
-Data flows one way. Driver threads put samples on a queue; the main loop takes them in
+Data flows one way. Every serial sensor is read by one I/O thread (`sensors.ioloop.IoLoop`:
+a `selectors` loop over all the ports, which parses lines where it reads them and puts all the
+samples of one wakeup on the inbox as one batch); the other drivers (Modbus, GPIO, the
+simulation) run in threads of their own and put each sample. The main loop takes them in
 arrival order (timestamps made non-decreasing), at most `MAX_BATCH` at a time so that it
 looks at `stop` and pings the watchdog between batches, records them, feeds the core, lets
 the core's clock tick when no sample comes, and hands every event to the outputs. The main
@@ -24,10 +27,10 @@ GPIO pin library, credentials and TLS files, sinks, the places of the recorder a
 and `check-config` calls that alone, so it refuses what `run` would refuse.
 `run()` starts it. A reload (`rebuild()`) builds the new daemon completely while the old one
 runs, taking over what the old one holds with unchanged settings (the spool file, the
-recorder file, the annunciator's pins, and each sensor and hatch switch whose driver
-settings are unchanged: its driver keeps running and reading, and its samples go to the
-new daemon from the moment the old one stops, so an open port is never closed and opened
-again, which would flush its input); if the new annunciator needs pins the old one holds,
+recorder file, the annunciator's pins, the serial I/O loop, and each sensor and hatch switch
+whose driver settings are unchanged: its driver keeps running and reading, and its samples go
+to the new daemon from the moment the old one stops, so an open port is never closed and
+opened again, which would flush its input); if the new annunciator needs pins the old one holds,
 the old one's are released first and taken back if the new one still cannot be built. A
 reload that cannot be built leaves the old daemon running and says why: log lines, STATUS,
 and a `reload_fault` advisory.
@@ -84,6 +87,8 @@ from hullwatch.desk import AlarmDesk
 from hullwatch.exits import EX_CONFIG, EX_UNAVAILABLE
 from hullwatch.recorder import Recorder
 from hullwatch.sensors.base import Driver, OptionError
+from hullwatch.sensors.ioloop import IoLoop
+from hullwatch.sensors.serial_line import SerialDriver
 from hullwatch.sinks.mqtt import sample_payload
 from hullwatch.systemd import Notifier
 
@@ -506,6 +511,52 @@ class _Route:
         return self.target(*args)
 
 
+class Inbox:
+    """The samples on their way to the main loop: single ones and batches in, taken in order up to a bound.
+
+    Drivers in threads of their own `put` each sample; the serial loop puts all it read at one
+    wakeup as one batch (`put_batch`), one hand-off however many ports it read. `take`, `qsize`
+    and `empty` belong to the main loop (the one consumer).
+    """
+
+    def __init__(self) -> None:
+        self._queue: queue.SimpleQueue[list[Sample] | tuple[Sample, ...]] = queue.SimpleQueue()
+        self._held: list[Sample] = []  # taken from the queue, not yet handed out
+
+    def put(self, sample: Sample) -> None:
+        self._queue.put((sample,))
+
+    def put_batch(self, samples: list[Sample]) -> None:
+        if samples:
+            self._queue.put(samples)
+
+    def take(self, limit: int, wait_s: float) -> list[Sample]:
+        """Up to `limit` samples, in order, waiting up to wait_s for the first."""
+        if not self._held:
+            try:
+                self._held.extend(self._queue.get(timeout=wait_s) if wait_s > 0 else self._queue.get_nowait())
+            except queue.Empty:
+                return []
+        self._gather(limit)
+        if len(self._held) <= limit:
+            batch, self._held = self._held, []
+        else:
+            batch, self._held = self._held[:limit], self._held[limit:]
+        return batch
+
+    def qsize(self) -> int:
+        self._gather(math.inf)
+        return len(self._held)
+
+    def empty(self) -> bool:
+        return not self._held and self._queue.empty()
+
+    def _gather(self, limit: float) -> None:
+        with contextlib.suppress(queue.Empty):
+            while len(self._held) < limit:
+                self._held.extend(self._queue.get_nowait())
+
+
 class _DriverRun:
     """A driver running in its thread, with a stop of its own and a destination for its samples.
 
@@ -513,22 +564,56 @@ class _DriverRun:
     of stopping it: the device is never closed and reopened.
     """
 
-    def __init__(self, driver: Driver, emit: Callable[[Sample], None]) -> None:
+    def __init__(self, driver: Driver, inbox: Inbox) -> None:
         self.driver = driver
-        self.stop = threading.Event()
-        self._emit = emit
+        self._stop = threading.Event()
+        self._inbox = inbox
         self._lock = threading.Lock()  # once send_to returns, no sample goes to the old destination
-        self.thread = threading.Thread(target=driver.run, args=(self.emit, self.stop), name=f"driver-{driver.name}")
+        self.thread = threading.Thread(target=driver.run, args=(self.emit, self._stop), name=f"driver-{driver.name}")
         self.thread.daemon = True
         self.thread.start()
 
     def emit(self, sample: Sample) -> None:
         with self._lock:
-            self._emit(sample)
+            self._inbox.put(sample)
 
-    def send_to(self, emit: Callable[[Sample], None]) -> None:
+    def send_to(self, inbox: Inbox) -> None:
         with self._lock:
-            self._emit = emit
+            self._inbox = inbox
+
+    @property
+    def alive(self) -> bool:
+        return self.thread.is_alive()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def join(self, timeout_s: float) -> None:
+        self.thread.join(timeout_s)
+
+
+class _LoopRun:
+    """A serial driver read by the daemon's I/O loop, its samples going to a daemon's inbox in batches."""
+
+    def __init__(self, driver: Any, io: IoLoop, inbox: Inbox) -> None:
+        self.driver = driver
+        self._io = io
+        self._closed: threading.Event | None = None
+        io.attach(driver, inbox.put_batch)
+
+    def send_to(self, inbox: Inbox) -> None:
+        self._io.route(self.driver, inbox.put_batch)
+
+    @property
+    def alive(self) -> bool:
+        return self._closed is None and self._io.reading(self.driver)
+
+    def stop(self) -> None:
+        self._closed = self._io.detach(self.driver)
+
+    def join(self, timeout_s: float) -> None:
+        if self._closed is not None:
+            self._closed.wait(timeout_s)
 
 
 def _driver_settings(cfg: Config) -> dict[str, tuple[str, dict[str, Any]]]:
@@ -588,11 +673,13 @@ class Daemon:
         self._annunciating = False  # the annunciator shows the desk's state (from run() until close())
         self._ack_route = _Route()
         self.note = ""  # said on STATUS, e.g. why a reload was refused
-        self.samples: queue.SimpleQueue[Sample] = queue.SimpleQueue()
+        self.samples = Inbox()
         self.outputs: list[Callable[[Event], None]] = [EventLog().write]
         parts = prepare(cfg, pin_factory)
         parts.commands.target = self._command
-        self._runs: list[_DriverRun] = []  # each driver in its thread (those taken over are here from the start)
+        self._runs: list[_DriverRun | _LoopRun] = []  # each driver running (those taken over: here from the start)
+        # the serial sensors' one I/O thread: a reload's new daemon takes the running one's
+        self.io = previous.io if previous is not None else IoLoop()
         self.drivers = self._take_or_keep_drivers(parts.drivers, previous)
         self.timebase = parts.timebase
         self.clock = self.timebase.now
@@ -646,7 +733,7 @@ class Daemon:
         for d in built:
             run = running.get(d.name)
             same = d.name in mine and mine[d.name] == theirs.get(d.name)
-            if run is not None and same and type(run.driver) is type(d) and run.thread.is_alive():
+            if run is not None and same and type(run.driver) is type(d) and run.alive:
                 self._runs.append(run)
                 drivers.append(run.driver)
                 taken.append(d.name)
@@ -777,7 +864,10 @@ class Daemon:
             self.store.configure(cfg.spool.max_mb, cfg.spool.commit_interval_s, cfg.spool.replay_per_s)
             self.store.start(self.sinks)
         running = {id(r.driver) for r in self._runs}  # taken over: they run already, their samples sent here
-        self._runs += [_DriverRun(d, self.samples.put) for d in self.drivers if id(d) not in running]
+        for d in self.drivers:
+            if id(d) not in running:
+                looped = isinstance(d, SerialDriver)
+                self._runs.append(_LoopRun(d, self.io, self.samples) if looped else _DriverRun(d, self.samples))
 
     def _restore_book(self) -> None:
         """The alarm book as the previous run (or, on a reload, the running daemon) left it; then shown and published.
@@ -884,7 +974,7 @@ class Daemon:
         """Take up to MAX_BATCH samples (waiting up to wait_s for the first), feed the core, publish."""
         self._check_clock()
         now = self.clock()  # before taking: every reading up to `now` is then on the queue
-        batch = self._take(wait_s)
+        batch = self.samples.take(MAX_BATCH, wait_s)
         events: list[Event] = []
         for sample in batch:
             events += self._feed(sample)
@@ -901,17 +991,6 @@ class Daemon:
             self._next_metrics = mono + self.metrics_every_s
             self._self_metrics(now)
         return events
-
-    def _take(self, wait_s: float) -> list[Sample]:
-        """Up to MAX_BATCH samples from the queue, waiting up to wait_s for the first."""
-        batch: list[Sample] = []
-        try:
-            batch.append(self.samples.get(timeout=wait_s) if wait_s > 0 else self.samples.get_nowait())
-            while len(batch) < MAX_BATCH:
-                batch.append(self.samples.get_nowait())
-        except queue.Empty:
-            pass
-        return batch
 
     def _publish(self, events: list[Event], now: float) -> None:
         """The annunciator first (through the desk), then the spool and the other outputs."""
@@ -1136,13 +1215,15 @@ class Daemon:
         taken = {id(r) for r in successor._runs} if successor is not None else set()
         for run in self._runs:
             if id(run) in taken:
-                run.send_to(successor.samples.put)  # read on; what this daemon holds is drained below
+                run.send_to(successor.samples)  # read on; what this daemon holds is drained below
             else:
-                run.stop.set()
+                run.stop()
                 stopping.append(run)
         end = time.monotonic() + STOP_DRIVERS_S
         for run in stopping:
-            run.thread.join(max(0.0, end - time.monotonic()))
+            run.join(max(0.0, end - time.monotonic()))
+        if successor is None or successor.io is not self.io:
+            self.io.close(max(0.0, end - time.monotonic()))
         end = time.monotonic() + STOP_DRAIN_S
         try:
             while time.monotonic() < end:  # the last samples' events reach the annunciator, the spool and MQTT

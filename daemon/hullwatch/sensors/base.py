@@ -1,16 +1,27 @@
-"""What every sensor driver is: a thread-friendly loop that emits samples until told to stop.
+"""What every sensor driver is: something that emits samples until told to stop, and never raises.
 
 A driver is built from its [[sensor]] options with no I/O (so `check-config` can build
-it to validate), then run in a thread of its own by the service:
+it to validate). Then it runs in one of two ways:
 
-    driver = SomeDriver.from_options(name, options)     # raises OptionError
-    driver.run(emit, stop)                               # returns once stop is set
+- A serial line driver (`serial_line.SerialDriver`) is a device of the daemon's one serial
+  loop (`ioloop.IoLoop`): a single thread that waits on every serial port at once with
+  `selectors`, reads whatever a port holds without blocking, parses the lines right there and
+  hands the main loop all the samples of one wakeup in one batch. Its port is opened, polled
+  and reopened from the loop's timers (`due`); it never blocks the loop.
+- Any other driver (Modbus, the MCP3008, reed switches, the simulation) runs in a thread of
+  its own, where it may block on its device:
 
-`run` must never raise: a device that vanishes, goes silent or talks garbage is counted,
-logged once per episode (not once per line) and retried with backoff, and the loop goes
-on. `emit` is cheap and thread-safe (it puts on a queue). Samples carry their own
-timestamp, taken when the reading arrived, in steady time (`timebase.now()`: setting the
-clock does not move it; the daemon converts to wall-clock time where samples are stored).
+      driver = SomeDriver.from_options(name, options)     # raises OptionError
+      driver.run(emit, stop)                               # returns once stop is set
+
+  `emit` is cheap and thread-safe (it puts on a queue). A serial driver has `run` too: it
+  reads its port on a loop of its own (for tools and tests).
+
+Either way the driver must not raise: a device that vanishes, goes silent or talks garbage is
+counted, logged once per episode (not once per line) and retried with backoff, and reading goes
+on. Samples carry their own timestamp, taken when the reading arrived, in steady time
+(`timebase.now()`: setting the clock does not move it; the daemon converts to wall-clock time
+where samples are stored).
 """
 
 from __future__ import annotations
