@@ -700,3 +700,25 @@ def test_a_pipelining_sink_that_confirms_nothing_for_a_while_has_failed(tmp_path
         assert wait_until(lambda: spool.cursors["pipe"] == 1)
     finally:
         spool.close()
+
+
+def test_records_appended_in_a_batch_wake_the_forwarders_once_at_its_end(tmp_path):
+    spool = Spool(str(tmp_path / "spool.db"))
+    woke = threading.Event()
+    before = spool.last_id
+
+    def forwarder() -> None:
+        spool.wait_for_append(before, 60.0)
+        woke.set()
+
+    try:
+        with spool.batch():
+            waiter = threading.Thread(target=forwarder, daemon=True)
+            waiter.start()
+            for i in range(3):
+                spool.append("sample", 1.0 + i, {"sensor": "p", "value": i})
+            assert not woke.wait(0.3)  # still waiting: the batch is open
+        assert woke.wait(30.0)
+        assert [r.body["value"] for r in spool.read(0, 10)] == [0, 1, 2]
+    finally:
+        spool.close()

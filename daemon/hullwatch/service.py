@@ -976,13 +976,15 @@ class Daemon:
         now = self.clock()  # before taking: every reading up to `now` is then on the queue
         batch = self.samples.take(MAX_BATCH, wait_s)
         events: list[Event] = []
-        for sample in batch:
-            events += self._feed(sample)
-        if len(batch) == MAX_BATCH:  # more are waiting: the core's clock goes no further than the data
-            now = self._last_time
-        now = max(now, self._last_time)
-        events += self.monitor.tick(now)
-        self._publish(events, now)
+        # what this step spools goes to the forwarders at once, at the end of the step
+        with self.spool.batch() if self.spool is not None else contextlib.nullcontext():
+            for sample in batch:
+                events += self._feed(sample)
+            if len(batch) == MAX_BATCH:  # more are waiting: the core's clock goes no further than the data
+                now = self._last_time
+            now = max(now, self._last_time)
+            events += self.monitor.tick(now)
+            self._publish(events, now)
         mono = time.monotonic()
         if mono >= self._next_faults:
             self._next_faults = mono + FAULTS_EVERY_S

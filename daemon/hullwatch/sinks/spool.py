@@ -250,6 +250,7 @@ class Spool:
         self._reader_connections: list[sqlite3.Connection] = []
         self._lock = threading.Lock()  # guards the in-memory state below; never held across disk I/O
         self._appended = threading.Condition(self._lock)
+        self._batches = 0  # batches open (`batch`): appends wake the forwarders when the last one ends
         self._pending: list[Record] = []  # appended, not yet being committed
         self._committing: list[Record] = []  # being written right now: still readable from memory
         self.cursors: dict[str, int] = {}
@@ -454,8 +455,23 @@ class Spool:
                 self._count("dropped", gone)
                 if not self._committing and self._file_last_id < self._first_id:  # nothing older kept
                     self._first_id = self._pending[0].id
-            self._appended.notify_all()
+            if not self._batches:
+                self._appended.notify_all()
             return rid
+
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[None]:
+        """Append several records with one wake-up of the forwarders, at the end, instead of one each."""
+        with self._lock:
+            self._batches += 1
+            first = self._next_id
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._batches -= 1
+                if not self._batches and self._next_id != first:
+                    self._appended.notify_all()
 
     def load_book(self) -> tuple[dict[str, str], list[str]]:
         """The alarm book's rows found when the file was opened (name -> JSON text), and names of unreadable rows."""
