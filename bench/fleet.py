@@ -44,6 +44,8 @@ sys.path.insert(0, str(ROOT / "daemon"))
 sys.path.insert(0, str(ROOT / "tests"))
 
 from hullwatch.core.model import Quantity, Sample  # noqa: E402
+from hullwatch.mqtt5 import utf8 as _text  # noqa: E402
+from hullwatch.mqtt5 import varint as _varint  # noqa: E402
 from hullwatch.sinks.mqtt import sample_payload  # noqa: E402
 from influxd_fixture import Influxd  # noqa: E402
 from mosquitto_fixture import Broker  # noqa: E402
@@ -52,20 +54,6 @@ TICKS = 1 / os.sysconf("SC_CLK_TCK")
 
 
 # -- the stations: raw MQTT 3.1.1, QoS 1, so that thousands of messages a second cost little CPU --------------
-
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        n, digit = n >> 7, n & 0x7F
-        out.append(digit | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
-def _text(s: str) -> bytes:
-    b = s.encode()
-    return len(b).to_bytes(2, "big") + b
 
 
 def connect_packet(client_id: str) -> bytes:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import MINIMAL_TOML
 from hullwatch import config, present
 from hullwatch.cli import main
 from hullwatch.core import alarm_kinds
@@ -19,20 +20,6 @@ from hullwatch.watch.state import SHORT_UNITS, AlarmView, alarm_values
 DAEMON = Path(__file__).resolve().parent.parent / "daemon" / "hullwatch"
 TABLE = DAEMON / "core" / "alarm_kinds.py"
 EXAMPLE = Path(__file__).resolve().parent.parent / "config" / "hullwatch.example.toml"
-MINIMAL_TOML = """\
-[station]
-name = "prk-mockup"
-
-[[segment]]
-name = "prk"
-volume_m3 = 4.0
-
-[[sensor]]
-name = "p_prk"
-segment = "prk"
-driver = "simulated"
-
-"""
 
 
 def parsed(extra: str = "") -> config.Config:

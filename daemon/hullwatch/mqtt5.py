@@ -61,7 +61,8 @@ def varint(n: int) -> bytes:
             return bytes(out)
 
 
-def _utf8(s: str) -> bytes:
+def utf8(s: str) -> bytes:
+    """An MQTT UTF-8 string: its length in two bytes, then its bytes."""
     b = s.encode()
     return len(b).to_bytes(2, "big") + b
 
@@ -81,18 +82,18 @@ def encode_connect(
     """CONNECT with clean_start=False, a session expiry and a receive maximum."""
     flags = (0x80 if username else 0) | (0x40 if password is not None else 0)
     props = b"\x11" + session_expiry_s.to_bytes(4, "big") + b"\x21" + receive_maximum.to_bytes(2, "big")
-    body = _utf8("MQTT") + bytes([5, flags]) + keepalive_s.to_bytes(2, "big") + varint(len(props)) + props
-    body += _utf8(client_id)
+    body = utf8("MQTT") + bytes([5, flags]) + keepalive_s.to_bytes(2, "big") + varint(len(props)) + props
+    body += utf8(client_id)
     if username:
-        body += _utf8(username)
+        body += utf8(username)
     if password is not None:
-        body += _utf8(password)
+        body += utf8(password)
     return _packet(CONNECT << 4, body)
 
 
 def encode_subscribe(packet_id: int, filters: Sequence[str], qos: int) -> bytes:
     """SUBSCRIBE to every filter at one QoS (no properties)."""
-    body = packet_id.to_bytes(2, "big") + b"\x00" + b"".join(_utf8(f) + bytes([qos]) for f in filters)
+    body = packet_id.to_bytes(2, "big") + b"\x00" + b"".join(utf8(f) + bytes([qos]) for f in filters)
     return _packet(SUBSCRIBE << 4 | 0x02, body)
 
 
