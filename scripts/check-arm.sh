@@ -10,7 +10,8 @@
 #   tests    the tests that need no server, no systemd and no serial port (pytest, its plugins first)
 #   run      hullwatch run on the simulated module, publishing to a mosquitto started in the root,
 #            until an estimate arrives; then SIGTERM, which must end it with exit 0
-#   tools    with --tools: scripts/setup.sh (the [tools] extra), and what pip built from source
+#   tools    with --tools: scripts/setup.sh (the [tools] extra) in a new .venv, what pip built from
+#            source, and then hullwatch report on the example recording
 # Each step runs in mount and pid namespaces of its own (tests and run in a network namespace of
 # their own too): its mounts and processes end with it. Not part of .ci/run: it takes many minutes.
 set -euo pipefail
@@ -243,17 +244,23 @@ ran=$(in_root --offline 'set -e
     echo "first estimate $(echo "$t1 - $t0" | python3 -c "print(f\"{eval(input()):.1f}\")") s after start, SIGTERM -> exit 0 in $(echo "$t2 - $t1" | python3 -c "print(f\"{eval(input()):.1f}\")") s"')
 phase_done "$ran"
 
-# --- tools: what the [tools] extra costs here
+# --- tools: what scripts/setup.sh with the [tools] extra costs here, in a new .venv; then a report
 if [ "$tools" = yes ]; then
     phase tools
-    # shellcheck disable=SC2016
-    if in_root "cd /opt/hullwatch && PIP_LOG=/tmp/tools-pip.log timeout ${HULLWATCH_ARM_TOOLS_TIMEOUT:-5400} scripts/setup.sh"; then
-        result="installed"
-    else
+    result="installed"
+    in_root "cd /opt/hullwatch && mv .venv .venv-no-tools &&
+        PIP_LOG=/tmp/tools-pip.log timeout ${HULLWATCH_ARM_TOOLS_TIMEOUT:-5400} scripts/setup.sh" ||
         result="FAILED (exit $?)"
-    fi
-    built=$(in_root 'grep -o "Building wheel for [^ ]*" /tmp/tools-pip.log | sed "s/Building wheel for //" | grep -vx hullwatch | sort -u | paste -sd " " || true')
+    # shellcheck disable=SC2016
+    built=$(in_root 'grep -o "Building wheel for [^ ]*" /tmp/tools-pip.log | sed "s/Building wheel for //" |
+        grep -vx hullwatch | sort -u | paste -sd " " || true')
     phase_done "$result; built from source: ${built:-nothing}"
+    if [ "$result" = installed ]; then
+        phase report
+        in_root --offline 'cd /opt/hullwatch && .venv/bin/hullwatch report -c config/hullwatch.sim.toml \
+            config/examples/prk-2026.csv.gz -o /tmp/report | tail -1 && test -s /tmp/report/report.png'
+        phase_done "hullwatch report on config/examples/prk-2026.csv.gz"
+    fi
 fi
 
 echo

@@ -22,9 +22,17 @@ done
 # mosquitto and influxdb: the demo starts private instances of both when they are there
 packages="python3 python3-venv mosquitto mosquitto-clients influxdb influxdb-client"
 extras=""
-# [tools] (matplotlib) builds from source where PyPI has no wheel for the machine (armhf)
-[ "$tools" = no ] || { extras="tools" && packages="$packages python3-dev gcc"; }
 venv_flags=""
+if [ "$tools" = yes ]; then
+    extras="tools"
+    packages="$packages python3-dev gcc"
+    if [ "$(dpkg --print-architecture)" = armhf ]; then
+        # PyPI has no armhf wheel for matplotlib, numpy, pillow, kiwisolver or contourpy: Debian's build
+        # of them instead of compiling them (textual, the other tool, is pure Python)
+        packages="$packages python3-matplotlib"
+        venv_flags="--system-site-packages"
+    fi
+fi
 if [ "$test" = yes ]; then
     extras="${extras:+$extras,}test"
     # victoria-metrics: a real server for the InfluxDB v2 write path (no InfluxDB 2.x is packaged);
