@@ -41,7 +41,7 @@ tests/test_topology.py"
 repo=$(cd "$(dirname "$0")/.." && pwd)
 cache="${XDG_CACHE_HOME:-$HOME/.cache}/hullwatch-arm/$arch"
 tarball="$cache/root.tar"
-work="$cache/root"
+work=""  # this run's copy of the root: $cache/root.XXXXXX, removed at the end
 sudo=""
 [ "$(id -u)" -eq 0 ] || sudo="sudo"
 
@@ -59,6 +59,7 @@ phase_done() { # phase_done [WHAT]: the time of the phase begun last, with what 
 }
 
 cleanup() {
+    [ -n "$work" ] || return 0
     # the steps mount only inside their own mount namespaces; anything left under the root is unmounted
     findmnt -rn -o TARGET | { grep -F "$work/" || true; } | sort -r | while read -r m; do $sudo umount -l "$m" || true; done
     [ -n "${HULLWATCH_ARM_KEEP:-}" ] || $sudo rm -rf --one-file-system "$work"
@@ -116,8 +117,7 @@ if [ ! -s "$tarball" ]; then
 else
     built="unpacked from $tarball"
 fi
-cleanup
-$sudo mkdir -p "$work"
+work=$($sudo mktemp -d "$cache/root.XXXXXX")
 $sudo tar -C "$work" -xpf "$tarball"
 # name resolution as here; no service starts when setup.sh installs a package
 $sudo cp -L /etc/resolv.conf /etc/hosts "$work/etc/"
