@@ -1,21 +1,45 @@
 #!/bin/sh
 # Set up hullwatch on a fresh Debian / Raspberry Pi OS machine:
 # the system packages it needs, then a virtualenv (.venv) holding the project.
-#   scripts/setup.sh          the monitor
-#   scripts/setup.sh --test   the monitor and everything its tests need
+#   scripts/setup.sh             the monitor and its workstation tools (report, watch)
+#   scripts/setup.sh --no-tools  the monitor alone: wheels and pure Python, no compiler
+#   scripts/setup.sh --test      the monitor, its tools and everything its tests need
 set -eu
 cd "$(dirname "$0")/.."
 
-target=".[tools]"
+tools=yes
+test=no
+for arg in "$@"; do
+    case "$arg" in
+    --test) test=yes ;;
+    --no-tools) tools=no ;;
+    *)
+        echo "usage: $0 [--no-tools] [--test]" >&2
+        exit 64
+        ;;
+    esac
+done
 # mosquitto and influxdb: the demo starts private instances of both when they are there
-packages="python3 python3-venv python3-dev gcc mosquitto mosquitto-clients influxdb influxdb-client"
+packages="python3 python3-venv mosquitto mosquitto-clients influxdb influxdb-client"
+extras=""
 venv_flags=""
-if [ "${1:-}" = "--test" ]; then
-    target=".[tools,test]"
-    # victoria-metrics: a real server for the InfluxDB v2 write path (no InfluxDB 2.x is packaged);
-    # libsystemd-dev and pkg-config build systemd-python; systemd runs the unit for real
-    packages="$packages socat openssl victoria-metrics libsystemd-dev pkg-config systemd"
+if [ "$tools" = yes ]; then
+    extras="tools"
+    packages="$packages python3-dev gcc"
+    if [ "$(dpkg --print-architecture)" = armhf ]; then
+        # PyPI has no armhf wheel for matplotlib, numpy, pillow, kiwisolver or contourpy: Debian's build
+        # of them instead of compiling them (textual, the other tool, is pure Python)
+        packages="$packages python3-matplotlib"
+        venv_flags="--system-site-packages"
+    fi
 fi
+if [ "$test" = yes ]; then
+    extras="${extras:+$extras,}test"
+    # victoria-metrics: a real server for the InfluxDB v2 write path (no InfluxDB 2.x is packaged);
+    # libsystemd-dev, pkg-config, python3-dev and gcc build systemd-python; systemd runs the unit for real
+    packages="$packages socat openssl victoria-metrics libsystemd-dev pkg-config python3-dev gcc systemd"
+fi
+target=".${extras:+[$extras]}"
 if grep -qs "Raspberry Pi" /proc/device-tree/model; then
     # gpiozero's pin library comes from Raspberry Pi OS (lgpio works on every Pi, the 5 included);
     # python3-systemd is systemd-python (structured journal fields), with no build step

@@ -190,8 +190,9 @@ class FineSeries:
             self._sums = np.concatenate((self._sums, np.zeros(size - len(self._sums))))
             self._counts = np.concatenate((self._counts, np.zeros(size - len(self._counts))))
         lo = int(idx.min())
-        self._sums[lo:need] += np.bincount(idx - lo, weights=v - self.reference, minlength=need - lo)
-        self._counts[lo:need] += np.bincount(idx - lo, minlength=need - lo)
+        cells = (idx - lo).astype(np.intp)  # bincount takes the platform's index type (32 bits on armhf)
+        self._sums[lo:need] += np.bincount(cells, weights=v - self.reference, minlength=need - lo)
+        self._counts[lo:need] += np.bincount(cells, minlength=need - lo)
         self._used = max(self._used, need)
 
     def _start(self) -> None:
@@ -657,7 +658,7 @@ def hadamard_deviation(
             return nothing
         dt = float(np.median(steps))
     origin = float(t.min()) - dt / 2.0
-    cell = np.floor((t - origin) / dt).astype(np.int64)
+    cell = np.floor((t - origin) / dt).astype(np.intp)  # bincount's index type (32 bits on armhf)
     n = int(cell.max()) + 1
     counts = np.bincount(cell, minlength=n)
     sums = np.bincount(cell, weights=y - y[0], minlength=n)
