@@ -230,6 +230,9 @@ class MqttSink:
                 info = client.publish(offline.topic, offline.payload, qos=offline.qos, retain=offline.retain)
                 with contextlib.suppress(ValueError, RuntimeError):  # not queued / lost: the will covers it
                     info.wait_for_publish(timeout_s)
+            # paho's thread may still run its loop once on the closed socket and log that at
+            # ERROR ("Client is not connected"): nothing an operator stopping us needs to read
+            client.disable_logger()
             client.disconnect()
         except Exception:
             log.warning("MQTT: unclean stop", exc_info=True)
