@@ -4,9 +4,11 @@ Theory of operation
 -------------------
 A bridge subscribes (MQTT 5, QoS 1, a persistent session) to the ICD §5 topics of one or more
 stations — `<root>/<station>/sensor/+`, `volume/+`, `step/+`, `clock_step`, `hatch/+/event`, `alarm/#` and
-`metrics` — turns each message back into a spool record tagged with its station (the sample's
-own timestamp wherever the payload has one) and writes it to InfluxDB through the same spool
-and sink as the daemon.
+`metrics` — turns each message into its InfluxDB point, tagged with its station (the sample's
+own timestamp wherever the payload has one), and writes it to InfluxDB through the same spool
+and sink as the daemon. The point's line protocol is made once, here, where the message is
+checked: the spool keeps that text as a `line` record and the InfluxDB sink sends it as it is
+(`to_lines`; the same text the sink makes of the record `to_record` describes).
 
 Hatches are stored from `hatch/<hatch>/event` (`{"time", "open"}`), never from the retained
 `hatch/<hatch>` state, which carries no time: a station re-sends that state at every
@@ -47,7 +49,7 @@ from typing import Any
 
 from hullwatch.config import BridgeConfig
 from hullwatch.mqtt5 import Message, Subscriber
-from hullwatch.sinks.influx import ESTIMATE_FIELDS, InfluxSink
+from hullwatch.sinks.influx import ESTIMATE_FIELDS, InfluxSink, sample_line, to_line
 from hullwatch.sinks.mqtt import apply_credentials
 from hullwatch.sinks.spool import Record, Spool, time_ns
 from hullwatch.topics import Kind, Topic, parse, subscription
@@ -147,6 +149,16 @@ def station_topic(topic: str, root: str) -> tuple[str, Topic | None]:
     return station, parsed
 
 
+def _sample_fields(obj: dict) -> tuple[str, Any, str]:
+    """A sensor message's quantity, value and quality; Unstorable if one is missing or of the wrong type."""
+    _string(obj, "quantity", required=True)
+    _string(obj, "quality", required=True)
+    if "value" not in obj:
+        raise Unstorable("bad_field", "value is missing")
+    _number(obj, "value")
+    return obj["quantity"], obj["value"], obj["quality"]
+
+
 def to_record(topic: str, payload: bytes, root: str, received: float) -> tuple[str, float, dict] | None:
     """A station's message as (kind, time, body) for the spool; None for what is not telemetry.
 
@@ -170,13 +182,9 @@ def to_record(topic: str, payload: bytes, root: str, received: float) -> tuple[s
     obj.pop("replay", None)
     t = message_time(obj, received)
     if kind is Kind.SENSOR:
-        _string(obj, "quantity", required=True)
-        _string(obj, "quality", required=True)
-        if "value" not in obj:
-            raise Unstorable("bad_field", "value is missing")
-        _number(obj, "value")
-        body = {k: obj[k] for k in ("quantity", "value", "quality")}
-        return "sample", t, {"station": station, "sensor": names[0], **body}
+        quantity, value, quality = _sample_fields(obj)
+        return "sample", t, {"station": station, "sensor": names[0], "quantity": quantity, "value": value,
+                             "quality": quality}  # fmt: skip
     if kind is Kind.VOLUME:
         for _, key in ESTIMATE_FIELDS:
             _number(obj, key)
@@ -200,6 +208,44 @@ def to_record(topic: str, payload: bytes, root: str, received: float) -> tuple[s
     body = {"alarm": alarm, "source": source, "severity": severity, "state": obj.get("state") or "active"}
     body |= {k: obj[k] for k in ("value", "threshold", "reason") if obj.get(k) is not None}
     return "alarm", t, {"station": station, **body}
+
+
+def to_lines(topic: str, payload: bytes, root: str, received: float) -> list[tuple[float, bytes]] | None:
+    """A station's message as its InfluxDB lines, (time, line) each, for the spool; None for what is not telemetry.
+
+    The same points the InfluxDB sink makes of `to_record`'s (or `metric_records`') records. A
+    sample (most of a fleet's messages) goes straight to its line. Raises Unstorable for a
+    telemetry message that cannot be stored.
+    """
+    station, parsed = station_topic(topic, root)
+    if parsed is not None and parsed.kind is Kind.SENSOR:
+        obj = _json_object(payload)
+        t = message_time(obj, received)
+        quantity, value, quality = _sample_fields(obj)
+        return [(t, _encoded(sample_line(station, parsed.names[0], quantity, value, quality, time_ns(t))))]
+    if parsed is not None and parsed.kind is Kind.METRICS:
+        records = [("metric", t, body) for t, body in metric_records(station, _json_object(payload), received)]
+    else:
+        record = to_record(topic, payload, root, received)
+        if record is None:
+            return None
+        records = [record]
+    out = []
+    for kind, t, body in records:
+        try:
+            line = to_line(Record(0, kind, time_ns(t), body), station)
+        except (KeyError, TypeError, ValueError, AttributeError, ArithmeticError) as exc:
+            raise Unstorable("bad_field", f"cannot be written as a point: {exc!r:.80}") from None
+        if line:  # none when nothing is left to write (e.g. every number of an estimate missing)
+            out.append((t, _encoded(line)))
+    return out
+
+
+def _encoded(line: str) -> bytes:
+    try:
+        return line.encode()
+    except UnicodeEncodeError:  # a JSON escape of half a surrogate pair
+        raise Unstorable("bad_field", f"not valid Unicode text: {line!r:.80}") from None
 
 
 def metric_records(station: str, obj: dict[str, Any], received: float) -> list[tuple[float, dict]]:
@@ -235,7 +281,7 @@ class Bridge:
         self.client_id = cfg.client_id or f"hullwatch-bridge-{uuid.uuid4().hex[:8]}"
         self._unacked: list[tuple[int, int, int]] = []  # (last record id, packet id, connection), oldest first
         self._lock = threading.Lock()
-        self.received = 0
+        self.received = 0  # telemetry messages taken (spooled, or with no point to write)
         self.ignored = 0  # not telemetry (e.g. a removed alarm)
         self.unstorable: Counter[str] = Counter()  # set aside, per kind of problem
         self._kept = 0  # of them in the spool's rejected table
@@ -289,16 +335,12 @@ class Bridge:
             self._unacked += [(last, m.packet_id, m.connection) for m in messages if m.qos]
 
     def _take(self, topic: str, payload: bytes, now: float) -> None:
-        station, parsed = station_topic(topic, self.root)
-        if parsed is not None and parsed.kind is Kind.METRICS:
-            for t, body in metric_records(station, _json_object(payload), now):
-                self.spool.append("metric", t, body)
-            return
-        record = to_record(topic, payload, self.root, now)
-        if record is None:
+        lines = to_lines(topic, payload, self.root, now)
+        if lines is None:
             self.ignored += 1
             return
-        self.spool.append(*record)
+        for t, line in lines:
+            self.spool.append("line", t, line)
         self.received += 1
 
     def _set_aside(self, topic: str, payload: bytes, now: float, kind: str, reason: str) -> None:
