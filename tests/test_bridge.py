@@ -15,7 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from paho.mqtt.enums import CallbackAPIVersion
 
-from hullwatch.bridge import Bridge, Unstorable, metric_records, station_topic, to_lines, to_record
+from hullwatch.bridge import Bridge, Unstorable, _json_object, metric_records, station_topic, to_lines, to_record
 from hullwatch.config import ConfigError, InfluxConfig, load_bridge
 from hullwatch.sinks.influx import InfluxSink, to_line
 from hullwatch.sinks.spool import Record, Spool, time_ns
@@ -250,6 +250,25 @@ def test_line_records_through_the_spool_store_the_points_the_records_stored(tmp_
         assert points("new") == points("old")
     finally:
         influx.stop()
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [b'{"a":1}', b' {"a": 1}\n', b'{"a":1} x', b'{"a":1}{"b":2}', b'{"a":NaN,"b":[1e400]}', b"", b"{", b'"x"'],
+)
+def test_a_payload_is_json_exactly_when_json_loads_says_so(payload):
+    try:
+        expected = json.loads(payload)
+    except ValueError:
+        with pytest.raises(Unstorable) as err:
+            _json_object(payload)
+        assert err.value.kind == "not_json"
+        return
+    if isinstance(expected, dict):
+        assert repr(_json_object(payload)) == repr(expected)
+    else:
+        with pytest.raises(Unstorable, match="must be a JSON object"):
+            _json_object(payload)
 
 
 def test_half_a_surrogate_pair_is_unstorable_not_a_line_that_cannot_be_sent():

@@ -120,13 +120,23 @@ def message_time(obj: dict, received: float) -> float:
     return t
 
 
+_scan_json = json.JSONDecoder().scan_once  # one JSON value from a position: json.loads without its Python layers
+
+
 def _json_object(payload: bytes) -> dict:
     try:
-        obj = json.loads(payload.decode("utf-8"))
+        text = payload.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise Unstorable("not_utf8", f"payload is not UTF-8 ({exc.reason} at byte {exc.start})") from None
-    except (ValueError, RecursionError) as exc:
-        raise Unstorable("not_json", f"payload is not JSON ({str(exc)[:80]})") from None
+    try:
+        obj, end = _scan_json(text, 0)  # a station's message: one value, no whitespace around it
+        if end != len(text):
+            raise ValueError("more after the value")
+    except (StopIteration, ValueError, RecursionError):
+        try:  # anything else: json.loads decides, and says why not
+            obj = json.loads(text)
+        except (ValueError, RecursionError) as exc:
+            raise Unstorable("not_json", f"payload is not JSON ({str(exc)[:80]})") from None
     if not isinstance(obj, dict):
         raise Unstorable("not_object", f"payload must be a JSON object, not {type(obj).__name__}")
     return obj
@@ -323,13 +333,14 @@ class Bridge:
     def _on_messages(self, messages: list[Message]) -> None:
         """Spool a batch of messages (one read's worth); each is acknowledged once its records are committed."""
         now = time.time()
-        for msg in messages:
-            try:
-                self._take(msg.topic, msg.payload, now)
-            except Unstorable as exc:
-                self._set_aside(msg.topic, msg.payload, now, exc.kind, str(exc))
-            except Exception as exc:  # never kills the connection's thread
-                self._set_aside(msg.topic, msg.payload, now, "internal", f"{type(exc).__name__}: {exc}")
+        with self.spool.batch():  # the forwarder is woken once for the batch, not once a record
+            for msg in messages:
+                try:
+                    self._take(msg.topic, msg.payload, now)
+                except Unstorable as exc:
+                    self._set_aside(msg.topic, msg.payload, now, exc.kind, str(exc))
+                except Exception as exc:  # never kills the connection's thread
+                    self._set_aside(msg.topic, msg.payload, now, "internal", f"{type(exc).__name__}: {exc}")
         with self._lock:  # acknowledged once everything spooled so far is committed
             last = self.spool.last_id
             self._unacked += [(last, m.packet_id, m.connection) for m in messages if m.qos]
