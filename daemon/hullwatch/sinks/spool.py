@@ -166,9 +166,9 @@ def time_ns(t: float) -> int:
     return round(t * 1e6) * 1000
 
 
-def _stored(r: Record) -> str | bytes:
-    """What the file keeps of a record: its text as made at append (JSON made now if it has none)."""
-    return r.text if r.text is not None else json.dumps(r.body, separators=(",", ":"))
+def _json(body: dict) -> str:
+    """A body as the file keeps it (append makes this once; a record made elsewhere may come without)."""
+    return json.dumps(body, separators=(",", ":"))
 
 
 def _json_text(b: str | bytes) -> str | None:
@@ -571,7 +571,7 @@ class Spool:
                 book_gone = [(n,) for n in book_names if n not in self._book]
                 unstorable, self._unstorable = self._unstorable, []
             try:  # whatever fails, the transaction is rolled back and the batch kept for the next try
-                rows = [(r.id, r.kind, r.time_ns, _stored(r)) for r in batch]
+                rows = [(r.id, r.kind, r.time_ns, r.text if r.text is not None else _json(r.body)) for r in batch]
                 db.execute("BEGIN")
                 db.executemany("INSERT OR REPLACE INTO alarm_book VALUES (?, ?)", book_rows)
                 db.executemany("DELETE FROM alarm_book WHERE name = ?", book_gone)
