@@ -765,3 +765,18 @@ def test_a_line_record_that_is_not_bytes_is_set_aside_and_never_stops_a_commit(t
         assert spool.counters["unstorable"] == 4
     finally:
         spool.close()
+
+
+def test_extend_spools_many_records_in_order_and_sets_aside_what_cannot_be_stored(tmp_path):
+    spool = Spool(str(tmp_path / "s.sqlite"))
+    try:
+        spool.append("line", 999.0, b"m f=0 0")
+        ids = spool.extend(
+            "line", [(1000.0, b"m f=1 1"), (1e12, b"m f=2 2"), (1001.0, "not bytes"), (1002.0, b"m f=3 3")]
+        )
+        assert ids == [2, 0, 0, 3]
+        assert spool.extend("line", []) == []
+        assert [(r.id, r.body) for r in spool.read(0, 10)] == [(1, b"m f=0 0"), (2, b"m f=1 1"), (3, b"m f=3 3")]
+        assert spool.counters["unstorable"] == 2 and spool.last_id == 3
+    finally:
+        spool.close()

@@ -333,25 +333,26 @@ class Bridge:
     def _on_messages(self, messages: list[Message]) -> None:
         """Spool a batch of messages (one read's worth); each is acknowledged once its records are committed."""
         now = time.time()
-        with self.spool.batch():  # the forwarder is woken once for the batch, not once a record
-            for msg in messages:
-                try:
-                    self._take(msg.topic, msg.payload, now)
-                except Unstorable as exc:
-                    self._set_aside(msg.topic, msg.payload, now, exc.kind, str(exc))
-                except Exception as exc:  # never kills the connection's thread
-                    self._set_aside(msg.topic, msg.payload, now, "internal", f"{type(exc).__name__}: {exc}")
+        lines: list[tuple[float, bytes]] = []
+        for msg in messages:
+            try:
+                self._take(msg.topic, msg.payload, now, lines)
+            except Unstorable as exc:
+                self._set_aside(msg.topic, msg.payload, now, exc.kind, str(exc))
+            except Exception as exc:  # never kills the connection's thread
+                self._set_aside(msg.topic, msg.payload, now, "internal", f"{type(exc).__name__}: {exc}")
+        self.spool.extend("line", lines)  # in one go: one taking of the spool's lock, one wake-up of the forwarder
         with self._lock:  # acknowledged once everything spooled so far is committed
             last = self.spool.last_id
             self._unacked += [(last, m.packet_id, m.connection) for m in messages if m.qos]
 
-    def _take(self, topic: str, payload: bytes, now: float) -> None:
-        lines = to_lines(topic, payload, self.root, now)
-        if lines is None:
+    def _take(self, topic: str, payload: bytes, now: float, lines: list[tuple[float, bytes]]) -> None:
+        """Add a message's lines to the batch's."""
+        got = to_lines(topic, payload, self.root, now)
+        if got is None:
             self.ignored += 1
             return
-        for t, line in lines:
-            self.spool.append("line", t, line)
+        lines += got
         self.received += 1
 
     def _set_aside(self, topic: str, payload: bytes, now: float, kind: str, reason: str) -> None:

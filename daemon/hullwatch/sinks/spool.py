@@ -464,32 +464,48 @@ class Spool:
 
         The body is a JSON object, or for a kind in TEXT_KINDS its text as bytes (stored as is).
         """
-        try:
-            if kind in TEXT_KINDS:
-                if not isinstance(body, bytes) or not body:
-                    raise TypeError(f"a {kind} record's body must be non-empty bytes, not {type(body).__name__}")
-                text = body
-            else:
-                text = json.dumps(body, separators=(",", ":"))
-            t_ns = time_ns(t)
-            if not -(2**63) <= t_ns < 2**63:  # SQLite's INTEGER: years 1677..2262
-                raise OverflowError(f"time {t!r} is outside the years 1677..2262")
-        except (TypeError, ValueError, OverflowError, RecursionError) as exc:
-            self._set_aside_unstorable(kind, t, body, exc)
-            return 0
+        return self.extend(kind, ((t, body),))[0]
+
+    def extend(self, kind: str, items: Iterable[tuple[float, dict | bytes]]) -> list[int]:
+        """Spool records of one kind, (time, body) each, taking the lock once; their ids (0: set aside, as `append`)."""
+        text_kind = kind in TEXT_KINDS
+        ready: list[tuple[int, dict | bytes, str | bytes] | None] = []
+        for t, body in items:
+            try:
+                if text_kind:
+                    if not isinstance(body, bytes) or not body:
+                        raise TypeError(f"a {kind} record's body must be non-empty bytes, not {type(body).__name__}")
+                    text = body
+                else:
+                    text = json.dumps(body, separators=(",", ":"))
+                t_ns = time_ns(t)
+                if not -(2**63) <= t_ns < 2**63:  # SQLite's INTEGER: years 1677..2262
+                    raise OverflowError(f"time {t!r} is outside the years 1677..2262")
+            except (TypeError, ValueError, OverflowError, RecursionError) as exc:
+                self._set_aside_unstorable(kind, t, body, exc)
+                ready.append(None)
+                continue
+            ready.append((t_ns, body, text))
+        ids = []
         with self._lock:
-            rid = self._next_id
-            self._next_id += 1
-            self._pending.append(Record(rid, kind, t_ns, body, text))
+            first = rid = self._next_id
+            for item in ready:
+                if item is None:
+                    ids.append(0)
+                    continue
+                self._pending.append(Record(rid, kind, *item))
+                ids.append(rid)
+                rid += 1
+            self._next_id = rid
             if len(self._pending) > MAX_PENDING:
                 gone = len(self._pending) - MAX_PENDING
                 del self._pending[:gone]
                 self._count("dropped", gone)
                 if not self._committing and self._file_last_id < self._first_id:  # nothing older kept
                     self._first_id = self._pending[0].id
-            if not self._batches:
+            if rid != first and not self._batches:
                 self._appended.notify_all()
-            return rid
+        return ids
 
     @contextlib.contextmanager
     def batch(self) -> Iterator[None]:
