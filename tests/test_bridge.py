@@ -11,11 +11,15 @@ from collections import Counter
 
 import paho.mqtt.client as mqtt
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from paho.mqtt.enums import CallbackAPIVersion
 
-from hullwatch.bridge import Bridge, Unstorable, metric_records, to_record
-from hullwatch.config import ConfigError, load_bridge
-from hullwatch.sinks.spool import Spool
+from hullwatch.bridge import Bridge, Unstorable, _json_object, metric_records, station_topic, to_lines, to_record
+from hullwatch.config import ConfigError, InfluxConfig, load_bridge
+from hullwatch.sinks.influx import InfluxSink, to_line
+from hullwatch.sinks.spool import Record, Spool, time_ns
+from hullwatch.topics import Kind
 from influxd_fixture import HAVE_INFLUXD, Influxd
 from mosquitto_fixture import HAVE_MOSQUITTO, Broker
 
@@ -67,6 +71,39 @@ def test_messages_become_records():
     assert records[-1][1]["tags"] == {"volume": "prk"}
 
 
+def records_of(topic: str, payload: bytes, received: float = 5.0) -> list[tuple[str, float, dict]] | None:
+    """A message as the records the bridge once spooled (their bodies through the spool's JSON and back)."""
+    station, parsed = station_topic(topic, "hullwatch")
+    if parsed is not None and parsed.kind is Kind.METRICS:
+        records = [("metric", t, body) for t, body in metric_records(station, json.loads(payload), received)]
+    else:
+        record = to_record(topic, payload, "hullwatch", received)
+        if record is None:
+            return None
+        records = [record]
+    return [(kind, t, json.loads(json.dumps(body, separators=(",", ":")))) for kind, t, body in records]
+
+
+def lines_of_records(topic: str, payload: bytes, received: float = 5.0) -> list[tuple[float, bytes]] | None:
+    """The lines the InfluxDB sink made of those records (the bridge's sink has no station of its own)."""
+    records = records_of(topic, payload, received)
+    if records is None:
+        return None
+    lines = [(t, to_line(Record(0, kind, time_ns(t), body), "")) for kind, t, body in records]
+    return [(t, line.encode()) for t, line in lines if line]
+
+
+ESTIMATE = {"time": T0, "volume": "prk", "leak_kg_per_day": 0.45, "leak_kg_per_day_sigma": 0.01,
+            "pressure_pa": 101000.0, "mass_kg": 95.5, "reserve_time_s": None, "window_s": 3600.0,
+            "detectable_kg_per_day": 0.2, "replay": True}  # fmt: skip
+ALARM = {"time": T0, "state": "active", "value": 1.2, "threshold": 0.9, "acknowledged": False,
+         "reason": 'rate "high", 2\\3'}  # fmt: skip
+METRICS = {"time": T0, "spool": {"depth": 3, "oldest_unsent_s": 0.5, "problem": None},
+           "sinks": {"mqtt": {"sent": 5, "connected": True, "last_error": "a \"b\""}},
+           "sensors": {"p 1": {"errors": 0, "rate_hz": 1.0}},
+           "detection": {"prk": {"kg_per_day_600s": 0.1}}}  # fmt: skip
+
+
 def sensor_message(**changes) -> bytes:
     body = {"time": T0, "quantity": "pressure", "value": 101325.0, "quality": "good"} | changes
     return json.dumps({k: v for k, v in body.items() if v is not ...}).encode()
@@ -97,6 +134,68 @@ UNSTORABLE = [
 ]
 
 
+def dumps(obj) -> bytes:
+    return json.dumps(obj).encode()
+
+
+# (topic under hullwatch/, payload): every kind of message the bridge stores, and some that store nothing
+MESSAGES = [
+    ("alpha/sensor/p1", sensor_message()),
+    ("alpha/sensor/p1", sensor_message(value=101325, replay=True)),  # an integer value
+    ("alpha/sensor/p1", sensor_message(value=-1e-300, quantity="temperature")),
+    ("alpha/sensor/p1", sensor_message(value=1e300, time=T0 + 0.1234567)),
+    ("alpha/sensor/p1", sensor_message(value=float("nan"), quality="bad")),
+    ("alpha/sensor/p1", sensor_message(value=None, quality='stale "since" \\ boot')),
+    ("alpha/sensor/p1", sensor_message(time=...)),  # the time received
+    ("alpha/sensor/p1", sensor_message(time=-1.5, extra={"x": 1})),
+    ("prk lab,1=2\\/sensor/p=1 ,x\\", sensor_message()),  # names line protocol escapes
+    ("alpha/hatch/h1/event", dumps({"time": T0, "open": True, "replay": True})),
+    ("alpha/hatch/h1", b"open"),  # the retained state: nothing
+    ("alpha/volume/prk", dumps(ESTIMATE)),
+    ("alpha/volume/prk", dumps({"time": T0, "leak_kg_per_day": float("inf"), "mass_kg": 7})),
+    ("alpha/volume/prk", dumps({"time": T0, "leak_kg_per_day": None})),  # no number: no point
+    ("alpha/step/prk", dumps({"type": "step", "time": T0, "volume": "prk", "size_pa": -30.2, "sensor": "p1"})),
+    ("alpha/step/prk", dumps({"type": "step", "time": T0, "size_pa": None})),  # no number: no point
+    ("alpha/clock_step", dumps({"time": T0, "step_s": -3.25})),
+    ("alpha/alarm/leak_rate/prk-zvezda/warning", dumps(ALARM)),
+    ("alpha/alarm/leak_rate/prk-zvezda/warning", dumps(ALARM | {"state": "cleared", "reason": None, "value": None})),
+    ("alpha/alarm/leak_rate/prk-zvezda/warning", b""),  # a removed alarm: nothing
+    ("alpha/metrics", dumps(METRICS)),
+    ("alpha/metrics", dumps({"time": T0})),  # nothing in it
+    ("alpha/cmd/ack", b"{}"),  # not telemetry
+]
+
+
+@pytest.mark.parametrize(("topic", "payload"), MESSAGES)
+def test_the_lines_made_once_are_the_lines_the_sink_made_of_the_records(topic, payload):
+    """Each message's lines: made in the bridge, the same text as the InfluxDB sink once made of its spooled records."""
+    assert to_lines(f"hullwatch/{topic}", payload, "hullwatch", 5.0) == lines_of_records(f"hullwatch/{topic}", payload)
+
+
+names = st.text(st.characters(blacklist_characters="/+#", blacklist_categories=("Cs",)), min_size=1, max_size=10)
+
+
+@given(
+    station=names,
+    sensor=names,
+    quantity=names,
+    quality=names,
+    value=st.one_of(st.none(), st.floats(), st.integers(-(2**70), 2**70)),
+    t=st.floats(-1e9, 7e9),
+)
+def test_a_samples_line_is_the_line_of_its_record(station, sensor, quantity, quality, value, t):
+    topic = f"hullwatch/{station}/sensor/{sensor}"
+    payload = dumps({"time": t, "quantity": quantity, "value": value, "quality": quality})
+    try:
+        expected = lines_of_records(topic, payload)
+    except Unstorable as exc:
+        with pytest.raises(Unstorable) as err:
+            to_lines(topic, payload, "hullwatch", 5.0)
+        assert err.value.kind == exc.kind
+        return
+    assert to_lines(topic, payload, "hullwatch", 5.0) == expected
+
+
 @pytest.mark.parametrize(("topic", "payload", "kind"), UNSTORABLE)
 def test_unstorable_messages_name_their_problem(topic, payload, kind):
     with pytest.raises(Unstorable) as err:
@@ -106,6 +205,77 @@ def test_unstorable_messages_name_their_problem(topic, payload, kind):
             to_record(f"hullwatch/alpha/{topic}", payload, "hullwatch", 5.0)
     assert err.value.kind == kind, err.value
     assert str(err.value)
+    with pytest.raises(Unstorable) as err:
+        to_lines(f"hullwatch/alpha/{topic}", payload, "hullwatch", 5.0)
+    assert err.value.kind == kind, err.value
+
+
+@pytest.mark.skipif(not HAVE_INFLUXD, reason="needs influxd (Debian package influxdb)")
+def test_line_records_through_the_spool_store_the_points_the_records_stored(tmp_path):
+    """Every message's lines, spooled, read back from the file and sent: InfluxDB holds the same points as from
+    the records the bridge once spooled."""
+    influx = Influxd(tmp_path / "influx")
+    try:
+        spooled: list[Record] = []
+        for k, (topic, payload) in enumerate(MESSAGES):
+            records = records_of(f"hullwatch/{topic}", payload, 5.0 + k) or []
+            spooled += [Record(len(spooled) + 1, kind, time_ns(t), body) for kind, t, body in records]
+        influx.query('CREATE DATABASE "old"', post=True)
+        old = InfluxSink(InfluxConfig(url=influx.url, api="v1", database="old"), "")
+        assert old.send(spooled, replay=False).rejected == {}
+
+        path = str(tmp_path / "spool.sqlite")
+        spool = Spool(path)
+        try:
+            for k, (topic, payload) in enumerate(MESSAGES):
+                for t, line in to_lines(f"hullwatch/{topic}", payload, "hullwatch", 5.0 + k) or []:
+                    spool.append("line", t, line)
+        finally:
+            spool.close()
+        spool = Spool(path)
+        try:
+            lines = spool.read(0, 1000)  # from the file
+        finally:
+            spool.close()
+        assert {r.kind for r in lines} == {"line"} and all(isinstance(r.body, bytes) for r in lines)
+        influx.query('CREATE DATABASE "new"', post=True)
+        new = InfluxSink(InfluxConfig(url=influx.url, api="v1", database="new"), "")
+        assert new.send(lines, replay=False).rejected == {}
+
+        def points(database: str) -> list:
+            influx.database = database
+            return sorted(map(repr, influx.rows("SELECT * FROM /.*/ GROUP BY *")))
+
+        assert len(points("old")) > 10  # fewer than lines: a point with the series and time of one before replaces it
+        assert points("new") == points("old")
+    finally:
+        influx.stop()
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [b'{"a":1}', b' {"a": 1}\n', b'{"a":1} x', b'{"a":1}{"b":2}', b'{"a":NaN,"b":[1e400]}', b"", b"{", b'"x"'],
+)
+def test_a_payload_is_json_exactly_when_json_loads_says_so(payload):
+    try:
+        expected = json.loads(payload)
+    except ValueError:
+        with pytest.raises(Unstorable) as err:
+            _json_object(payload)
+        assert err.value.kind == "not_json"
+        return
+    if isinstance(expected, dict):
+        assert repr(_json_object(payload)) == repr(expected)
+    else:
+        with pytest.raises(Unstorable, match="must be a JSON object"):
+            _json_object(payload)
+
+
+def test_half_a_surrogate_pair_is_unstorable_not_a_line_that_cannot_be_sent():
+    payload = b'{"time": 1780000000.0, "quantity": "pressure", "value": 1.0, "quality": "\\ud800"}'
+    with pytest.raises(Unstorable) as err:
+        to_lines("hullwatch/alpha/sensor/p1", payload, "hullwatch", 5.0)
+    assert err.value.kind == "bad_field"
 
 
 def test_storable_edge_cases():

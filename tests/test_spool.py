@@ -722,3 +722,61 @@ def test_records_appended_in_a_batch_wake_the_forwarders_once_at_its_end(tmp_pat
         assert [r.body["value"] for r in spool.read(0, 10)] == [0, 1, 2]
     finally:
         spool.close()
+
+
+def test_a_line_record_is_its_own_text_in_memory_in_the_file_and_after_reopening(tmp_path):
+    """A `line` record's bytes go to the file and come back as they are; JSON records beside it are unchanged."""
+    path = str(tmp_path / "s.sqlite")
+    line = b'sensor,quantity=pressure,sensor=p1,station=a quality="good",value=101325 1780000000000000000'
+    spool = Spool(path)
+    try:
+        assert spool.append("line", 1000.0, line) == 1
+        spool.append("sample", 1001.0, {"v": 1})
+        assert spool.read(0, 10) == [Record(1, "line", 1000_000_000_000, line), Record(2, "sample", 1001_000_000_000,
+                                                                                      {"v": 1})]  # fmt: skip
+        spool.commit()
+        assert spool.read(0, 10)[0].body == line  # from the file now
+    finally:
+        spool.close()
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT body FROM record ORDER BY id").fetchall() == [(line,), ('{"v":1}',)]
+    spool = Spool(path)
+    try:
+        first, second = spool.read(0, 10)
+        assert (first.kind, first.body, first.text) == ("line", line, line)
+        assert second.body == {"v": 1}
+        spool.reject("influxdb", [first], {1: "refused"})
+    finally:
+        spool.close()
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT body, reason FROM rejected").fetchall() == [(line.decode(), "refused")]
+
+
+def test_a_line_record_that_is_not_bytes_is_set_aside_and_never_stops_a_commit(tmp_path):
+    spool = Spool(str(tmp_path / "s.sqlite"))
+    try:
+        assert spool.append("line", 1000.0, "text, not bytes") == 0
+        assert spool.append("line", 1000.0, b"") == 0
+        assert spool.append("line", 1e12, b"m f=1 1") == 0  # a time over SQLite's INTEGER
+        assert spool.append("sample", 1000.0, b"bytes for a JSON kind") == 0
+        assert spool.append("line", 1001.0, b"m f=1 1") == 1
+        spool.commit()
+        assert [r.body for r in spool.read(0, 10)] == [b"m f=1 1"]
+        assert spool.counters["unstorable"] == 4
+    finally:
+        spool.close()
+
+
+def test_extend_spools_many_records_in_order_and_sets_aside_what_cannot_be_stored(tmp_path):
+    spool = Spool(str(tmp_path / "s.sqlite"))
+    try:
+        spool.append("line", 999.0, b"m f=0 0")
+        ids = spool.extend(
+            "line", [(1000.0, b"m f=1 1"), (1e12, b"m f=2 2"), (1001.0, "not bytes"), (1002.0, b"m f=3 3")]
+        )
+        assert ids == [2, 0, 0, 3]
+        assert spool.extend("line", []) == []
+        assert [(r.id, r.body) for r in spool.read(0, 10)] == [(1, b"m f=0 0"), (2, b"m f=1 1"), (3, b"m f=3 3")]
+        assert spool.counters["unstorable"] == 2 and spool.last_id == 3
+    finally:
+        spool.close()

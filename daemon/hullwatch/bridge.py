@@ -4,9 +4,11 @@ Theory of operation
 -------------------
 A bridge subscribes (MQTT 5, QoS 1, a persistent session) to the ICD §5 topics of one or more
 stations — `<root>/<station>/sensor/+`, `volume/+`, `step/+`, `clock_step`, `hatch/+/event`, `alarm/#` and
-`metrics` — turns each message back into a spool record tagged with its station (the sample's
-own timestamp wherever the payload has one) and writes it to InfluxDB through the same spool
-and sink as the daemon.
+`metrics` — turns each message into its InfluxDB point, tagged with its station (the sample's
+own timestamp wherever the payload has one), and writes it to InfluxDB through the same spool
+and sink as the daemon. The point's line protocol is made once, here, where the message is
+checked: the spool keeps that text as a `line` record and the InfluxDB sink sends it as it is
+(`to_lines`; the same text the sink makes of the record `to_record` describes).
 
 Hatches are stored from `hatch/<hatch>/event` (`{"time", "open"}`), never from the retained
 `hatch/<hatch>` state, which carries no time: a station re-sends that state at every
@@ -47,7 +49,7 @@ from typing import Any
 
 from hullwatch.config import BridgeConfig
 from hullwatch.mqtt5 import Message, Subscriber
-from hullwatch.sinks.influx import ESTIMATE_FIELDS, InfluxSink
+from hullwatch.sinks.influx import ESTIMATE_FIELDS, InfluxSink, sample_line, to_line
 from hullwatch.sinks.mqtt import apply_credentials
 from hullwatch.sinks.spool import Record, Spool, time_ns
 from hullwatch.topics import Kind, Topic, parse, subscription
@@ -70,6 +72,7 @@ TOPICS_CACHED = 65536  # parsed topics kept (a fleet of 1000 stations x 60 topic
 SET_ASIDE_MAX = 1000  # unstorable messages kept per run (all are counted)
 SET_ASIDE_BYTES = 4096  # of each one's payload
 WARN_EVERY_S = 60.0  # at most one warning per kind of problem this often
+LIVE_INTERVAL_S = 0.25  # the fleet's new lines go to InfluxDB 4 times a second (a station's own sink: once)
 
 
 class Unstorable(ValueError):
@@ -118,13 +121,23 @@ def message_time(obj: dict, received: float) -> float:
     return t
 
 
+_scan_json = json.JSONDecoder().scan_once  # one JSON value from a position: json.loads without its Python layers
+
+
 def _json_object(payload: bytes) -> dict:
     try:
-        obj = json.loads(payload.decode("utf-8"))
+        text = payload.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise Unstorable("not_utf8", f"payload is not UTF-8 ({exc.reason} at byte {exc.start})") from None
-    except (ValueError, RecursionError) as exc:
-        raise Unstorable("not_json", f"payload is not JSON ({str(exc)[:80]})") from None
+    try:
+        obj, end = _scan_json(text, 0)  # a station's message: one value, no whitespace around it
+        if end != len(text):
+            raise ValueError("more after the value")
+    except (StopIteration, ValueError, RecursionError):
+        try:  # anything else: json.loads decides, and says why not
+            obj = json.loads(text)
+        except (ValueError, RecursionError) as exc:
+            raise Unstorable("not_json", f"payload is not JSON ({str(exc)[:80]})") from None
     if not isinstance(obj, dict):
         raise Unstorable("not_object", f"payload must be a JSON object, not {type(obj).__name__}")
     return obj
@@ -145,6 +158,16 @@ def station_topic(topic: str, root: str) -> tuple[str, Topic | None]:
     if parsed is None and rest and what in _SHAPES:
         raise Unstorable("bad_topic", _SHAPES[what])
     return station, parsed
+
+
+def _sample_fields(obj: dict) -> tuple[str, Any, str]:
+    """A sensor message's quantity, value and quality; Unstorable if one is missing or of the wrong type."""
+    _string(obj, "quantity", required=True)
+    _string(obj, "quality", required=True)
+    if "value" not in obj:
+        raise Unstorable("bad_field", "value is missing")
+    _number(obj, "value")
+    return obj["quantity"], obj["value"], obj["quality"]
 
 
 def to_record(topic: str, payload: bytes, root: str, received: float) -> tuple[str, float, dict] | None:
@@ -170,13 +193,9 @@ def to_record(topic: str, payload: bytes, root: str, received: float) -> tuple[s
     obj.pop("replay", None)
     t = message_time(obj, received)
     if kind is Kind.SENSOR:
-        _string(obj, "quantity", required=True)
-        _string(obj, "quality", required=True)
-        if "value" not in obj:
-            raise Unstorable("bad_field", "value is missing")
-        _number(obj, "value")
-        body = {k: obj[k] for k in ("quantity", "value", "quality")}
-        return "sample", t, {"station": station, "sensor": names[0], **body}
+        quantity, value, quality = _sample_fields(obj)
+        return "sample", t, {"station": station, "sensor": names[0], "quantity": quantity, "value": value,
+                             "quality": quality}  # fmt: skip
     if kind is Kind.VOLUME:
         for _, key in ESTIMATE_FIELDS:
             _number(obj, key)
@@ -200,6 +219,44 @@ def to_record(topic: str, payload: bytes, root: str, received: float) -> tuple[s
     body = {"alarm": alarm, "source": source, "severity": severity, "state": obj.get("state") or "active"}
     body |= {k: obj[k] for k in ("value", "threshold", "reason") if obj.get(k) is not None}
     return "alarm", t, {"station": station, **body}
+
+
+def to_lines(topic: str, payload: bytes, root: str, received: float) -> list[tuple[float, bytes]] | None:
+    """A station's message as its InfluxDB lines, (time, line) each, for the spool; None for what is not telemetry.
+
+    The same points the InfluxDB sink makes of `to_record`'s (or `metric_records`') records. A
+    sample (most of a fleet's messages) goes straight to its line. Raises Unstorable for a
+    telemetry message that cannot be stored.
+    """
+    station, parsed = station_topic(topic, root)
+    if parsed is not None and parsed.kind is Kind.SENSOR:
+        obj = _json_object(payload)
+        t = message_time(obj, received)
+        quantity, value, quality = _sample_fields(obj)
+        return [(t, _encoded(sample_line(station, parsed.names[0], quantity, value, quality, time_ns(t))))]
+    if parsed is not None and parsed.kind is Kind.METRICS:
+        records = [("metric", t, body) for t, body in metric_records(station, _json_object(payload), received)]
+    else:
+        record = to_record(topic, payload, root, received)
+        if record is None:
+            return None
+        records = [record]
+    out = []
+    for kind, t, body in records:
+        try:
+            line = to_line(Record(0, kind, time_ns(t), body), station)
+        except (KeyError, TypeError, ValueError, AttributeError, ArithmeticError) as exc:
+            raise Unstorable("bad_field", f"cannot be written as a point: {exc!r:.80}") from None
+        if line:  # none when nothing is left to write (e.g. every number of an estimate missing)
+            out.append((t, _encoded(line)))
+    return out
+
+
+def _encoded(line: str) -> bytes:
+    try:
+        return line.encode()
+    except UnicodeEncodeError:  # a JSON escape of half a surrogate pair
+        raise Unstorable("bad_field", f"not valid Unicode text: {line!r:.80}") from None
 
 
 def metric_records(station: str, obj: dict[str, Any], received: float) -> list[tuple[float, dict]]:
@@ -232,10 +289,11 @@ class Bridge:
         s = cfg.spool
         self.spool = spool or Spool(s.path, s.max_mb, s.commit_interval_s, s.replay_per_s)
         self.sink = InfluxSink(cfg.influxdb, station="")
+        self.sink.live_interval_s = LIVE_INTERVAL_S  # InfluxDB a quarter of a second behind, not up to a second
         self.client_id = cfg.client_id or f"hullwatch-bridge-{uuid.uuid4().hex[:8]}"
         self._unacked: list[tuple[int, int, int]] = []  # (last record id, packet id, connection), oldest first
         self._lock = threading.Lock()
-        self.received = 0
+        self.received = 0  # telemetry messages taken (spooled, or with no point to write)
         self.ignored = 0  # not telemetry (e.g. a removed alarm)
         self.unstorable: Counter[str] = Counter()  # set aside, per kind of problem
         self._kept = 0  # of them in the spool's rejected table
@@ -277,28 +335,26 @@ class Bridge:
     def _on_messages(self, messages: list[Message]) -> None:
         """Spool a batch of messages (one read's worth); each is acknowledged once its records are committed."""
         now = time.time()
+        lines: list[tuple[float, bytes]] = []
         for msg in messages:
             try:
-                self._take(msg.topic, msg.payload, now)
+                self._take(msg.topic, msg.payload, now, lines)
             except Unstorable as exc:
                 self._set_aside(msg.topic, msg.payload, now, exc.kind, str(exc))
             except Exception as exc:  # never kills the connection's thread
                 self._set_aside(msg.topic, msg.payload, now, "internal", f"{type(exc).__name__}: {exc}")
+        self.spool.extend("line", lines)  # in one go: one taking of the spool's lock, one wake-up of the forwarder
         with self._lock:  # acknowledged once everything spooled so far is committed
             last = self.spool.last_id
             self._unacked += [(last, m.packet_id, m.connection) for m in messages if m.qos]
 
-    def _take(self, topic: str, payload: bytes, now: float) -> None:
-        station, parsed = station_topic(topic, self.root)
-        if parsed is not None and parsed.kind is Kind.METRICS:
-            for t, body in metric_records(station, _json_object(payload), now):
-                self.spool.append("metric", t, body)
-            return
-        record = to_record(topic, payload, self.root, now)
-        if record is None:
+    def _take(self, topic: str, payload: bytes, now: float, lines: list[tuple[float, bytes]]) -> None:
+        """Add a message's lines to the batch's."""
+        got = to_lines(topic, payload, self.root, now)
+        if got is None:
             self.ignored += 1
             return
-        self.spool.append(*record)
+        lines += got
         self.received += 1
 
     def _set_aside(self, topic: str, payload: bytes, now: float, kind: str, reason: str) -> None:

@@ -54,7 +54,7 @@ log = logging.getLogger(__name__)
 TIMEOUT_S = 10.0
 BATCH_LINES = 5000
 SERIES_CACHED = 65536  # series whose line-protocol text is kept
-KINDS = frozenset({"sample", "hatch", "estimate", "step", "alarm", "metric", "clock_step"})
+KINDS = frozenset({"sample", "hatch", "estimate", "step", "alarm", "metric", "clock_step", "line"})
 
 
 class InfluxSetupError(Exception):
@@ -189,8 +189,23 @@ def _tag_value(value: str) -> str:
     return text + " " if text.endswith("\\") else text
 
 
+def sample_line(station: str, sensor: str, quantity: str, value: Any, quality: str, time_ns: int) -> str:
+    """A sample's line: the same text `to_line` makes of its record, without building the record's parts."""
+    series = _series("sensor", (("station", station), ("sensor", sensor), ("quantity", quantity)))
+    fields = f'quality="{quality.translate(_ESCAPE_STRING)}"'
+    if _finite(value):
+        text = str(float(value))
+        fields += ",value=" + (text[:-2] if text.endswith(".0") else text)
+    return f"{series} {fields} {time_ns}"
+
+
 def to_line(record: Record, station: str) -> str | None:
-    """The record as an ICD §6 line (tagged with its station), or None when it has nothing to write."""
+    """The record as an ICD §6 line (tagged with its station), or None when it has nothing to write.
+
+    A `line` record (the bridge's) is its line already.
+    """
+    if record.kind == "line":
+        return record.body.decode()
     parts = _point_parts(record.kind, record.body)
     if parts is None or not parts[2]:
         return None
@@ -246,6 +261,9 @@ class InfluxSink:
         lines: list[tuple[Record, bytes]] = []
         rejected: dict[int, str] = {}
         for r in records:
+            if r.kind == "line":  # made once by the bridge, sent as it is
+                lines.append((r, r.body))
+                continue
             try:
                 line = to_line(r, self.station)
             except (KeyError, TypeError, ValueError, AttributeError, ArithmeticError) as exc:

@@ -51,6 +51,10 @@ an acknowledgement is on disk within milliseconds, not at the next interval. The
 whole table in memory as well, so a file moved aside for corruption gets the book back in full
 on the fresh one.
 
+Text records. A record of a kind in TEXT_KINDS (`line`: one InfluxDB line, which `hullwatch
+bridge` makes once from each message) has bytes for a body, its own stored text: the file keeps
+them as they are and `read` gives them back as they are, with no JSON on the way.
+
 Records that cannot be stored. `append` encodes each body once; a record whose body JSON cannot
 hold or whose time is outside SQLite's INTEGER nanoseconds (years 1677..2262) never joins the
 batch: it is counted (`unstorable`) and kept in the `rejected` table (sink `spool`) at the next
@@ -89,6 +93,7 @@ RETRY_MAX_S = 15.0
 MAX_PENDING = 100_000  # records held in memory when the file cannot be written (about 37 MB)
 UNSTORABLE_KEPT, UNSTORABLE_BYTES = 1000, 2000  # unstorable records kept in `rejected` a run, and their size
 CONFIRM_TIMEOUT_S = 10.0  # a pipelining sink that confirms nothing handed over for this long has failed
+TEXT_KINDS = frozenset({"line"})  # kinds whose body is its own text (bytes, stored as is), not a JSON object
 ISOLATE_BATCH = 50  # records read after an unexpected send failure, to tell a poison record from an outage
 SQLITE_CORRUPT, SQLITE_NOTADB = 11, 26  # the primary result codes of a damaged file
 
@@ -105,13 +110,14 @@ CREATE TABLE IF NOT EXISTS alarm_book (name TEXT PRIMARY KEY, body TEXT NOT NULL
 
 @dataclass(frozen=True, slots=True)
 class Record:
-    """One spooled record: what it is, when it happened (ns since the epoch), and its JSON object."""
+    """One spooled record: what it is, when it happened (ns since the epoch), and its JSON object (bytes for a
+    kind in TEXT_KINDS)."""
 
     id: int
     kind: str
     time_ns: int
-    body: dict
-    text: str | None = field(default=None, compare=False, repr=False)  # the body as JSON, made once at append
+    body: dict | bytes
+    text: str | bytes | None = field(default=None, compare=False, repr=False)  # as stored, made once at append
 
 
 class SpoolInUse(Exception):
@@ -158,6 +164,23 @@ class SpoolSink(Protocol):
 def time_ns(t: float) -> int:
     """Epoch seconds to integer nanoseconds, rounded to the microsecond (stable under float noise)."""
     return round(t * 1e6) * 1000
+
+
+def _json(body: dict) -> str:
+    """A body as the file keeps it (append makes this once; a record made elsewhere may come without)."""
+    return json.dumps(body, separators=(",", ":"))
+
+
+def _json_text(b: str | bytes) -> str | None:
+    """A JSON body as read from the file, kept as the record's text (None if not a str)."""
+    return b if isinstance(b, str) else None
+
+
+def _readable(r: Record) -> str:
+    """A record's body as text for the `rejected` table (a person reads it)."""
+    if isinstance(r.body, bytes):
+        return r.body.decode("utf-8", "replace")
+    return json.dumps(r.body)
 
 
 def is_corrupt(exc: BaseException) -> bool:
@@ -436,28 +459,53 @@ class Spool:
 
     # -- writing --------------------------------------------------------------------------------
 
-    def append(self, kind: str, t: float, body: dict) -> int:
-        """Spool one record (in memory until the next commit); its id (0 if it cannot be stored: set aside)."""
-        try:
-            text, t_ns = json.dumps(body, separators=(",", ":")), time_ns(t)
-            if not -(2**63) <= t_ns < 2**63:  # SQLite's INTEGER: years 1677..2262
-                raise OverflowError(f"time {t!r} is outside the years 1677..2262")
-        except (TypeError, ValueError, OverflowError, RecursionError) as exc:
-            self._set_aside_unstorable(kind, t, body, exc)
-            return 0
+    def append(self, kind: str, t: float, body: dict | bytes) -> int:
+        """Spool one record (in memory until the next commit); its id (0 if it cannot be stored: set aside).
+
+        The body is a JSON object, or for a kind in TEXT_KINDS its text as bytes (stored as is).
+        """
+        return self.extend(kind, ((t, body),))[0]
+
+    def extend(self, kind: str, items: Iterable[tuple[float, dict | bytes]]) -> list[int]:
+        """Spool records of one kind, (time, body) each, taking the lock once; their ids (0: set aside, as `append`)."""
+        text_kind = kind in TEXT_KINDS
+        ready: list[tuple[int, dict | bytes, str | bytes] | None] = []
+        for t, body in items:
+            try:
+                if text_kind:
+                    if not isinstance(body, bytes) or not body:
+                        raise TypeError(f"a {kind} record's body must be non-empty bytes, not {type(body).__name__}")
+                    text = body
+                else:
+                    text = json.dumps(body, separators=(",", ":"))
+                t_ns = time_ns(t)
+                if not -(2**63) <= t_ns < 2**63:  # SQLite's INTEGER: years 1677..2262
+                    raise OverflowError(f"time {t!r} is outside the years 1677..2262")
+            except (TypeError, ValueError, OverflowError, RecursionError) as exc:
+                self._set_aside_unstorable(kind, t, body, exc)
+                ready.append(None)
+                continue
+            ready.append((t_ns, body, text))
+        ids = []
         with self._lock:
-            rid = self._next_id
-            self._next_id += 1
-            self._pending.append(Record(rid, kind, t_ns, body, text))
+            first = rid = self._next_id
+            for item in ready:
+                if item is None:
+                    ids.append(0)
+                    continue
+                self._pending.append(Record(rid, kind, *item))
+                ids.append(rid)
+                rid += 1
+            self._next_id = rid
             if len(self._pending) > MAX_PENDING:
                 gone = len(self._pending) - MAX_PENDING
                 del self._pending[:gone]
                 self._count("dropped", gone)
                 if not self._committing and self._file_last_id < self._first_id:  # nothing older kept
                     self._first_id = self._pending[0].id
-            if not self._batches:
+            if rid != first and not self._batches:
                 self._appended.notify_all()
-            return rid
+        return ids
 
     @contextlib.contextmanager
     def batch(self) -> Iterator[None]:
@@ -539,7 +587,7 @@ class Spool:
                 book_gone = [(n,) for n in book_names if n not in self._book]
                 unstorable, self._unstorable = self._unstorable, []
             try:  # whatever fails, the transaction is rolled back and the batch kept for the next try
-                rows = [(r.id, r.kind, r.time_ns, r.text or json.dumps(r.body, separators=(",", ":"))) for r in batch]
+                rows = [(r.id, r.kind, r.time_ns, r.text if r.text is not None else _json(r.body)) for r in batch]
                 db.execute("BEGIN")
                 db.executemany("INSERT OR REPLACE INTO alarm_book VALUES (?, ?)", book_rows)
                 db.executemany("DELETE FROM alarm_book WHERE name = ?", book_gone)
@@ -601,7 +649,7 @@ class Spool:
     def reject(self, sink: str, records: Iterable[Record], reasons: dict[int, str], quiet: bool = False) -> None:
         """Set records a sink refused aside (kept for a person to look at, never sent again); quiet: the caller logs."""
         rows = [
-            (r.id, sink, r.kind, r.time_ns, json.dumps(r.body), reasons[r.id], time.time())
+            (r.id, sink, r.kind, r.time_ns, _readable(r), reasons[r.id], time.time())
             for r in records
             if r.id in reasons
         ]
@@ -640,7 +688,10 @@ class Spool:
             return self._reader().execute(sql, (after, hi, limit)).fetchall()
 
         rows = self._on_disk(select)
-        out = [Record(i, k, t, json.loads(b), b if isinstance(b, str) else None) for i, k, t, b in rows]
+        out = [
+            Record(i, k, t, b, b) if k in TEXT_KINDS else Record(i, k, t, json.loads(b), _json_text(b))
+            for i, k, t, b in rows
+        ]
         if len(out) < limit:
             start = out[-1].id if out else after
             out += [r for r in memory if start < r.id <= hi][: limit - len(out)]
