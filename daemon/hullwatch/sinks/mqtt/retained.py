@@ -53,23 +53,25 @@ class RetainedState:
         `dedupe`: do nothing if the snapshot already holds this payload.
         """
         with self._lock:
-            if payload:
-                if dedupe and self._values.get(topic) == payload:
-                    return
-                self._values[topic] = payload
-                self._tombstones.discard(topic)
-            else:
-                self._values.pop(topic, None)
-            sent = send is not None and send(topic, payload)
-            if not sent and not payload:
-                self._tombstones.add(topic)
+            if not (dedupe and payload and self._values.get(topic) == payload):
+                self._set(topic, payload, send)
 
     def set_default(self, topic: str, payload: bytes, send: Send | None) -> None:
         """Record `payload` for a topic the snapshot does not hold yet."""
         with self._lock:
-            if topic in self._values:
-                return
-        self.set(topic, payload, send, dedupe=True)
+            if topic not in self._values:
+                self._set(topic, payload, send)
+
+    def _set(self, topic: str, payload: bytes, send: Send | None) -> None:
+        """`set`, under the lock."""
+        if payload:
+            self._values[topic] = payload
+            self._tombstones.discard(topic)
+        else:
+            self._values.pop(topic, None)
+        sent = send is not None and send(topic, payload)
+        if not sent and not payload:
+            self._tombstones.add(topic)
 
     def republish(self, send: Send, only_prefix: str | None = None) -> None:
         """Send the snapshot (tombstones first, as empty payloads); `only_prefix`: just the topics under it."""

@@ -138,16 +138,16 @@ class Telemetry:
         """
         if r.kind == "sample":
             return Message(self.topics.sensor(r.body["sensor"]), self._spooled_sample(r, replay), self.sample_qos)
-        body = dict(r.body)
+        if r.kind == "hatch":
+            body = {"time": r.time_ns // 1000 / 1e6, "open": bool(r.body["open"])}
+        else:
+            body = dict(r.body)
         if replay:
             body["replay"] = True
+        if r.kind == "hatch":
+            return Message(self.topics.hatch_event(r.body["hatch"]), dumps(body), self.qos)
         if r.kind == "step":
             return Message(self.topics.step(body["volume"]), dumps(body), self.qos)
-        if r.kind == "hatch":
-            event = {"time": r.time_ns // 1000 / 1e6, "open": bool(body["open"])}
-            if replay:
-                event["replay"] = True
-            return Message(self.topics.hatch_event(r.body["hatch"]), dumps(event), self.qos)
         if r.kind == "clock_step":
             return Message(self.topics.clock_step, dumps(body), self.qos)
         return Message(self.topics.volume(body["volume"]), dumps(body), self.qos)
