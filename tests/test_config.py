@@ -529,3 +529,42 @@ def test_example_config_loads():
     assert cfg.module.segments
     assert cfg.sensors
     assert cfg.volumes()
+
+
+MODBUS = 'driver = "modbus"\nport = "/dev/ttyUSB0"\nquantity = "pressure"\naddress = 0\n'
+
+
+def test_modbus_slaves_may_share_their_bus(write_file):
+    cfg = config.load(
+        write_file(
+            doc(
+                sensor("p_prk", "prk", MODBUS, "slave = 1\n"),
+                sensor("p_zv", "zvezda", MODBUS.replace("/dev/ttyUSB0", "/dev/../dev/ttyUSB0"), "slave = 2\n"),
+            )
+        )
+    )
+    assert [d.name for d in build_drivers(cfg, for_run=False).drivers] == ["p_prk", "p_zv"]
+
+
+def test_a_bus_with_two_serial_settings_is_refused(write_file):
+    path = write_file(
+        doc(
+            sensor("p_prk", "prk", MODBUS, "slave = 1\n"),
+            sensor("p_zv", "zvezda", MODBUS.replace("/dev/", "/dev/../dev/"), "slave = 2\nparity = 'E'\n"),
+        )
+    )
+    [problem] = problems_of(path)
+    assert problem.startswith(f"{path}: sensor[1].port: /dev/../dev/ttyUSB0 is the bus of sensor[0] (p_prk) too")
+    assert "9600 8E1 against 9600 8N1" in problem
+
+
+def test_a_serial_port_has_one_reader(write_file):
+    pytest.importorskip("hullwatch.sensors.presets")
+    path = write_file(
+        doc(sensor("p_prk", "prk", 'driver = "serial"\n', SERIAL_OK), sensor("p_zv", "zvezda", MODBUS, "slave = 2\n"))
+    )
+    [problem] = problems_of(path)
+    assert problem == (
+        f"{path}: sensor[1].port: /dev/ttyUSB0 is also read by sensor[0] (p_prk): a serial port has one reader"
+        " (only Modbus slaves share a port, as a bus)"
+    )

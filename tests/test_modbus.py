@@ -16,7 +16,7 @@ import threading
 import time
 import tty
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from contextlib import ExitStack, contextmanager, suppress
 from typing import Any
 
 import pytest
@@ -55,10 +55,12 @@ class FakeSlave:
 
     def __init__(self, fd: int, unit: int = 1) -> None:
         self.fd = fd
-        self.unit = unit
+        self.units = {unit}  # several: slaves on one bus, sharing the register tables
         self.tables: dict[int, dict[int, int]] = {3: {}, 4: {}}
         self.mode = "ok"  # "ok" | "silent" | "bad_crc" | "exception"
         self.requests = 0
+        self.turnaround_s = 0.0  # how long a slave takes to answer; a request meanwhile collides on the bus
+        self.collisions = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._serve, daemon=True)
 
@@ -95,13 +97,15 @@ class FakeSlave:
                 if crc16_modbus(frame[:6]) != frame[6:]:
                     buf.clear()  # out of step: drop everything and wait for the next request
                     break
+                if self.turnaround_s and select.select([self.fd], [], [], self.turnaround_s)[0]:
+                    self.collisions += 1  # another master talking while this request is being answered
                 reply = self._answer(frame)
                 if reply:
                     os.write(self.fd, reply)
 
     def _answer(self, frame: bytes) -> bytes | None:
         unit, function, address, count = struct.unpack(">BBHH", frame[:6])
-        if unit != self.unit:
+        if unit not in self.units:
             return None
         self.requests += 1
         if self.mode == "silent":
@@ -287,6 +291,22 @@ def test_wrong_slave_address_gets_no_answer(pty_slave) -> None:
         wait_for(lambda: driver.failures >= 3)
     assert [s.quality for s in samples] == [Quality.BAD]
     assert fake.requests == 0
+
+
+def test_slaves_sharing_a_bus_take_turns(pty_slave) -> None:
+    """Three transmitters on one RS-485 port: one request on the bus at a time, every reply to its asker."""
+    fake, path = pty_slave
+    fake.units = {1, 2, 3}
+    fake.turnaround_s = 0.01
+    fake.put(3, 0, 1013.25)
+    reading = [{"quantity": "pressure", "address": 0, "unit": "hPa"}]
+    drivers = [ModbusDriver.from_options(f"p{unit}", opts(path, reading, slave=unit)) for unit in (1, 2, 3)]
+    with ExitStack() as stack:
+        runs = [stack.enter_context(running(d)) for d in drivers]
+        wait_for(lambda: all(len(good(samples, Quantity.PRESSURE)) >= 15 for samples in runs), timeout=30.0)
+    assert fake.collisions == 0
+    assert [d.failures for d in drivers] == [0, 0, 0]
+    assert all(not bad(samples) for samples in runs)
 
 
 # --- failures -------------------------------------------------------------------------------------------------

@@ -162,6 +162,7 @@ def build_drivers(cfg: Config, pin_factory: Any = None, for_run: bool = True) ->
             drivers.append(_driver(s.driver, s.name, s.options, pin_factory))
         except OptionError as exc:
             problems.append(f"{cfg.path}: sensor[{i}].{exc.key}: {exc.message}")
+    problems += _shared_ports(cfg, {d.name: d for d in drivers})
     simulated_hatches = getattr(drivers[0], "hatches", []) if drivers else []
     for i, h in enumerate(cfg.module.hatches):
         switch = cfg.hatch_switches.get(h.name)
@@ -175,6 +176,37 @@ def build_drivers(cfg: Config, pin_factory: Any = None, for_run: bool = True) ->
     if problems:
         raise ConfigError(problems)
     return Built(drivers, time_base)
+
+
+def _shared_ports(cfg: Config, drivers: Mapping[str, Driver]) -> list[str]:
+    """Sensors on one port: only Modbus slaves may share it (a bus), and with the same serial settings."""
+    from hullwatch.sensors.base import port_identity
+
+    problems: list[str] = []
+    first: dict[str, tuple[int, str, str]] = {}  # port -> (index, name, driver) of its first sensor
+    for i, s in enumerate(cfg.sensors):
+        port = s.options.get("port") if s.driver in ("serial", "modbus") else None
+        key = port_identity(port) if isinstance(port, str) and port.strip() else None
+        if key is None:
+            continue
+        j, other, other_driver = first.setdefault(key, (i, s.name, s.driver))
+        if j == i:
+            continue
+        where = f"{cfg.path}: sensor[{i}].port"
+        if "serial" in (s.driver, other_driver):
+            problems.append(
+                f"{where}: {port} is also read by sensor[{j}] ({other}): a serial port has one reader"
+                " (only Modbus slaves share a port, as a bus)"
+            )
+            continue
+        mine, theirs = drivers.get(s.name), drivers.get(other)
+        if mine is not None and theirs is not None and mine.settings.line != theirs.settings.line:
+            problems.append(
+                f"{where}: {port} is the bus of sensor[{j}] ({other}) too, but with other serial settings"
+                f" ({mine.settings.describe_line()} against {theirs.settings.describe_line()}):"
+                " the slaves on one bus share baudrate, bytesize, parity and stopbits"
+            )
+    return problems
 
 
 def _driver(kind: str, name: str, options: Mapping[str, Any], pin_factory: Any) -> Driver:

@@ -14,6 +14,10 @@ once per episode. A port that is missing or vanishes is closed and reopened with
 episode. `run` never raises and returns within about READ_SLICE_S of `stop` being set, whatever `timeout_s`
 is: responses are awaited in short slices that look at `stop` between them.
 
+Several transmitters on one RS-485 bus are several [[sensor]] tables with the same `port` (and the same
+serial settings) and their own `slave`: their drivers take turns on the bus, one transaction at a time,
+so no request is sent while another slave is answering and every reply reaches the driver that asked.
+
 Options (the [[sensor]] table less name/segment/driver):
 
     port = "/dev/ttyUSB0"      # required: a device path or a pyserial URL
@@ -48,7 +52,7 @@ from typing import Any
 from hullwatch import timebase
 from hullwatch.core.model import Quality, Quantity, Sample
 from hullwatch.core.units import UnitError, pressure_converter, temperature_converter
-from hullwatch.sensors.base import Backoff, Emit, Episode, OptionError, option, reject_unknown
+from hullwatch.sensors.base import Backoff, Emit, Episode, OptionError, option, port_identity, reject_unknown
 
 try:
     from termios import error as _TermiosError  # tcflush on a hung-up tty raises this, which is no OSError
@@ -135,6 +139,15 @@ class ModbusSettings:
     stopbits: float = 1
     timeout_s: float = 0.5
     interval_s: float = 1.0
+
+    @property
+    def line(self) -> tuple[int, int, str, float]:
+        """The serial line's settings, which every slave on one bus shares."""
+        return self.baudrate, self.bytesize, self.parity, self.stopbits
+
+    def describe_line(self) -> str:
+        """E.g. `9600 8N1`."""
+        return f"{self.baudrate} {self.bytesize}{self.parity}{self.stopbits:g}"
 
 
 def modbus_settings(options: Mapping[str, Any]) -> ModbusSettings:
@@ -247,6 +260,33 @@ def _reading(t: Mapping[str, Any]) -> Reading:
     return Reading(quantity, address, function, kind, word_order, scale, offset, unit, to_si)
 
 
+class _Bus:
+    """One port and the slaves on it: each transaction holds the bus, so requests never overlap.
+
+    Every driver reading a slave on the port takes turns through the same lock (RS-485 has one
+    master talking at a time; a reply must reach the driver that asked for it).
+    """
+
+    _buses: dict[str, threading.Lock] = {}
+    _guard = threading.Lock()
+
+    @classmethod
+    def lock_for(cls, port: str) -> threading.Lock:
+        key = port_identity(port)
+        if key is None:  # loop:// is a port of its own
+            return threading.Lock()
+        with cls._guard:
+            return cls._buses.setdefault(key, threading.Lock())
+
+
+def _take_turn(bus: threading.Lock, stop: threading.Event) -> bool:
+    """Wait for the bus until it is free (True) or stop is set (False)."""
+    while not stop.is_set():
+        if bus.acquire(timeout=READ_SLICE_S):
+            return True
+    return False
+
+
 class _StopAwarePort:
     """A pyserial port whose read() waits up to `timeout_s` for the bytes asked for, in slices that watch stop.
 
@@ -291,6 +331,7 @@ class ModbusDriver:
         self.readings_ok = 0  # good values emitted
         self.failures = 0  # failed readings (timeouts, CRC, exception responses, non-finite values)
         self.reconnects = 0  # the port came back after trouble
+        self._bus = _Bus.lock_for(settings.port)  # shared with the other slaves on the port
 
     @classmethod
     def from_options(cls, name: str, options: Mapping[str, Any]) -> ModbusDriver:
@@ -321,14 +362,18 @@ class ModbusDriver:
         port_trouble = Episode(log, f"{self.name}: port {s.port}")
         backoff = Backoff()
         states = [_ReadingState(self.name, r) for r in s.readings]
-        while not stop.is_set():
+        while _take_turn(self._bus, stop):  # opening flushes the port's input: not while another slave answers
             try:
                 port = serial.serial_for_url(
                     s.port, baudrate=s.baudrate, bytesize=s.bytesize, parity=s.parity, stopbits=s.stopbits,
                     timeout=min(s.timeout_s, READ_SLICE_S), write_timeout=WRITE_TIMEOUT_S,
                 )  # fmt: skip
             except (serial.SerialException, OSError, ValueError) as exc:
-                port_trouble.happened(f"cannot open ({exc}); retrying")
+                port, failure = None, exc
+            finally:
+                self._bus.release()
+            if port is None:
+                port_trouble.happened(f"cannot open ({failure}); retrying")
                 stop.wait(backoff.next())
                 continue
             log.info("%s: reading slave %d on %s", self.name, s.slave, s.port)
@@ -369,6 +414,8 @@ class ModbusDriver:
     ) -> None:
         """Read one block and emit its sample, or count the failure (and report BAD on the third in a row)."""
         r = state.reading
+        if not _take_turn(self._bus, stop):
+            return
         try:
             registers = instrument.read_registers(r.address, r.count, r.function)
             value = r.value(registers)
@@ -379,6 +426,8 @@ class ModbusDriver:
             problem = f"exception response ({exc})"
         except minimalmodbus.ModbusException as exc:  # bad CRC, wrong length or address, garbage
             problem = f"invalid response ({type(exc).__name__}: {str(exc)[:200]})"
+        finally:
+            self._bus.release()
         arrived = timebase.now()
         if problem is not None:
             if stop.is_set():  # the read may have been cut short by stop: not the device's fault
