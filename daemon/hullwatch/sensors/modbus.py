@@ -260,23 +260,18 @@ def _reading(t: Mapping[str, Any]) -> Reading:
     return Reading(quantity, address, function, kind, word_order, scale, offset, unit, to_si)
 
 
-class _Bus:
-    """One port and the slaves on it: each transaction holds the bus, so requests never overlap.
+_BUSES: dict[str, threading.Lock] = {}  # port -> the lock its slaves take turns through
+_BUSES_GUARD = threading.Lock()
 
-    Every driver reading a slave on the port takes turns through the same lock (RS-485 has one
-    master talking at a time; a reply must reach the driver that asked for it).
-    """
 
-    _buses: dict[str, threading.Lock] = {}
-    _guard = threading.Lock()
-
-    @classmethod
-    def lock_for(cls, port: str) -> threading.Lock:
-        key = port_identity(port)
-        if key is None:  # loop:// is a port of its own
-            return threading.Lock()
-        with cls._guard:
-            return cls._buses.setdefault(key, threading.Lock())
+def _bus(port: str) -> threading.Lock:
+    """The lock every driver on `port` holds for a transaction: RS-485 has one master talking at a time,
+    and a reply must reach the driver that asked for it."""
+    key = port_identity(port)
+    if key is None:  # loop:// is a port of its own
+        return threading.Lock()
+    with _BUSES_GUARD:
+        return _BUSES.setdefault(key, threading.Lock())
 
 
 def _take_turn(bus: threading.Lock, stop: threading.Event) -> bool:
@@ -331,7 +326,7 @@ class ModbusDriver:
         self.readings_ok = 0  # good values emitted
         self.failures = 0  # failed readings (timeouts, CRC, exception responses, non-finite values)
         self.reconnects = 0  # the port came back after trouble
-        self._bus = _Bus.lock_for(settings.port)  # shared with the other slaves on the port
+        self._bus = _bus(settings.port)  # shared with the other slaves on the port
 
     @classmethod
     def from_options(cls, name: str, options: Mapping[str, Any]) -> ModbusDriver:
