@@ -179,16 +179,17 @@ def build_drivers(cfg: Config, pin_factory: Any = None, for_run: bool = True) ->
 
 
 def _shared_ports(cfg: Config, drivers: Mapping[str, Driver]) -> list[str]:
-    """Sensors on one port: only Modbus slaves may share it (a bus), and with the same serial settings."""
-    from hullwatch.sensors.base import port_identity
+    """Sensors on one serial device: only Modbus slaves may share it (a bus), and with the same serial settings.
 
+    A URL is left alone: what several connections to a serial device server see is the server's to say.
+    """
     problems: list[str] = []
-    first: dict[str, tuple[int, str, str]] = {}  # port -> (index, name, driver) of its first sensor
+    first: dict[str, tuple[int, str, str]] = {}  # device -> (index, name, driver) of its first sensor
     for i, s in enumerate(cfg.sensors):
         port = s.options.get("port") if s.driver in ("serial", "modbus") else None
-        key = port_identity(port) if isinstance(port, str) and port.strip() else None
-        if key is None:
+        if not isinstance(port, str) or not port.strip() or "://" in port:
             continue
+        key = os.path.realpath(port)  # the device behind a /dev/serial/by-id/ link
         j, other, other_driver = first.setdefault(key, (i, s.name, s.driver))
         if j == i:
             continue

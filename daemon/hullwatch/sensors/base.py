@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -170,11 +169,3 @@ class RateLimit:
         self._last_drop = now
         self._episode.happened(f"more than {self.rate_hz:g} a second; dropping the excess (counted)")
         return False
-
-
-def port_identity(port: str) -> str | None:
-    """What tells two `port` options apart: a device path resolved through its links (by-id names, say), a URL
-    as written; None for `loop://`, which is a port of its own each time it is opened."""
-    if port.lower().startswith("loop://"):
-        return None
-    return port if "://" in port else os.path.realpath(port)

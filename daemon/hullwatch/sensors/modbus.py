@@ -42,6 +42,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
 import struct
 import threading
 import time
@@ -52,7 +53,7 @@ from typing import Any
 from hullwatch import timebase
 from hullwatch.core.model import Quality, Quantity, Sample
 from hullwatch.core.units import UnitError, pressure_converter, temperature_converter
-from hullwatch.sensors.base import Backoff, Emit, Episode, OptionError, option, port_identity, reject_unknown
+from hullwatch.sensors.base import Backoff, Emit, Episode, OptionError, option, reject_unknown
 
 try:
     from termios import error as _TermiosError  # tcflush on a hung-up tty raises this, which is no OSError
@@ -267,9 +268,9 @@ _BUSES_GUARD = threading.Lock()
 def _bus(port: str) -> threading.Lock:
     """The lock every driver on `port` holds for a transaction: RS-485 has one master talking at a time,
     and a reply must reach the driver that asked for it."""
-    key = port_identity(port)
-    if key is None:  # loop:// is a port of its own
+    if port.lower().startswith("loop://"):  # a port of its own each time it is opened
         return threading.Lock()
+    key = port if "://" in port else os.path.realpath(port)  # the device behind a /dev/serial/by-id/ link
     with _BUSES_GUARD:
         return _BUSES.setdefault(key, threading.Lock())
 
