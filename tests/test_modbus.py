@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 
 from hullwatch.core.model import Quality, Quantity, Sample
+from hullwatch.sensors import modbus
 from hullwatch.sensors.base import OptionError
 from hullwatch.sensors.modbus import MODBUS_KEYS, ModbusDriver, decode
 
@@ -61,6 +62,7 @@ class FakeSlave:
         self.requests = 0
         self.turnaround_s = 0.0  # how long a slave takes to answer; a request meanwhile collides on the bus
         self.collisions = 0
+        self.last_unit = 0  # the slave addressed by the request being answered (0: none)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._serve, daemon=True)
 
@@ -97,9 +99,11 @@ class FakeSlave:
                 if crc16_modbus(frame[:6]) != frame[6:]:
                     buf.clear()  # out of step: drop everything and wait for the next request
                     break
+                self.last_unit = frame[0]
                 if self.turnaround_s and select.select([self.fd], [], [], self.turnaround_s)[0]:
                     self.collisions += 1  # another master talking while this request is being answered
                 reply = self._answer(frame)
+                self.last_unit = 0
                 if reply:
                     os.write(self.fd, reply)
 
@@ -125,6 +129,12 @@ class FakeSlave:
         if self.mode == "bad_crc":
             crc = bytes([crc[0] ^ 0x5A, crc[1]])
         return adu + crc
+
+
+@pytest.fixture(autouse=True)
+def fresh_buses(monkeypatch) -> None:
+    """Each test its own buses: a pty's name is used again by the next test, for another device."""
+    monkeypatch.setattr(modbus, "_BUSES", {})
 
 
 @pytest.fixture
@@ -307,6 +317,29 @@ def test_slaves_sharing_a_bus_take_turns(pty_slave) -> None:
     assert fake.collisions == 0
     assert [d.failures for d in drivers] == [0, 0, 0]
     assert all(not bad(samples) for samples in runs)
+
+
+def test_a_driver_stopped_while_its_slave_answers_leaves_the_bus_quiet_for_the_reply(pty_slave) -> None:
+    """A reload that changes one sensor of a bus stops its driver mid-transaction: the others wait out the reply."""
+    fake, path = pty_slave
+    fake.units = {1, 2}
+    fake.turnaround_s = 0.2  # each reply comes well after a stopped driver has given up on it
+    fake.put(3, 0, 1013.25)
+    reading = [{"quantity": "pressure", "address": 0, "unit": "hPa"}]
+    leaving, staying = (ModbusDriver.from_options(f"p{u}", opts(path, reading, slave=u, timeout_s=0.4)) for u in (1, 2))
+    stop = threading.Event()
+    thread = threading.Thread(target=leaving.run, args=(lambda _s: None, stop), daemon=True)
+    thread.start()
+    with running(staying) as samples:
+        wait_for(lambda: len(good(samples, Quantity.PRESSURE)) >= 3 and leaving.readings_ok >= 3, timeout=30.0)
+        wait_for(lambda: fake.last_unit == 1, timeout=30.0)  # slave 1 has its request: its reply is on the way
+        stop.set()
+        thread.join(5)
+        assert not thread.is_alive()
+        seen = len(good(samples, Quantity.PRESSURE))
+        wait_for(lambda: len(good(samples, Quantity.PRESSURE)) >= seen + 3, timeout=30.0)
+    assert fake.collisions == 0
+    assert staying.failures == 0
 
 
 # --- failures -------------------------------------------------------------------------------------------------

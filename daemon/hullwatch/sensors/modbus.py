@@ -261,26 +261,45 @@ def _reading(t: Mapping[str, Any]) -> Reading:
     return Reading(quantity, address, function, kind, word_order, scale, offset, unit, to_si)
 
 
-_BUSES: dict[str, threading.Lock] = {}  # port -> the lock its slaves take turns through
+class _Bus:
+    """One serial device and the slaves on it: one transaction at a time.
+
+    RS-485 has one master talking at a time, and a reply must reach the driver that asked for it.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._quiet_until = 0.0  # a reply its driver stopped waiting for may still be coming until then
+
+    def take(self, stop: threading.Event) -> bool:
+        """Wait for the bus (True) or until stop is set (False)."""
+        while not stop.is_set():
+            if not self._lock.acquire(timeout=READ_SLICE_S):
+                continue
+            quiet = self._quiet_until - time.monotonic()
+            if quiet <= 0.0 or not stop.wait(quiet):
+                return True
+            self._lock.release()
+        return False
+
+    def release(self, reply_due_s: float = 0.0) -> None:
+        """Let the next driver talk; not before `reply_due_s` from now if a reply was left coming."""
+        if reply_due_s > 0.0:
+            self._quiet_until = time.monotonic() + reply_due_s
+        self._lock.release()
+
+
+_BUSES: dict[str, _Bus] = {}  # serial device -> its bus
 _BUSES_GUARD = threading.Lock()
 
 
-def _bus(port: str) -> threading.Lock:
-    """The lock every driver on `port` holds for a transaction: RS-485 has one master talking at a time,
-    and a reply must reach the driver that asked for it."""
+def _bus(port: str) -> _Bus:
+    """The bus every driver on `port` takes turns on."""
     if port.lower().startswith("loop://"):  # a port of its own each time it is opened
-        return threading.Lock()
+        return _Bus()
     key = port if "://" in port else os.path.realpath(port)  # the device behind a /dev/serial/by-id/ link
     with _BUSES_GUARD:
-        return _BUSES.setdefault(key, threading.Lock())
-
-
-def _take_turn(bus: threading.Lock, stop: threading.Event) -> bool:
-    """Wait for the bus until it is free (True) or stop is set (False)."""
-    while not stop.is_set():
-        if bus.acquire(timeout=READ_SLICE_S):
-            return True
-    return False
+        return _BUSES.setdefault(key, _Bus())
 
 
 class _StopAwarePort:
@@ -294,12 +313,16 @@ class _StopAwarePort:
         self._port = port
         self._timeout_s = timeout_s
         self._stop = stop
+        self.cut_short = False  # a read ended by stop, its reply perhaps still coming
 
     def read(self, size: int = 1) -> bytes:
         """Up to `size` bytes: fewer on timeout, or once stop is set."""
         deadline = time.monotonic() + self._timeout_s
         data = bytearray()
-        while len(data) < size and not self._stop.is_set():
+        while len(data) < size:
+            if self._stop.is_set():
+                self.cut_short = True
+                break
             data += self._port.read(size - len(data))
             if time.monotonic() >= deadline:
                 break
@@ -358,7 +381,7 @@ class ModbusDriver:
         port_trouble = Episode(log, f"{self.name}: port {s.port}")
         backoff = Backoff()
         states = [_ReadingState(self.name, r) for r in s.readings]
-        while _take_turn(self._bus, stop):  # opening flushes the port's input: not while another slave answers
+        while self._bus.take(stop):  # opening flushes the port's input: not while another slave answers
             try:
                 port = serial.serial_for_url(
                     s.port, baudrate=s.baudrate, bytesize=s.bytesize, parity=s.parity, stopbits=s.stopbits,
@@ -410,8 +433,9 @@ class ModbusDriver:
     ) -> None:
         """Read one block and emit its sample, or count the failure (and report BAD on the third in a row)."""
         r = state.reading
-        if not _take_turn(self._bus, stop):
+        if not self._bus.take(stop):
             return
+        reply_due = time.monotonic() + self.settings.timeout_s
         try:
             registers = instrument.read_registers(r.address, r.count, r.function)
             value = r.value(registers)
@@ -423,7 +447,9 @@ class ModbusDriver:
         except minimalmodbus.ModbusException as exc:  # bad CRC, wrong length or address, garbage
             problem = f"invalid response ({type(exc).__name__}: {str(exc)[:200]})"
         finally:
-            self._bus.release()
+            # a read cut short by stop leaves its reply coming: the next request waits it out (what a
+            # collision would cost it anyway, with a garbled reply besides)
+            self._bus.release(reply_due - time.monotonic() if instrument.serial.cut_short else 0.0)
         arrived = timebase.now()
         if problem is not None:
             if stop.is_set():  # the read may have been cut short by stop: not the device's fault
