@@ -310,7 +310,9 @@ def test_slaves_sharing_a_bus_take_turns(pty_slave) -> None:
     fake.turnaround_s = 0.01
     fake.put(3, 0, 1013.25)
     reading = [{"quantity": "pressure", "address": 0, "unit": "hPa"}]
-    drivers = [ModbusDriver.from_options(f"p{unit}", opts(path, reading, slave=unit)) for unit in (1, 2, 3)]
+    drivers = [
+        ModbusDriver.from_options(f"p{unit}", opts(path, reading, slave=unit, timeout_s=1.0)) for unit in (1, 2, 3)
+    ]
     with ExitStack() as stack:
         runs = [stack.enter_context(running(d)) for d in drivers]
         wait_for(lambda: all(len(good(samples, Quantity.PRESSURE)) >= 15 for samples in runs), timeout=30.0)
@@ -326,7 +328,7 @@ def test_a_driver_stopped_while_its_slave_answers_leaves_the_bus_quiet_for_the_r
     fake.turnaround_s = 0.2  # each reply comes well after a stopped driver has given up on it
     fake.put(3, 0, 1013.25)
     reading = [{"quantity": "pressure", "address": 0, "unit": "hPa"}]
-    leaving, staying = (ModbusDriver.from_options(f"p{u}", opts(path, reading, slave=u, timeout_s=0.4)) for u in (1, 2))
+    leaving, staying = (ModbusDriver.from_options(f"p{u}", opts(path, reading, slave=u, timeout_s=1.0)) for u in (1, 2))
     stop = threading.Event()
     thread = threading.Thread(target=leaving.run, args=(lambda _s: None, stop), daemon=True)
     thread.start()
