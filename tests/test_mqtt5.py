@@ -112,12 +112,18 @@ def test_unacknowledged_messages_beyond_mosquittos_default_window_come_and_come_
     broker = Broker(tmp_path / "broker", users={"bridge": "pw", "station": "pw2"})
     broker.start()
     subs = []
-    try:
-        first = Collector()
-        sub = subscriber(broker, first)
+
+    def bridge_session(collector: Collector) -> Subscriber:
+        """A connection of the bridge's persistent session, its messages going to `collector`."""
+        sub = subscriber(broker, collector)
         sub.username_pw_set("bridge", "pw")
         subs.append(sub)
         sub.start("127.0.0.1", broker.port)
+        return sub
+
+    try:
+        first = Collector()
+        sub = bridge_session(first)
         assert connected(sub)
         publish_many(broker.port, 1000, username="station", password="pw2")
         assert first.wait(1000), len(first.messages)
@@ -126,10 +132,7 @@ def test_unacknowledged_messages_beyond_mosquittos_default_window_come_and_come_
         sub.stop()
 
         again = Collector()
-        sub = subscriber(broker, again)
-        sub.username_pw_set("bridge", "pw")
-        subs.append(sub)
-        sub.start("127.0.0.1", broker.port)
+        sub = bridge_session(again)
         assert again.wait(1000), len(again.messages)
         assert again.sessions == [True]
         assert sorted(int(m.payload) for m in again.messages) == list(range(1000))
@@ -141,10 +144,7 @@ def test_unacknowledged_messages_beyond_mosquittos_default_window_come_and_come_
         sub.stop()
 
         last = Collector()
-        sub = subscriber(broker, last)
-        sub.username_pw_set("bridge", "pw")
-        subs.append(sub)
-        sub.start("127.0.0.1", broker.port)
+        sub = bridge_session(last)
         assert last.wait(10)
         time.sleep(1.0)  # anything else would come right behind
         assert sorted(int(m.payload) for m in last.messages) == sorted(int(m.payload) for m in again.messages[:10])
